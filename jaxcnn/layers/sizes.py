@@ -1,0 +1,37 @@
+"""Output-size arithmetic for convolution, pooling and transposed convolution."""
+from __future__ import annotations
+
+import math
+
+__all__ = ["conv_output_size", "pool_output_size", "transposed_output_size"]
+
+
+def conv_output_size(n: int, kernel: int, stride: int = 1, padding: int = 0,
+                     dilation: int = 1) -> int:
+    """``floor((N - K_eff + 2P) / S) + 1`` with the effective kernel ``K + (K-1)(D-1)``."""
+    k_eff = kernel + (kernel - 1) * (dilation - 1)
+    out = (n - k_eff + 2 * padding) // stride + 1
+    if out < 1:
+        raise ValueError(
+            f"input of size {n} is too small for kernel {kernel} (effective {k_eff}), "
+            f"stride {stride}, padding {padding}: the output would have size {out}"
+        )
+    return out
+
+
+def pool_output_size(n: int, window: int, stride: int | None = None, padding: int = 0,
+                     ceil_mode: bool = False) -> int:
+    """Pooling output size; ``ceil_mode`` as in PyTorch."""
+    stride = window if stride is None else stride
+    if not ceil_mode:
+        return conv_output_size(n, window, stride, padding)
+    out = math.ceil((n + 2 * padding - window) / stride) + 1
+    if (out - 1) * stride >= n + padding:
+        out -= 1
+    return out
+
+
+def transposed_output_size(n: int, kernel: int, stride: int = 1, padding: int = 0,
+                           output_padding: int = 0, dilation: int = 1) -> int:
+    """``(N - 1) S - 2P + D (K - 1) + output_padding + 1`` (PyTorch's ConvTranspose2d)."""
+    return (n - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1

@@ -1,0 +1,155 @@
+"""Model registry: ``create_model``, ``list_models``, ``model_info``, ``register_model``.
+
+Every family module in this package registers its named variants at the bottom of its file with
+``@register_model(...)``. The modules are imported here automatically, so a new family is
+available (and swept by the registry-parametrized tests) as soon as its file exists.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import fnmatch
+import importlib
+import pkgutil
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+
+__all__ = [
+    "ModelInfo",
+    "create_model",
+    "list_models",
+    "model_info",
+    "register_model",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    """What the registry knows about a named model.
+
+    Attributes:
+      name: registered name, e.g. ``"resnet50"``.
+      family: the module that defines it, e.g. ``"resnet"``.
+      params: reference parameter count with the default ``num_classes`` (to the unit).
+      input_size: default input ``(height, width, channels)``.
+      num_classes: default number of classes of the reference model.
+      paper: reference (authors, title, year).
+      reference: implementation whose parameter count we match (``"torchvision"``, ``"keras"``...).
+      feature_info: stage outputs returned by ``features_only=True``: a tuple of dicts with
+        ``name``, ``channels`` and ``reduction`` (input side / feature side).
+      min_size: smallest input side the model accepts.
+      slow: the model is big enough that tests only build it abstractly (``jax.eval_shape``).
+      extra: anything else (e.g. ``{"params_without_aux": ...}``).
+    """
+
+    name: str
+    family: str
+    params: int | None
+    input_size: tuple[int, int, int]
+    num_classes: int = 1000
+    paper: str = ""
+    reference: str = ""
+    feature_info: tuple[dict, ...] = ()
+    min_size: int = 1
+    slow: bool = False
+    extra: dict = dataclasses.field(default_factory=dict)
+
+
+_REGISTRY: dict[str, tuple[Callable[..., nn.Module], ModelInfo]] = {}
+_LOADED = False
+
+
+def register_model(
+    name: str | None = None,
+    *,
+    params: int | None,
+    input_size: Sequence[int],
+    num_classes: int = 1000,
+    paper: str = "",
+    reference: str = "",
+    feature_info: Sequence[dict] = (),
+    min_size: int = 1,
+    slow: bool = False,
+    **extra: Any,
+):
+    """Decorator registering a constructor ``fn(**kwargs) -> nn.Module`` under ``name``.
+
+    The constructor receives every keyword of ``create_model`` (``num_classes``, ``dtype``,
+    ``param_dtype``, ``features_only``, ...) and returns an unbound Flax module.
+    """
+
+    def deco(fn):
+        key = name or fn.__name__
+        if key in _REGISTRY:
+            raise ValueError(f"model {key!r} is registered twice")
+        family = fn.__module__.rsplit(".", 1)[-1]
+        info = ModelInfo(
+            name=key,
+            family=family,
+            params=params,
+            input_size=tuple(input_size),
+            num_classes=num_classes,
+            paper=paper,
+            reference=reference,
+            feature_info=tuple(dict(f) for f in feature_info),
+            min_size=min_size,
+            slow=slow,
+            extra=dict(extra),
+        )
+        _REGISTRY[key] = (fn, info)
+        return fn
+
+    return deco
+
+
+def _load_all() -> None:
+    global _LOADED
+    if _LOADED:
+        return
+    _LOADED = True
+    for mod in pkgutil.iter_modules(__path__):
+        if not mod.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{mod.name}")
+
+
+def _lookup(name: str):
+    _load_all()
+    if not isinstance(name, str):
+        raise TypeError(f"model name must be a string, got {type(name).__name__}")
+    key = name.lower()
+    if key not in _REGISTRY:
+        close = difflib.get_close_matches(key, list(_REGISTRY), n=5, cutoff=0.5)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise ValueError(
+            f"Unknown model {name!r}.{hint} "
+            f"({len(_REGISTRY)} models are registered; see jaxcnn.models.list_models().)"
+        )
+    return _REGISTRY[key]
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    """Sorted registered names, optionally filtered by a shell-style pattern (``"resnet*"``)."""
+    _load_all()
+    names = sorted(_REGISTRY)
+    if pattern:
+        names = [n for n in names if fnmatch.fnmatch(n, pattern.lower())]
+    return names
+
+
+def model_info(name: str) -> ModelInfo:
+    """Reference parameter count, default input size, paper and feature_info of ``name``."""
+    return _lookup(name)[1]
+
+
+def create_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build the registered model ``name``; keyword arguments go to its constructor.
+
+    >>> model = create_model("lenet5", num_classes=10)
+    """
+    fn, info = _lookup(name)
+    if "num_classes" in kwargs:
+        n = kwargs["num_classes"]
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"{name}: num_classes must be an integer >= 1, got {n!r}")
+    return fn(**kwargs)
