@@ -153,3 +153,40 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ValueError(f"{name}: num_classes must be an integer >= 1, got {n!r}")
     return fn(**kwargs)
+
+
+def abstract_variables(model: nn.Module, input_shape: Sequence[int], **apply_kwargs):
+    """Shapes and dtypes of ``model.init`` for an input of ``input_shape``, without allocating
+    (``jax.eval_shape``): how the tests count the parameters of VGG-19 or ViT-H cheaply."""
+    import jax
+    import jax.numpy as jnp
+
+    def init():
+        x = jnp.zeros(tuple(input_shape), jnp.float32)
+        return model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x,
+                          train=False, **apply_kwargs)
+
+    return jax.eval_shape(init)
+
+
+def count_params(model: "str | nn.Module", input_shape: Sequence[int] | None = None,
+                 **kwargs: Any) -> int:
+    """Number of parameters (the ``params`` collection only; BatchNorm statistics excluded).
+
+    ``model`` is a registered name (built with ``**kwargs``) or a module; ``input_shape``
+    defaults to ``(1, *model_info(name).input_size)``.
+    """
+    import jax
+    import math
+
+    if isinstance(model, str):
+        info = model_info(model)
+        input_shape = input_shape or (1, *info.input_size)
+        model = create_model(model, **kwargs)
+    if input_shape is None:
+        raise ValueError("count_params needs input_shape when given a module instead of a name")
+    variables = abstract_variables(model, input_shape)
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(variables.get("params", {})))
+
+
+__all__ += ["abstract_variables", "count_params"]

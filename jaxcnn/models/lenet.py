@@ -77,7 +77,7 @@ def lenet5(**kwargs) -> LeNet5:
 
 @register_model(params=61_706, input_size=(28, 28, 1), num_classes=10, paper=_PAPER,
                 reference="LeCun et al. 1998 (modern form)", feature_info=LENET_FEATURES,
-                min_size=28)
+                min_size=28, test_size=28)
 def lenet5_modern(**kwargs) -> LeNet5:
     """Modern LeNet-5: ReLU, max pooling, 28x28 input padded by 2 in C1."""
     return LeNet5(act=nn.relu, pool="max", c1_padding=2, variant="lenet5_modern", **kwargs)
