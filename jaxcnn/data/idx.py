@@ -1,0 +1,79 @@
+"""LeCun's IDX format (MNIST, Fashion-MNIST, EMNIST), plain or gzip-compressed."""
+from __future__ import annotations
+
+import gzip
+import os
+import pathlib
+
+import numpy as np
+
+__all__ = ["read_idx", "load_idx_folder"]
+
+_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read one IDX file (``.gz`` or not) into a numpy array, checking its header and size.
+
+    Raises ``ValueError`` naming the file when the magic number, type code, dimensions or
+    payload length are wrong (a truncated download, an HTML error page, a different format).
+    """
+    path = pathlib.Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"IDX file not found: {path}")
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:  # bad gzip stream
+        raise ValueError(f"{path}: not a readable IDX file ({e})") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise ValueError(f"{path}: not an IDX file (bad magic number {data[:4].hex() or 'empty'})")
+    code, ndim = data[2], data[3]
+    if code not in _DTYPES or ndim == 0:
+        raise ValueError(f"{path}: unsupported IDX type code 0x{code:02x} or rank {ndim}")
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise ValueError(f"{path}: truncated IDX header")
+    dims = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    dtype = np.dtype(_DTYPES[code])
+    expected = int(np.prod(dims)) * dtype.itemsize
+    if len(data) - header != expected:
+        raise ValueError(
+            f"{path}: IDX header promises shape {dims} ({expected:,} bytes of data) but the file "
+            f"holds {len(data) - header:,} bytes; the file is truncated or corrupt"
+        )
+    return np.frombuffer(data, dtype=dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def _find(folder: pathlib.Path, stem: str) -> pathlib.Path | None:
+    for cand in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
+        if (folder / cand).exists():
+            return folder / cand
+    return None
+
+
+def load_idx_folder(folder: str | os.PathLike, prefix: str = "t10k") -> tuple[np.ndarray, np.ndarray]:
+    """Images ``(N, 28, 28)`` uint8 and labels ``(N,)`` from ``{prefix}-images-idx3-ubyte[.gz]``
+    and ``{prefix}-labels-idx1-ubyte[.gz]`` in ``folder`` (``prefix``: ``t10k`` or ``train``)."""
+    folder = pathlib.Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"MNIST IDX folder not found: {folder} (expected {prefix}-images-idx3-ubyte.gz and "
+            f"{prefix}-labels-idx1-ubyte.gz there)"
+        )
+    img_path = _find(folder, f"{prefix}-images-idx3-ubyte")
+    lbl_path = _find(folder, f"{prefix}-labels-idx1-ubyte")
+    if img_path is None or lbl_path is None:
+        present = sorted(p.name for p in folder.iterdir())
+        raise FileNotFoundError(
+            f"{folder}: expected {prefix}-images-idx3-ubyte[.gz] and {prefix}-labels-idx1-ubyte[.gz],"
+            f" found {present}"
+        )
+    images, labels = read_idx(img_path), read_idx(lbl_path)
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise ValueError(
+            f"{folder}: images {images.shape} and labels {labels.shape} do not pair up "
+            f"(expected (N, H, W) and (N,))"
+        )
+    return images, labels
