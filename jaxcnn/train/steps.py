@@ -19,14 +19,19 @@ __all__ = ["make_train_step", "make_eval_step", "train_step_fn", "eval_step_fn"]
 
 
 def train_step_fn(state: TrainState, batch: dict, *, label_smoothing: float = 0.0,
-                  aux_weight: float = 0.0, loss_fn: Callable | None = None):
+                  aux_weight: float = 0.0, loss_fn: Callable | None = None,
+                  augment: Callable | None = None):
     """One SGD step on ``batch = {"image", "label", ["mask"]}``; returns (state, metric sums).
 
     ``aux_weight > 0`` adds ``aux_weight * CE`` of every auxiliary classifier the model sows
     into the ``aux_logits`` collection (GoogLeNet, Inception v3).
-    ``loss_fn(logits, labels, weights)`` replaces the cross-entropy if given.
+    ``loss_fn(logits, labels, weights)`` replaces the cross-entropy if given;
+    ``augment(key, images)`` transforms the images on device first (keyed by step).
     """
     dropout_rng = jax.random.fold_in(state.rng, state.step)
+    images = batch["image"]
+    if augment is not None:
+        images = augment(jax.random.fold_in(dropout_rng, 1), images)
     weights = batch.get("mask")
     has_bn = bool(state.batch_stats)
     mutable = (["batch_stats"] if has_bn else []) + (["aux_logits"] if aux_weight else [])
@@ -35,7 +40,7 @@ def train_step_fn(state: TrainState, batch: dict, *, label_smoothing: float = 0.
         variables = {"params": params}
         if has_bn:
             variables["batch_stats"] = state.batch_stats
-        out = state.apply_fn(variables, batch["image"], train=True, mutable=mutable,
+        out = state.apply_fn(variables, images, train=True, mutable=mutable or False,
                              rngs={"dropout": dropout_rng})
         logits, updates = out if mutable else (out, {})
         if loss_fn is None:
@@ -69,12 +74,13 @@ def eval_step_fn(state: TrainState, batch: dict, *, num_classes: int | None = No
 
 
 def make_train_step(label_smoothing: float = 0.0, aux_weight: float = 0.0,
-                    loss_fn: Callable | None = None, donate: bool = True, **jit_kwargs):
+                    loss_fn: Callable | None = None, augment: Callable | None = None,
+                    donate: bool = True, **jit_kwargs):
     """``jax.jit`` of :func:`train_step_fn` with the state donated (its buffers are reused)."""
 
     def step(state, batch):
         return train_step_fn(state, batch, label_smoothing=label_smoothing,
-                             aux_weight=aux_weight, loss_fn=loss_fn)
+                             aux_weight=aux_weight, loss_fn=loss_fn, augment=augment)
 
     return jax.jit(step, donate_argnums=(0,) if donate else (), **jit_kwargs)
 

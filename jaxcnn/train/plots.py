@@ -1,0 +1,50 @@
+"""Learning curves and confusion matrices as PNG (matplotlib, Agg backend)."""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+__all__ = ["plot_history", "plot_confusion"]
+
+
+def plot_history(history: list[dict], path) -> None:
+    """Loss and accuracy per epoch, train vs test."""
+    ep = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key in zip(axes, ("loss", "accuracy")):
+        ax.plot(ep, [h[f"train_{key}"] for h in history], "o-", label="train")
+        if "test_" + key in history[0]:
+            ax.plot(ep, [h[f"test_{key}"] for h in history], "s-", label="test")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_confusion(cm: np.ndarray, path, class_names=None, title: str = "") -> None:
+    """Confusion matrix with counts in the cells (rows: true class, columns: predicted)."""
+    cm = np.asarray(cm)
+    n = cm.shape[0]
+    names = list(class_names) if class_names else [str(i) for i in range(n)]
+    fig, ax = plt.subplots(figsize=(1 + 0.5 * n, 1 + 0.5 * n))
+    ax.imshow(cm, cmap="Blues")
+    if n <= 30:
+        thresh = cm.max() / 2 if cm.size else 0
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if cm[i, j] > thresh else "black")
+        ax.set_xticks(range(n), names)
+        ax.set_yticks(range(n), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title or "confusion matrix")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
