@@ -1,0 +1,1 @@
+"""Inspection tools (placeholder, being written)."""
