@@ -17,10 +17,12 @@ conv 128 -> fc 1024 -> ReLU -> dropout 0.7 -> ``head``) bring it to 13,004,888.
 
 Auxiliary classifiers: ``__call__`` always returns the main logits. With ``aux_logits=True`` the
 heads are built at init (so their parameters exist even when ``init`` runs with
-``train=False``) and, in training mode, their logits are sown into the ``aux_logits``
-collection as ``aux1`` and ``aux2`` (Flax ``sow``: each value is a 1-tuple). A train step
-applies with ``mutable=["batch_stats", "aux_logits"]`` and adds ``0.3 * CE(aux)`` per head
-(``model_info("googlenet").extra["aux_weight"]``). In eval mode the heads do not run.
+``train=False``) and, in training mode, each head sows its logits into the ``aux_logits``
+collection from its own scope: ``aux_logits/aux1/logits`` and ``aux_logits/aux2/logits``
+(Flax ``sow``: each value is a 1-tuple). They cannot be sown at the top level under ``aux1``:
+Flax forbids a variable and a submodule of the same name. A train step applies with
+``mutable=["batch_stats", "aux_logits"]`` and adds ``0.3 * CE(aux)`` for every leaf of that
+collection (``model_info("googlenet").extra["aux_weight"]``). In eval mode the heads do not run.
 
 The smallest input is 15x15 (15 -> 8 -> 4 -> 2 -> 1 -> 1 through conv1 and the ceil-mode pools).
 ``features_only=True`` returns ``conv1`` (64, reduction 2), ``conv3`` (192, 4),
@@ -102,7 +104,10 @@ class InceptionAux(nn.Module):
         x = x.reshape((x.shape[0], -1))
         x = nn.relu(nn.Dense(1024, kernel_init=_init, name="fc1", **common)(x))
         x = nn.Dropout(self.dropout)(x, deterministic=not train)
-        return nn.Dense(self.num_classes, kernel_init=_init, name="head", **common)(x)
+        x = nn.Dense(self.num_classes, kernel_init=_init, name="head", **common)(x)
+        if train and not self.is_initializing():
+            self.sow("aux_logits", "logits", x)
+        return x
 
 
 # (ch1x1, ch3x3red, ch3x3, ch5x5red, ch5x5, pool_proj) per module, from the paper's Table 1
@@ -155,10 +160,7 @@ class GoogLeNet(nn.Module):
             x = feats[name] = Inception(*cfg, name=name, **common)(x, train)
             if run_aux and name in ("inception4a", "inception4d"):
                 aux_name = "aux1" if name == "inception4a" else "aux2"
-                aux = InceptionAux(self.num_classes, self.aux_dropout, name=aux_name,
-                                   **common)(x, train)
-                if train and not self.is_initializing():
-                    self.sow("aux_logits", aux_name, aux)
+                InceptionAux(self.num_classes, self.aux_dropout, name=aux_name, **common)(x, train)
         if self.features_only:
             return [feats[f["name"]] for f in GOOGLENET_FEATURES]
         x = global_avg_pool(x)

@@ -14,10 +14,11 @@ avg pool 5x5/3 -> 1x1 conv 128 -> 5x5 conv 768 -> global average pool -> ``head`
 
 Auxiliary classifier: ``__call__`` always returns the main logits. With ``aux_logits=True`` the
 head is built at init (so its parameters exist even when ``init`` runs with ``train=False``) and,
-in training mode, its logits are sown into the ``aux_logits`` collection as ``aux1`` (a 1-tuple,
-Flax ``sow``). A train step applies with ``mutable=["batch_stats", "aux_logits"]`` and adds
-``0.4 * CE(aux)`` (``model_info("inception_v3").extra["aux_weight"]``). In eval mode it does
-not run.
+in training mode, it sows its logits into the ``aux_logits`` collection from its own scope, as
+``aux_logits/aux/logits`` (a 1-tuple, Flax ``sow``; GoogLeNet does the same). A train step
+applies with ``mutable=["batch_stats", "aux_logits"]`` and adds ``0.4 * CE(aux)`` for every
+leaf of that collection (``model_info("inception_v3").extra["aux_weight"]``). In eval mode it
+does not run.
 
 Input size: the trunk needs 75x75 (75 -> 37 -> 35 -> 17 -> 15 -> 7 -> 3 -> 1), but the auxiliary
 head's 5x5/3 pool and 5x5 conv need the 17x17 map of a 299x299 input, so with ``aux_logits=True``
@@ -172,15 +173,18 @@ class InceptionAux(nn.Module):
         x = self.conv(768, 5, kernel_init=nn.initializers.truncated_normal(0.01),
                       name="conv1")(x, train)
         x = global_avg_pool(x)
-        return nn.Dense(self.num_classes, kernel_init=nn.initializers.truncated_normal(0.001),
-                        dtype=self.dtype, param_dtype=self.param_dtype, name="head")(x)
+        x = nn.Dense(self.num_classes, kernel_init=nn.initializers.truncated_normal(0.001),
+                     dtype=self.dtype, param_dtype=self.param_dtype, name="head")(x)
+        if train and not self.is_initializing():
+            self.sow("aux_logits", "logits", x)
+        return x
 
 
 class InceptionV3(nn.Module):
     """Inception v3, torchvision form; see the module docstring.
 
     Attributes:
-      aux_logits: build the auxiliary classifier ``aux`` (sown as ``aux1`` in training).
+      aux_logits: build the auxiliary classifier ``aux`` (sown in training).
       dropout: before ``head`` (torchvision: 0.5).
     """
 
@@ -223,10 +227,8 @@ class InceptionV3(nn.Module):
         x = InceptionC(160, name="mixed_6d", **blk)(x, train)
         x = feats["mixed_6e"] = InceptionC(192, name="mixed_6e", **blk)(x, train)
         if run_aux:
-            aux = InceptionAux(self.num_classes, conv=conv, dtype=self.dtype,
-                               param_dtype=self.param_dtype, name="aux")(x, train)
-            if train and not self.is_initializing():
-                self.sow("aux_logits", "aux1", aux)
+            InceptionAux(self.num_classes, conv=conv, dtype=self.dtype,
+                         param_dtype=self.param_dtype, name="aux")(x, train)
         x = InceptionD(name="mixed_7a", **blk)(x, train)
         x = InceptionE(name="mixed_7b", **blk)(x, train)
         x = feats["mixed_7c"] = InceptionE(name="mixed_7c", **blk)(x, train)
