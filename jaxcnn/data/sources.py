@@ -115,15 +115,19 @@ def _tfds(name: str, data_dir, split: str = "train+test") -> Dataset:
     import tensorflow_datasets as tfds
 
     try:
-        ds, info = tfds.load(name, split=split, batch_size=-1, as_supervised=True,
-                             data_dir=data_dir or None, with_info=True)
+        ds, info = tfds.load(name, split=split, as_supervised=True, data_dir=data_dir or None,
+                             with_info=True)
     except Exception as e:  # DatasetNotFoundError, download failures offline, ...
         raise RuntimeError(
             f"TFDS dataset {name!r} could not be loaded ({type(e).__name__}: {e}). Without a "
             f"network it must already be prepared in the TFDS data dir; offline, use "
             f"dataset='digits' or dataset='mnist_idx'."
         ) from None
-    images, labels = tfds.as_numpy(ds)
+    xs, ys = [], []
+    for x, y in tfds.as_numpy(ds.batch(1024)):  # (batch_size=-1 aborts under mock_data)
+        xs.append(x)
+        ys.append(y)
+    images, labels = np.concatenate(xs), np.concatenate(ys)
     label_feature = info.features["label"]
     return Dataset(np.asarray(images), np.asarray(labels), label_feature.num_classes, 255.0,
                    name=f"tfds:{name}", class_names=tuple(label_feature.names))
