@@ -1,1 +1,36 @@
-"""Inspection tools (placeholder, being written)."""
+"""Inspection tools that work for every registered model, derived from the model itself.
+
+- ``summary(model, input_shape)``: per-layer table (name, type, output shape, parameters, XLA
+  FLOPs) and totals; ``print(summary("lenet5"))``.
+- ``conv_output_size`` / ``pool_output_size`` / ``transposed_output_size``: output-size
+  arithmetic with padding, stride and dilation (effective kernel ``K + (K-1)(D-1)``).
+- ``receptive_fields(model)``: analytic receptive field (size, jump, start) of every conv and
+  pooling and of every module output, from the model's jaxpr (branches: the largest path).
+- ``effective_receptive_field(model, layer)``: gradient of a central unit w.r.t. the input,
+  its measured extents beside the theoretical one, ``.save_png(path)``.
+- ``fold_batchnorm(model, variables)``: conv -> BatchNorm pairs folded into the convolution;
+  ``fold_report`` gives parameters, timing and the output difference before/after.
+- ``plot_feature_maps`` / ``plot_filters`` / ``sample_image``: pictures (matplotlib, Agg);
+  attention maps of ViTs live in ``jaxcnn.inspect.attention``.
+- ``export_model`` / ``save_exported`` / ``load_exported``: ``jax.export`` to StableHLO.
+- Command line: ``python -m jaxcnn.inspect resnet50 --help``.
+"""
+from jaxcnn.inspect._common import random_variables, small_input_shape
+from jaxcnn.inspect.erf import EffectiveRF, effective_receptive_field
+from jaxcnn.inspect.export import export_model, load_exported, save_exported
+from jaxcnn.inspect.fold_bn import (FoldedModel, FoldReport, find_conv_bn_pairs, fold_batchnorm,
+                                    fold_report, time_forward)
+from jaxcnn.inspect.pictures import (capture_outputs, default_layers, plot_feature_maps,
+                                     plot_filters, sample_image)
+from jaxcnn.inspect.receptive_field import FieldAt, ReceptiveFields, RFRow, receptive_fields
+from jaxcnn.inspect.summary import Summary, SummaryRow, summary, xla_flops
+from jaxcnn.layers.sizes import conv_output_size, pool_output_size, transposed_output_size
+
+__all__ = [
+    "EffectiveRF", "FieldAt", "FoldReport", "FoldedModel", "RFRow", "ReceptiveFields", "Summary",
+    "SummaryRow", "capture_outputs", "conv_output_size", "default_layers",
+    "effective_receptive_field", "export_model", "find_conv_bn_pairs", "fold_batchnorm",
+    "fold_report", "load_exported", "plot_feature_maps", "plot_filters", "pool_output_size",
+    "random_variables", "receptive_fields", "sample_image", "save_exported", "small_input_shape",
+    "summary", "time_forward", "transposed_output_size", "xla_flops",
+]

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from jaxcnn import models
 
 __all__ = ["Call", "resolve", "small_input_shape", "init_variables", "abstract_init",
-           "record_calls", "path_str", "subtree", "count", "fmt_int"]
+           "random_variables", "record_calls", "path_str", "subtree", "count", "fmt_int"]
 
 
 def path_str(path: Sequence[str]) -> str:
@@ -82,6 +82,43 @@ def init_variables(model: nn.Module, input_shape, seed: int = 0, **kwargs):
     """Real variables from ``model.init`` (jitted)."""
     x = jnp.zeros(tuple(input_shape), jnp.float32)
     return jax.jit(lambda x: model.init(_rngs(seed), x, train=False, **kwargs))(x)
+
+
+def random_variables(abstract, seed: int = 0, stats: bool = True):
+    """Random variables of the given shapes, drawn with NumPy (no XLA compilation: a model's
+    ``init`` compiles a random-bit generator per parameter, which takes long on a busy CPU).
+
+    Kernels ~ N(0, 1/fan_in) (LeCun normal), biases ~ N(0, 0.1), scales ~ 1 + N(0, 0.1);
+    BatchNorm statistics random too when ``stats`` (mean ~ N(0, 0.1), var ~ U(0.5, 1.5)), else
+    0 and 1. Other arrays (embeddings, tokens) ~ N(0, 0.02).
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+
+    def draw(path, leaf):
+        name = str(getattr(path[-1], "key", path[-1]))
+        col = str(getattr(path[0], "key", path[0]))
+        shape, dtype = leaf.shape, leaf.dtype
+        if not jnp.issubdtype(dtype, jnp.floating):
+            return jnp.zeros(shape, dtype)
+        if col == "batch_stats" or name in ("mean", "var"):
+            if name == "var":
+                v = rng.uniform(0.5, 1.5, shape) if stats else np.ones(shape)
+            else:
+                v = rng.normal(0, 0.1, shape) if stats else np.zeros(shape)
+        elif name == "kernel" and len(shape) >= 2:
+            fan_in = max(1, int(np.prod(shape[:-1])))
+            v = rng.normal(0, 1 / np.sqrt(fan_in), shape)
+        elif name == "bias":
+            v = rng.normal(0, 0.1, shape)
+        elif name == "scale":
+            v = 1 + rng.normal(0, 0.1, shape)
+        else:
+            v = rng.normal(0, 0.02, shape)
+        return jnp.asarray(v, dtype)
+
+    return jax.tree_util.tree_map_with_path(draw, abstract)
 
 
 def subtree(variables, path: Sequence[str]):

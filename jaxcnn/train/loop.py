@@ -65,7 +65,7 @@ def load_data(c: dict, info: models.ModelInfo):
     split_seed = None if c["split_seed"] is None or c["split_seed"] < 0 else c["split_seed"]
     train_ds, test_ds = split(ds, test, seed=split_seed, num_train=c["num_train"] or None)
     size = tuple(c["input_size"]) or info.input_size[:2]
-    channels = info.input_size[2]
+    channels = c["model_kwargs"].get("in_channels", info.input_size[2])
     xtr, ytr, (mean, std) = preprocess(train_ds, size, channels)
     xte, yte, _ = preprocess(test_ds, size, channels, mean, std)
     return (xtr, ytr), (xte, yte), ds

@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
-from flax import struct
+from flax import serialization, struct
 
 __all__ = ["TrainState", "create_train_state"]
 
@@ -19,7 +19,8 @@ class TrainState:
     ``apply_fn`` and ``tx`` are static (not saved); everything else is a pytree leaf that Orbax
     saves and restores whole. ``rng`` is a raw ``uint32[2]`` key; per-step dropout keys are
     ``jax.random.fold_in(rng, step)`` as in the Flax ImageNet example, so a resumed run draws
-    the same keys as an uninterrupted one.
+    the same keys as an uninterrupted one. ``dynamic_scale`` holds the float16 loss scale
+    (:func:`jaxcnn.train.precision.init_dynamic_scale`), None in float32/bfloat16.
     """
 
     step: jax.Array
@@ -29,6 +30,8 @@ class TrainState:
     rng: jax.Array
     apply_fn: Callable = struct.field(pytree_node=False)
     tx: optax.GradientTransformation = struct.field(pytree_node=False)
+    # float16 loss scaling (``jaxcnn.train.precision``); None otherwise.
+    dynamic_scale: Any = None
 
     def apply_gradients(self, grads, **changes) -> "TrainState":
         updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
@@ -44,12 +47,41 @@ class TrainState:
         return v
 
 
+_FIELDS = ("step", "params", "batch_stats", "opt_state", "rng", "dynamic_scale")
+
+
+def _to_state_dict(state: TrainState) -> dict:
+    # ``dynamic_scale`` only appears when set, so float32/bfloat16 checkpoints keep the layout
+    # they had before float16 support (and old checkpoints still restore).
+    return {k: serialization.to_state_dict(getattr(state, k)) for k in _FIELDS
+            if k != "dynamic_scale" or state.dynamic_scale is not None}
+
+
+def _from_state_dict(state: TrainState, d: dict) -> TrainState:
+    unknown = set(d) - set(_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown TrainState field(s) {sorted(unknown)} in state dict")
+    updates = {}
+    for k in _FIELDS:
+        if k not in d:
+            if k == "dynamic_scale":
+                continue
+            raise ValueError(f"missing field {k} in state dict while restoring a TrainState")
+        updates[k] = serialization.from_state_dict(getattr(state, k), d[k], name=k)
+    return state.replace(**updates)
+
+
+serialization.register_serialization_state(TrainState, _to_state_dict, _from_state_dict,
+                                           override=True)
+
+
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation,
                        input_shape: Sequence[int], seed: int = 0,
-                       variables: dict | None = None) -> TrainState:
+                       variables: dict | None = None, dynamic_scale: Any = None) -> TrainState:
     """Initialise ``model`` for inputs of ``input_shape`` (batch first) and wrap it with ``tx``.
 
-    Pass ``variables`` to start from existing parameters (transfer learning, converted weights).
+    Pass ``variables`` to start from existing parameters (transfer learning, converted weights),
+    ``dynamic_scale`` for float16 training (``precision.init_dynamic_scale("float16")``).
     """
     rng = jax.random.PRNGKey(seed)
     init_rng, state_rng = jax.random.split(rng)
@@ -60,4 +92,5 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation,
     params = variables["params"]
     batch_stats = variables.get("batch_stats", {})
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                      opt_state=tx.init(params), rng=state_rng, apply_fn=model.apply, tx=tx)
+                      opt_state=tx.init(params), rng=state_rng, apply_fn=model.apply, tx=tx,
+                      dynamic_scale=dynamic_scale)

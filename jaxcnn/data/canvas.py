@@ -1,0 +1,157 @@
+"""Segmentation data: canvases of real handwritten digits (offline) and Oxford-IIIT Pet (TFDS).
+
+Digit canvases: ``size x size`` (64) black images with 1-3 real digits pasted at random places,
+their ink boxes not overlapping. Labels have 11 classes: ``0`` background, ``1 + d`` for a
+pixel of digit ``d``. A digit's pixels are those whose intensity exceeds ``threshold`` (0.5 of
+the maximum): the anti-aliased fringe below it counts as background, so that the label is a
+function of what the network sees. The digits are the real MNIST test set (``mnist_idx`` in
+``../shared/data/mnist-test`` or ``$JAXCNN_SHARED_DATA/mnist-test``) or, when it is absent,
+scikit-learn's 1,797 8x8 digits scaled to 20x20 and centred in 28x28 as MNIST's are.
+
+    images, labels, source = load_digit_source()
+    (tr_x, tr_y), (te_x, te_y) = split_digits(images, labels)   # MNIST: first 8,000 / last 2,000
+    x, y = make_canvases(tr_x, tr_y, 32, np.random.default_rng(0))  # (32,64,64,1), (32,64,64)
+
+Oxford-IIIT Pet (``tfds.load("oxford_iiit_pet")``, needs a network or a prepared data dir):
+:func:`pets_dataset` resizes image and trimap and maps the trimap's 1/2/3 (pet, background,
+border) to classes 0/1/2.
+"""
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+
+__all__ = ["NUM_CLASSES", "load_digit_source", "split_digits", "make_canvases",
+           "canvas_batches", "colorize", "pets_dataset", "pets_preprocess"]
+
+NUM_CLASSES = 11  # background + 10 digits
+
+
+def load_digit_source(data_dir: str | None = None, source: str = "auto"):
+    """Real digits as float32 ``(N, 28, 28)`` in ``[0, 1]``, int32 labels and the source name.
+
+    ``source``: ``"mnist"`` (IDX files in ``data_dir`` or the shared MNIST test set),
+    ``"digits"`` (scikit-learn, always available) or ``"auto"`` (MNIST when found).
+    """
+    from jaxcnn.data.idx import load_idx_folder
+    from jaxcnn.data.sources import default_mnist_dir
+
+    if source not in ("auto", "mnist", "digits"):
+        raise ValueError(f"source must be 'auto', 'mnist' or 'digits', got {source!r}")
+    folder = pathlib.Path(data_dir) if data_dir else default_mnist_dir()
+    if source == "mnist" or (source == "auto" and folder.is_dir()):
+        images, labels = load_idx_folder(folder)
+        return images.astype(np.float32) / 255.0, labels.astype(np.int32), "mnist"
+    from skimage.transform import resize
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    small = d.images.astype(np.float32) / 16.0
+    images = np.zeros((len(small), 28, 28), np.float32)
+    for i, img in enumerate(small):
+        images[i, 4:24, 4:24] = resize(img, (20, 20), order=1, anti_aliasing=False)
+    return np.clip(images, 0.0, 1.0), d.target.astype(np.int32), "digits"
+
+
+def split_digits(images, labels, num_train: int | None = None):
+    """First ``num_train`` digits for training, the rest held out (default: 8,000 of MNIST's
+    10,000 test digits, 80% otherwise). Held-out canvases use only held-out digits."""
+    n = len(images)
+    if num_train is None:
+        num_train = 8000 if n == 10000 else int(round(0.8 * n))
+    if not 0 < num_train < n:
+        raise ValueError(f"num_train must be between 1 and {n - 1}, got {num_train}")
+    return (images[:num_train], labels[:num_train]), (images[num_train:], labels[num_train:])
+
+
+def _ink_box(img, level: float = 0.05):
+    rows = np.flatnonzero(img.max(1) > level)
+    cols = np.flatnonzero(img.max(0) > level)
+    if len(rows) == 0:
+        return img[:1, :1]
+    return img[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+
+
+def make_canvases(images, labels, n: int, rng: np.random.Generator, size: int = 64,
+                  min_digits: int = 1, max_digits: int = 3, threshold: float = 0.5,
+                  max_tries: int = 50):
+    """``n`` canvases: float32 images ``(n, size, size, 1)`` in ``[0, 1]`` and int32 labels
+    ``(n, size, size)`` (0 background, ``1 + digit`` where the digit's intensity > threshold).
+
+    Each canvas draws its number of digits uniformly in ``[min_digits, max_digits]`` and the
+    digits at random from ``images``; each digit is cropped to its ink box and placed where the
+    box overlaps no box already placed (a digit that finds no room in ``max_tries`` is skipped,
+    which never happens for 3 MNIST digits on 64x64).
+    """
+    if not 1 <= min_digits <= max_digits:
+        raise ValueError(f"need 1 <= min_digits <= max_digits, got {min_digits}, {max_digits}")
+    if images.shape[1] > size or images.shape[2] > size:
+        raise ValueError(f"digits of {images.shape[1:3]} do not fit a {size}x{size} canvas")
+    x = np.zeros((n, size, size), np.float32)
+    y = np.zeros((n, size, size), np.int32)
+    for i in range(n):
+        boxes = []
+        for j in rng.choice(len(images), rng.integers(min_digits, max_digits + 1)):
+            patch = _ink_box(images[j])
+            h, w = patch.shape
+            for _ in range(max_tries):
+                top, left = rng.integers(0, size - h + 1), rng.integers(0, size - w + 1)
+                if all(top >= b + bh or top + h <= b or left >= c + bw or left + w <= c
+                       for b, c, bh, bw in boxes):
+                    break
+            else:
+                continue
+            boxes.append((top, left, h, w))
+            x[i, top:top + h, left:left + w] = np.maximum(x[i, top:top + h, left:left + w], patch)
+            region = y[i, top:top + h, left:left + w]
+            region[patch > threshold] = labels[j] + 1
+    return x[..., None], y
+
+
+def canvas_batches(images, labels, batch_size: int, seed: int = 0, **kwargs):
+    """Endless iterator of fresh canvas batches ``(x, y)`` (new placements every batch)."""
+    rng = np.random.default_rng(seed)
+    while True:
+        yield make_canvases(images, labels, batch_size, rng, **kwargs)
+
+
+def colorize(labels, num_classes: int = NUM_CLASSES):
+    """RGB float image of a label map (background black, one colour per digit)."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10"]
+    palette = np.concatenate([[[0.0, 0.0, 0.0]],
+                              [cmap(i % 10)[:3] for i in range(num_classes - 1)]]).astype(
+        np.float32)
+    return palette[np.asarray(labels)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Oxford-IIIT Pet (TFDS): 37 breeds, trimaps 1 = pet, 2 = background, 3 = border.
+
+def pets_preprocess(example, image_size: int = 128):
+    """One TFDS example -> ``(image float32 [0, 1] (S, S, 3), mask int32 (S, S))``, classes
+    0 pet, 1 background, 2 border (nearest-neighbour resizing for the mask)."""
+    import tensorflow as tf
+
+    image = tf.image.resize(tf.cast(example["image"], tf.float32) / 255.0,
+                            (image_size, image_size))
+    mask = tf.image.resize(example["segmentation_mask"], (image_size, image_size),
+                           method="nearest")
+    return image, tf.cast(mask[..., 0], tf.int32) - 1
+
+
+def pets_dataset(split: str = "train", image_size: int = 128, batch_size: int = 16,
+                 shuffle: bool = True, data_dir: str | None = None, seed: int = 0):
+    """Batched ``tf.data`` pipeline of Oxford-IIIT Pet (``tfds.load("oxford_iiit_pet")``);
+    iterate with ``tfds.as_numpy``. Needs a network the first time (or a prepared
+    ``data_dir``); 3 classes (see :func:`pets_preprocess`)."""
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    ds = tfds.load("oxford_iiit_pet", split=split, data_dir=data_dir, shuffle_files=shuffle)
+    ds = ds.map(lambda e: pets_preprocess(e, image_size), num_parallel_calls=tf.data.AUTOTUNE)
+    if shuffle:
+        ds = ds.shuffle(1000, seed=seed)
+    return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
