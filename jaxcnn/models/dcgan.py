@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcnn.layers import ConvTranspose2d, batch_norm, check_image, conv2d
+from jaxcnn.layers.subpixel import SubpixelConvTranspose2d
 from jaxcnn.models import register_model
 
 __all__ = ["DCGANGenerator", "DCGANDiscriminator", "dcgan_init", "generator_widths"]
@@ -62,7 +63,13 @@ class DCGANGenerator(nn.Module):
     in ``[-1, 1]``. Submodules ``block1``.. (transposed conv ``conv`` + ``bn``), ``head``.
 
     ``num_classes`` must stay ``None`` (a generator has no classes; the field exists so that
-    every model takes the same keywords). ``features_only=True`` returns the hidden maps."""
+    every model takes the same keywords). ``features_only=True`` returns the hidden maps.
+
+    ``subpixel=True`` (default) computes the same layers faster: the first one (1x1 noise ->
+    k x k) as the matrix product it is, the stride-2 ones as phase-decomposed ordinary
+    convolutions (:class:`jaxcnn.layers.subpixel.SubpixelConvTranspose2d`). Parameters and
+    outputs are those of :class:`jaxcnn.layers.ConvTranspose2d` (``subpixel=False``) to float
+    rounding; training a 28x28 generator on CPU is several times faster."""
 
     image_size: int = 64
     out_channels: int = 3
@@ -70,6 +77,7 @@ class DCGANGenerator(nn.Module):
     width: int = 64
     num_classes: int | None = None
     features_only: bool = False
+    subpixel: bool = True
     dtype: Any = None
     param_dtype: Any = jnp.float32
     variant: str = "dcgan_generator"
@@ -91,11 +99,13 @@ class DCGANGenerator(nn.Module):
         x, feats = z, []
         for i, c in enumerate(generator_widths(self.image_size, self.width)):
             k, s, p = (first, 1, 0) if i == 0 else (4, 2, 1)
-            x = _UpBlock(c, k, s, p, name=f"block{i + 1}", **common)(x, train=train)
+            x = _UpBlock(c, k, s, p, subpixel=self.subpixel, name=f"block{i + 1}",
+                         **common)(x, train=train)
             feats.append(x)
         if self.features_only:
             return feats
-        x = ConvTranspose2d(self.out_channels, 4, 2, 1, name="head", **common)(x)
+        up = SubpixelConvTranspose2d if self.subpixel else ConvTranspose2d
+        x = up(self.out_channels, 4, 2, 1, name="head", **common)(x)
         return jnp.tanh(x)
 
 
@@ -107,19 +117,65 @@ class _UpBlock(nn.Module):
     stride: int
     padding: int
     use_bias: bool = False
+    subpixel: bool = True
     dtype: Any = None
     param_dtype: Any = jnp.float32
     kernel_init: Any = dcgan_init
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        x = ConvTranspose2d(self.features, self.kernel_size, self.stride, self.padding,
-                            use_bias=self.use_bias, dtype=self.dtype,
-                            param_dtype=self.param_dtype, kernel_init=self.kernel_init,
-                            name="conv")(x)
+        if self.subpixel and x.shape[1:3] == (1, 1) and (self.stride, self.padding) == (1, 0):
+            x = _ProjectNoise(self.features, self.kernel_size, self.use_bias, self.dtype,
+                              self.param_dtype, self.kernel_init, name="conv")(x)
+        else:
+            up = SubpixelConvTranspose2d if self.subpixel else ConvTranspose2d
+            x = up(self.features, self.kernel_size, self.stride, self.padding,
+                   use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
+                   kernel_init=self.kernel_init, name="conv")(x)
         x = batch_norm(train, scale_init=_bn_scale_init, dtype=self.dtype,
                        param_dtype=self.param_dtype, name="bn")(x)
         return nn.relu(x)
+
+
+class _ProjectNoise(nn.Module):
+    """The first transposed convolution (1x1 noise -> k x k, stride 1, no padding) computed as
+    the matrix product it is: ``y[i, j] = z @ K[k-1-i, k-1-j]``. Same parameters as
+    ``ConvTranspose2d`` (``conv/kernel``, HWIO) and the same output, without the ``k*k``-fold
+    multiply-adds on padding zeros that a convolution over the padded 1x1 input costs."""
+
+    features: int
+    kernel_size: int
+    use_bias: bool = False
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    kernel_init: Any = dcgan_init
+
+    @nn.compact
+    def __call__(self, z):
+        k = self.kernel_size
+        cin = z.shape[-1]
+        kernel, bias = _KernelBias((k, k, cin, self.features), self.use_bias, self.kernel_init,
+                                   self.param_dtype, name="conv")()
+        dtype = self.dtype or jnp.result_type(z, kernel)
+        w = kernel[::-1, ::-1].astype(dtype)
+        y = jnp.einsum("nc,hwco->nhwo", z[:, 0, 0, :].astype(dtype), w)
+        return y if bias is None else y + bias.astype(dtype)
+
+
+class _KernelBias(nn.Module):
+    """``kernel`` and ``bias`` under one name, laid out as ``nn.ConvTranspose`` keeps them."""
+
+    shape: tuple
+    use_bias: bool
+    kernel_init: Any
+    param_dtype: Any
+
+    @nn.compact
+    def __call__(self):
+        kernel = self.param("kernel", self.kernel_init, self.shape, self.param_dtype)
+        bias = (self.param("bias", nn.initializers.zeros, (self.shape[-1],), self.param_dtype)
+                if self.use_bias else None)
+        return kernel, bias
 
 
 class DCGANDiscriminator(nn.Module):

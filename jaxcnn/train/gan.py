@@ -1,0 +1,201 @@
+"""GAN training: a ``GANState`` holding both networks and a jit-compiled adversarial step.
+
+The step follows the DCGAN recipe (Radford et al., 2015; the PyTorch DCGAN tutorial):
+
+1. **Discriminator step.** Draw ``z``, generate a fake batch (the generator in training mode,
+   gradients stopped, its BatchNorm updates discarded), and minimise
+   ``BCE(D(real), 1 - label_smoothing) + BCE(D(fake), 0)`` over D's parameters. Real and fake
+   images go through D as *separate* batches (each normalised by its own batch statistics, as in
+   the reference code); D's running statistics are updated by both passes.
+2. **Generator step.** Draw a fresh ``z`` and minimise the non-saturating loss
+   ``BCE(D(G(z)), 1) = -log D(G(z))`` over G's parameters only: D (already updated by step 1)
+   runs in training mode but its parameters get no update and its BatchNorm updates are
+   discarded, so D is unchanged by the G step; G's running statistics are updated.
+
+:func:`d_step` and :func:`g_step` are the two halves (each changes only its own network);
+:func:`gan_train_step` runs both and :func:`make_gan_train_step` jit-compiles that with the
+state donated. Each network has its own optax optimizer (``GANState.g_tx``/``d_tx``; Adam with
+``lr=2e-4, b1=0.5`` from the paper by default, :func:`dcgan_optimizer`).
+
+``GANState`` is a ``flax.struct`` dataclass: its array fields (params, BatchNorm statistics,
+optimizer states, step, RNG key) are the pytree that :class:`jaxcnn.checkpoint.Checkpointer`
+saves and restores; the modules and optimizers are static fields.
+
+    from jaxcnn import models
+    from jaxcnn.train.gan import create_gan_state, make_gan_train_step, generate
+    g = models.create_model("dcgan_generator_28", width=32)
+    d = models.create_model("dcgan_discriminator_28", width=32)
+    state = create_gan_state(g, d, seed=0)
+    step = make_gan_train_step(label_smoothing=0.1)
+    state, metrics = step(state, real_images)      # (B, 28, 28, 1) in [-1, 1]
+    samples = generate(state, jax.random.normal(key, (64, state.latent_dim)))
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+__all__ = ["GANState", "create_gan_state", "dcgan_optimizer", "d_step", "g_step",
+           "gan_train_step", "make_gan_train_step", "generate", "make_generate"]
+
+
+@struct.dataclass
+class GANState:
+    """Generator and discriminator parameters, BatchNorm statistics, one optimizer state each,
+    the step counter and a raw ``uint32[2]`` RNG key (noise for step ``s`` comes from
+    ``fold_in(rng, s)``, so a resumed run draws the same noise as an uninterrupted one)."""
+
+    step: jax.Array
+    g_params: Any
+    g_batch_stats: Any
+    g_opt_state: Any
+    d_params: Any
+    d_batch_stats: Any
+    d_opt_state: Any
+    rng: jax.Array
+    generator: nn.Module = struct.field(pytree_node=False)
+    discriminator: nn.Module = struct.field(pytree_node=False)
+    g_tx: optax.GradientTransformation = struct.field(pytree_node=False)
+    d_tx: optax.GradientTransformation = struct.field(pytree_node=False)
+
+    @property
+    def latent_dim(self) -> int:
+        return self.generator.latent_dim
+
+    @property
+    def g_variables(self) -> dict:
+        return {"params": self.g_params, "batch_stats": self.g_batch_stats}
+
+    @property
+    def d_variables(self) -> dict:
+        return {"params": self.d_params, "batch_stats": self.d_batch_stats}
+
+
+def dcgan_optimizer(learning_rate: float = 2e-4, b1: float = 0.5,
+                    b2: float = 0.999) -> optax.GradientTransformation:
+    """Adam with the DCGAN paper's settings (lr 2e-4, beta1 0.5)."""
+    return optax.adam(learning_rate, b1=b1, b2=b2)
+
+
+def create_gan_state(generator: nn.Module, discriminator: nn.Module,
+                     g_tx: optax.GradientTransformation | None = None,
+                     d_tx: optax.GradientTransformation | None = None,
+                     seed: int = 0) -> GANState:
+    """Initialise both networks (D on images of the generator's output shape) and optimizers."""
+    g_tx = g_tx or dcgan_optimizer()
+    d_tx = d_tx or dcgan_optimizer()
+    kg, kd, krng = jax.random.split(jax.random.PRNGKey(seed), 3)
+    z = jnp.zeros((1, generator.latent_dim), jnp.float32)
+    g_vars = jax.jit(lambda k: generator.init(k, z, train=False))(kg)
+    img = jax.eval_shape(lambda v: generator.apply(v, z, train=False), g_vars)
+    d_vars = jax.jit(lambda k: discriminator.init(k, jnp.zeros(img.shape, img.dtype),
+                                                  train=False))(kd)
+    return GANState(step=jnp.zeros((), jnp.int32),
+                    g_params=g_vars["params"], g_batch_stats=g_vars.get("batch_stats", {}),
+                    g_opt_state=g_tx.init(g_vars["params"]),
+                    d_params=d_vars["params"], d_batch_stats=d_vars.get("batch_stats", {}),
+                    d_opt_state=d_tx.init(d_vars["params"]), rng=krng,
+                    generator=generator, discriminator=discriminator, g_tx=g_tx, d_tx=d_tx)
+
+
+def _bce(logits, target: float):
+    return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, jnp.full_like(logits, target)))
+
+
+def _noise(state: GANState, n: int, which: int):
+    key = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), which)
+    return jax.random.normal(key, (n, state.latent_dim), jnp.float32)
+
+
+def _run_g(state: GANState, params, z):
+    """Generator in training mode; returns (images, new batch_stats)."""
+    out, upd = state.generator.apply({"params": params, "batch_stats": state.g_batch_stats}, z,
+                                     train=True, mutable=["batch_stats"])
+    return out, upd["batch_stats"]
+
+
+def _run_d(state: GANState, params, batch_stats, x):
+    """Discriminator in training mode; returns (logits, new batch_stats)."""
+    out, upd = state.discriminator.apply({"params": params, "batch_stats": batch_stats}, x,
+                                         train=True, mutable=["batch_stats"])
+    return out, upd["batch_stats"]
+
+
+def d_step(state: GANState, real, *, label_smoothing: float = 0.0):
+    """Update the discriminator only (G's parameters and statistics are left as they are).
+
+    ``real``: images ``(B, H, W, C)`` scaled to ``[-1, 1]``. ``label_smoothing`` makes the real
+    target ``1 - label_smoothing`` (one-sided, Salimans et al. 2016). Returns
+    ``(state, {"d_loss", "d_real", "d_fake"})`` with D's mean probabilities on real and fake.
+    """
+    z = _noise(state, real.shape[0], 0)
+    fake, _ = _run_g(state, state.g_params, z)  # G's statistics updates are discarded here
+    fake = jax.lax.stop_gradient(fake).astype(real.dtype)
+
+    def loss_fn(d_params):
+        lr, stats = _run_d(state, d_params, state.d_batch_stats, real)
+        lf, stats = _run_d(state, d_params, stats, fake)
+        loss = _bce(lr, 1.0 - label_smoothing) + _bce(lf, 0.0)
+        return loss, (stats, lr, lf)
+
+    (loss, (stats, lr, lf)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.d_params)
+    updates, opt_state = state.d_tx.update(grads, state.d_opt_state, state.d_params)
+    state = state.replace(d_params=optax.apply_updates(state.d_params, updates),
+                          d_opt_state=opt_state, d_batch_stats=stats)
+    return state, {"d_loss": loss, "d_real": jnp.mean(nn.sigmoid(lr)),
+                   "d_fake": jnp.mean(nn.sigmoid(lf))}
+
+
+def g_step(state: GANState, batch_size: int):
+    """Update the generator only, with the non-saturating loss ``-log D(G(z))``.
+
+    D runs in training mode (batch statistics) but neither its parameters nor its running
+    statistics change. Returns ``(state, {"g_loss", "d_gen"})``.
+    """
+    z = _noise(state, batch_size, 1)
+
+    def loss_fn(g_params):
+        fake, g_stats = _run_g(state, g_params, z)
+        logits, _ = _run_d(state, state.d_params, state.d_batch_stats, fake)
+        return _bce(logits, 1.0), (g_stats, logits)
+
+    (loss, (stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.g_params)
+    updates, opt_state = state.g_tx.update(grads, state.g_opt_state, state.g_params)
+    state = state.replace(g_params=optax.apply_updates(state.g_params, updates),
+                          g_opt_state=opt_state, g_batch_stats=stats)
+    return state, {"g_loss": loss, "d_gen": jnp.mean(nn.sigmoid(logits))}
+
+
+def gan_train_step(state: GANState, real, *, label_smoothing: float = 0.0):
+    """One D update then one G update on a batch of real images; increments ``step``."""
+    state, dm = d_step(state, real, label_smoothing=label_smoothing)
+    state, gm = g_step(state, real.shape[0])
+    return state.replace(step=state.step + 1), {**dm, **gm}
+
+
+def make_gan_train_step(label_smoothing: float = 0.0):
+    """``gan_train_step`` under one ``jax.jit`` with the state donated."""
+    return jax.jit(functools.partial(gan_train_step, label_smoothing=label_smoothing),
+                   donate_argnums=0)
+
+
+def generate(state: GANState, z, train: bool = False):
+    """Images in ``[-1, 1]`` from noise ``z`` ``(N, latent_dim)``.
+
+    ``train=False`` normalises with G's running statistics (deterministic per sample);
+    ``train=True`` with the statistics of the batch ``z`` itself (no state is changed)."""
+    if train:
+        return _run_g(state, state.g_params, z)[0]
+    return state.generator.apply(state.g_variables, z, train=False)
+
+
+@functools.lru_cache(maxsize=None)
+def make_generate(train: bool = False):
+    """A jitted :func:`generate` (cached per mode)."""
+    return jax.jit(functools.partial(generate, train=train))
