@@ -11,7 +11,8 @@
 - ``fold_batchnorm(model, variables)``: conv -> BatchNorm pairs folded into the convolution;
   ``fold_report`` gives parameters, timing and the output difference before/after.
 - ``plot_feature_maps`` / ``plot_filters`` / ``sample_image``: pictures (matplotlib, Agg);
-  attention maps of ViTs live in ``jaxcnn.inspect.attention``.
+  ``plot_attention`` / ``attention_map``: ViT rollout and Swin window attention (the rollout
+  itself lives in ``jaxcnn.inspect.attention``).
 - ``export_model`` / ``save_exported`` / ``load_exported``: ``jax.export`` to StableHLO.
 - Command line: ``python -m jaxcnn.inspect resnet50 --help``.
 """
@@ -20,17 +21,19 @@ from jaxcnn.inspect.erf import EffectiveRF, effective_receptive_field
 from jaxcnn.inspect.export import export_model, load_exported, save_exported
 from jaxcnn.inspect.fold_bn import (FoldedModel, FoldReport, find_conv_bn_pairs, fold_batchnorm,
                                     fold_report, time_forward)
-from jaxcnn.inspect.pictures import (capture_outputs, default_layers, plot_feature_maps,
-                                     plot_filters, sample_image)
+from jaxcnn.inspect.pictures import (attention_map, capture_outputs, default_layers,
+                                     plot_attention, plot_feature_maps, plot_filters,
+                                     sample_image)
 from jaxcnn.inspect.receptive_field import FieldAt, ReceptiveFields, RFRow, receptive_fields
 from jaxcnn.inspect.summary import Summary, SummaryRow, summary, xla_flops
-from jaxcnn.layers.sizes import conv_output_size, pool_output_size, transposed_output_size
+from jaxcnn.layers.sizes import (conv_output_size, pool_output_size, same_output_size,
+                                 transposed_output_size)
 
 __all__ = [
-    "EffectiveRF", "FieldAt", "FoldReport", "FoldedModel", "RFRow", "ReceptiveFields", "Summary",
+    "EffectiveRF", "FieldAt", "attention_map", "plot_attention", "FoldReport", "FoldedModel", "RFRow", "ReceptiveFields", "Summary",
     "SummaryRow", "capture_outputs", "conv_output_size", "default_layers",
     "effective_receptive_field", "export_model", "find_conv_bn_pairs", "fold_batchnorm",
     "fold_report", "load_exported", "plot_feature_maps", "plot_filters", "pool_output_size",
     "random_variables", "receptive_fields", "sample_image", "save_exported", "small_input_shape",
-    "summary", "time_forward", "transposed_output_size", "xla_flops",
+    "same_output_size", "summary", "time_forward", "transposed_output_size", "xla_flops",
 ]

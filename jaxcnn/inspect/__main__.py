@@ -6,6 +6,10 @@ write pictures, fold its BatchNorms and export it::
     python -m jaxcnn.inspect resnet50 --depth 2
     python -m jaxcnn.inspect lenet5 --feature-maps docs/lenet5_maps.png --image camera
     python -m jaxcnn.inspect resnet18 --erf erf.png --fold-bn --export resnet18.stablehlo
+    python -m jaxcnn.inspect vit_ti_16 --input-size 64 64 3 --pictures out/vit
+
+``--pictures DIR`` writes ``feature_maps.png``, ``filters.png``, ``erf.png`` and, for ViT/Swin,
+``attention.png`` into DIR.
 
 Weights are random (``init``-like draws) unless the model is given variables through the
 Python API: the pictures show what an untrained network computes.
@@ -15,8 +19,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-
-import jax.numpy as jnp
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-rf", action="store_true", help="do not print receptive fields")
     p.add_argument("--rf-depth", type=int, default=1,
                    help="module-output receptive fields down to this depth (default 1)")
+    p.add_argument("--pictures", metavar="DIR", help="write feature_maps.png, filters.png, "
+                   "erf.png (and attention.png for ViT/Swin) into DIR")
     p.add_argument("--feature-maps", metavar="OUT.png", help="write feature maps of --layer")
     p.add_argument("--layer", action="append", metavar="NAME",
                    help="module path for --feature-maps (repeatable; default: a few spread "
@@ -69,6 +73,9 @@ def main(argv=None) -> int:
     kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
     size = tuple(args.input_size) if args.input_size else info.input_size
     shape = (args.batch, *size)
+    probe = models.create_model(args.model)
+    if hasattr(probe, "img_size") and tuple(size[:2]) != tuple(info.input_size[:2]):
+        kwargs["img_size"] = tuple(size[:2])  # ViT: position embeddings for this grid
     model = models.create_model(args.model, **kwargs)
     try:
         if not args.no_summary:
@@ -94,6 +101,17 @@ def main(argv=None) -> int:
             variables = random_variables(abstract_init(model, (1, *size)), args.seed, stats=False)
         return variables
 
+    if args.pictures:
+        import os
+        os.makedirs(args.pictures, exist_ok=True)
+        join = lambda f: os.path.join(args.pictures, f)  # noqa: E731
+        args.feature_maps = args.feature_maps or join("feature_maps.png")
+        args.filters = args.filters or join("filters.png")
+        if rf is None or any(r.size[0] is not None and r.axes[0] is not None
+                             for r in rf.rows):
+            args.erf = args.erf or join("erf.png")
+        if args.attention is None and (rf is None or rf.output.size[0] is None):
+            args.attention = join("attention.png")
     image = None
     if args.feature_maps or args.attention:
         image = ji.sample_image(args.image, size[:2], size[2])
@@ -116,21 +134,16 @@ def main(argv=None) -> int:
         print(f"{e}\n  -> {args.erf}")
     if args.attention:
         try:
-            from jaxcnn.inspect import attention as att
-        except ImportError:
-            print("attention maps need jaxcnn.inspect.attention", file=sys.stderr)
-            return 2
-        try:
-            maps = att.collect_attention(model, weights(), jnp.asarray(image)[None])
-            roll = att.attention_rollout(maps)
+            ji.plot_attention(model, weights(), image, args.attention)
+            print(f"attention map -> {args.attention}")
         except ValueError as e:
             print(f"attention: {e}", file=sys.stderr)
-            return 2
-        att.save_attention_overlay(image, roll, args.attention,
-                                   title=f"{args.model}: attention rollout")
-        print(f"attention rollout -> {args.attention}")
+            if not args.pictures:
+                return 2
     if args.fold_bn:
-        print(ji.fold_report(model, (args.batch, *size)))
+        report = ji.fold_report(model, (args.batch, *size))
+        report.model_name = args.model
+        print(report)
     if args.export:
         t = time.perf_counter()
         exp = ji.export_model(model, weights(), (args.batch, *size))

@@ -4,7 +4,9 @@ first layer's filters, and sample images (scikit-image's bundled ``camera``, ``a
 no display and no global pyplot state).
 
 Layer outputs are captured with ``flax.linen.intercept_methods`` inside one jitted forward pass,
-so any module path of the model can be drawn (``summary(model)`` lists them).
+so any module path of the model can be drawn (``summary(model)`` lists them). Attention maps of
+ViT (class-token rollout) and Swin (attention received per token in the first block's windows)
+use ``jaxcnn.inspect.attention``.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import numpy as np
 from jaxcnn.inspect._common import path_str, record_calls
 
 __all__ = ["SAMPLE_IMAGES", "sample_image", "capture_outputs", "default_layers",
-           "plot_feature_maps", "plot_filters", "first_conv"]
+           "plot_feature_maps", "plot_filters", "first_conv", "attention_map", "plot_attention"]
 
 SAMPLE_IMAGES = ("astronaut", "camera", "coffee", "chelsea", "rocket")
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -188,3 +190,41 @@ def plot_filters(model: nn.Module, variables, path: str, layer: str | None = Non
                  f"channels", fontsize=9)
     fig.savefig(path, dpi=100, bbox_inches="tight")
     return path
+
+
+def attention_map(model: nn.Module, variables, image: np.ndarray) -> tuple[np.ndarray, str]:
+    """``(map, description)``: a 2-D attention map of ``image`` (H, W, C), max 1.
+
+    ViT (class token + square patch grid): attention rollout over all layers. Swin (window
+    attention, no class token): the attention each token *receives* in the first (unshifted)
+    block, averaged over heads and queries, windows stitched back onto the token grid.
+    Raises ``ValueError`` when the model sows no attention weights (a CNN).
+    """
+    from jaxcnn.inspect.attention import attention_rollout, collect_attention
+
+    maps = collect_attention(model, variables, jnp.asarray(image, jnp.float32)[None])
+    first = np.asarray(maps[0], np.float64)  # (B * windows, heads, T, T)
+    t = first.shape[-1]
+    g = int(round(math.sqrt(t - 1)))
+    if first.shape[0] == 1 and g * g == t - 1:
+        return (attention_rollout([np.asarray(m)[0] for m in maps]),
+                f"attention rollout over {len(maps)} layers (class token)")
+    ws = int(round(math.sqrt(t)))
+    nw = first.shape[0]
+    side = int(round(math.sqrt(nw)))
+    if ws * ws != t or side * side != nw:
+        raise ValueError(f"cannot lay out attention of shape {first.shape} on a square grid")
+    received = first.mean(axis=(1, 2))  # (windows, T): mean over heads and queries
+    grid = received.reshape(side, side, ws, ws).transpose(0, 2, 1, 3).reshape(side * ws,
+                                                                               side * ws)
+    return grid / grid.max(), f"attention received, block 1 ({ws}x{ws} windows)"
+
+
+def plot_attention(model: nn.Module, variables, image: np.ndarray, path: str,
+                   title: str | None = None) -> str:
+    """A PNG of :func:`attention_map` over the image (ViT / Swin)."""
+    from jaxcnn.inspect.attention import save_attention_overlay
+
+    amap, what = attention_map(model, variables, image)
+    return save_attention_overlay(_display(image), amap, path,
+                                  title=title or what)

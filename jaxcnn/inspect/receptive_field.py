@@ -100,6 +100,15 @@ class ReceptiveFields:
         out = [f"{self.model_name}: receptive fields for input {h}x{w} (pixels; start = centre "
                f"of unit 0's field)", rule, line(head), rule, *map(line, body), rule,
                f"Model output: RF {_fmt2(size)}" + (" (+ global context)" if ctx else "")]
+        if size[0] is None:
+            glob = [k for k, v in self.modules.items() if k and v.size[0] is None]
+            first = next((k for k in glob if "/" not in k), glob[0] if glob else None)
+            out.append(f"Global from {first or 'the output'} on: every output depends on the "
+                       f"whole image (self-attention mixes all positions; a reshape that splits "
+                       f"the spatial axes, e.g. Swin's windows, is also counted as global)")
+        elif max(size) > max(h, w):
+            out.append(f"(fields larger than the {h}x{w} image reach into the zero padding; "
+                       f"after global pooling the field is the union over the last map)")
         if any(r.context for r in self.rows):
             out.append("+g: a globally pooled branch (e.g. squeeze-excite) also feeds this "
                        "layer; it is left out of the local field")
