@@ -109,7 +109,8 @@ def test_efficientnet_compound_scaling_matches_torchvision(b):
 
 # ---------------------------------------------------------------- stochastic depth
 def _tiny_efficientnet(rate):
-    # no dropout before the head: only stochastic depth consumes the key. depth 0.5: stages of 1, 1, 1, 2, 2, 2, 1 blocks, three of them residual
+    # no dropout before the head: only stochastic depth consumes the key; depth 0.5: stages
+    # of 1, 1, 1, 2, 2, 2, 1 blocks, three of them residual
     return EfficientNet(width=0.25, depth=0.5, num_classes=3, dropout=0.0, drop_path_rate=rate)
 
 

@@ -67,7 +67,8 @@ def test_resample_224_to_384_runs_with_same_param_count():
     chex.assert_trees_all_equal(rest(v384["params"]), rest(v224["params"]))
     chex.assert_shape(v384["params"]["pos_embed"], (1, 1 + 24 * 24, 192))
     # class token embedding kept as is
-    chex.assert_trees_all_equal(v384["params"]["pos_embed"][:, 0], v224["params"]["pos_embed"][:, 0])
+    chex.assert_trees_all_equal(v384["params"]["pos_embed"][:, 0],
+                                v224["params"]["pos_embed"][:, 0])
     y = jax.jit(m384.apply)(v384, jax.random.normal(KEY, (1, 384, 384, 3)))
     chex.assert_shape(y, (1, 3))
     chex.assert_tree_all_finite(y)
