@@ -1,0 +1,206 @@
+"""Train a DCGAN on real digits and judge it with a LeNet-5 trained on real digits.
+
+    python -m experiments.gan                                  # configs/dcgan_mnist.py
+    python -m experiments.gan --config experiments/configs/dcgan_mnist.py --config.epochs=5 \
+        --workdir runs/gan --classifier_workdir runs/lenet_judge --resume
+
+1. The judge: a LeNet-5 trained by ``jaxcnn.train.fit`` with ``configs/lenet_mnist.py`` (first
+   8,000 test digits; ``classifier_epochs`` epochs) into ``--classifier_workdir``, or reused
+   from there when it already holds a checkpoint.
+2. The DCGAN (``dcgan_generator_<size>`` / ``dcgan_discriminator_<size>``) on all 10,000
+   digits scaled to [-1, 1], with ``jaxcnn.train.gan``; after every epoch an 8x8 grid of
+   samples from fixed noise (``samples/epoch_NNN.png``), the evaluation of
+   ``num_eval_samples`` samples (``jaxcnn.train.gan_eval``) and a checkpoint.
+3. Final grids (``samples_final.png``, ``samples_by_class.png``) and ``metrics.json``.
+"""
+import json
+import os
+import pathlib
+import time
+
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_DEFAULT = str(pathlib.Path(__file__).parent / "configs" / "dcgan_mnist.py")
+_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT, "experiment config file")
+_WORKDIR = flags.DEFINE_string("workdir", None, "output directory (default runs/<config name>)")
+_CLS_DIR = flags.DEFINE_string("classifier_workdir", None,
+                               "LeNet-5 judge directory (default <workdir>_judge); trained "
+                               "there unless it already holds a checkpoint")
+_RESUME = flags.DEFINE_bool("resume", False, "continue from the newest GAN checkpoint")
+
+
+def save_grid(images01, path, cols: int) -> None:
+    """Tile ``(N, H, W, 1)`` images in [0, 1] into a grid PNG (1-pixel gaps)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n, h, w = images01.shape[:3]
+    rows = -(-n // cols)
+    grid = np.ones((rows * (h + 1) + 1, cols * (w + 1) + 1), np.float32)
+    for i, img in enumerate(images01[..., 0]):
+        r, c = divmod(i, cols)
+        grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + c * (w + 1):1 + c * (w + 1) + w] = img
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    plt.imsave(path, np.kron(grid, np.ones((3, 3))), cmap="gray", vmin=0, vmax=1)
+
+
+def load_judge(workdir: str, c) -> "object":
+    """Train (or reuse) the LeNet-5 judge; returns a ``gan_eval.Classifier``."""
+    from experiments.configs import lenet_mnist
+    from jaxcnn import models
+    from jaxcnn.checkpoint import Checkpointer
+    from jaxcnn.data import load_dataset, preprocess, split
+    from jaxcnn.train import fit
+    from jaxcnn.train.gan_eval import Classifier
+
+    cc = lenet_mnist.get_config()
+    cc.data_dir, cc.epochs, cc.progress = c.data_dir, c.classifier_epochs, False
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    ckpt = Checkpointer(ckpt_dir, keep=1, keep_best=0)
+    step = ckpt.latest_step()
+    if step is None:
+        print(f"training the LeNet-5 judge ({cc.epochs} epochs) in {workdir}", flush=True)
+        ckpt.close()
+        result = fit(cc, workdir)
+        print(f"judge test accuracy {result['test_accuracy']:.4f}", flush=True)
+        ckpt = Checkpointer(ckpt_dir, keep=1, keep_best=0)
+        step = ckpt.latest_step()
+    import orbax.checkpoint as ocp
+
+    tree = ckpt.manager.restore(step, args=ocp.args.StandardRestore())
+    ckpt.close()
+    with open(os.path.join(workdir, "metrics.json")) as f:
+        acc = json.load(f).get("final", {}).get("test_accuracy")
+    # the standardisation fit() used: statistics of the judge's training split
+    ds = load_dataset(cc.dataset, cc.data_dir or None)
+    train_ds, _ = split(ds, cc.test_split, seed=None)
+    _, _, (mean, std) = preprocess(train_ds, (28, 28), 1)
+    model = models.create_model(cc.model, num_classes=10)
+    print(f"LeNet-5 judge from {workdir} (step {step}, test accuracy {acc})", flush=True)
+    return Classifier(model, {"params": tree["params"]}, mean, std), acc
+
+
+def main(argv):
+    del argv
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    import jax
+    import jax.numpy as jnp
+
+    from jaxcnn import models
+    from jaxcnn.checkpoint import Checkpointer
+    from jaxcnn.data import batches, load_dataset, num_batches
+    from jaxcnn.train.gan import (create_gan_state, dcgan_optimizer, make_gan_train_step,
+                                  make_generate)
+    from jaxcnn.train.gan_eval import evaluate_samples
+
+    c = _CONFIG.value
+    name = pathlib.Path(flags.FLAGS["config"].config_filename).stem
+    workdir = _WORKDIR.value or os.path.join("runs", name)
+    os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
+    t_all = time.perf_counter()
+    judge, judge_acc = load_judge(_CLS_DIR.value or workdir.rstrip("/") + "_judge", c)
+
+    ds = load_dataset("mnist_idx", c.data_dir or None)
+    real01 = ds.images.astype(np.float32)[..., None] / 255.0 if ds.images.ndim == 3 \
+        else ds.images.astype(np.float32) / 255.0
+    pad = (c.image_size - 28) // 2
+    x = np.pad(real01, ((0, 0), (pad, pad), (pad, pad), (0, 0))) * 2.0 - 1.0
+
+    size = c.image_size
+    g = models.create_model(f"dcgan_generator_{size}", width=c.width, latent_dim=c.latent_dim,
+                            out_channels=1)
+    d = models.create_model(f"dcgan_discriminator_{size}", width=c.width, in_channels=1)
+    tx = lambda: dcgan_optimizer(c.learning_rate, c.beta1)  # noqa: E731
+    state = create_gan_state(g, d, tx(), tx(), seed=c.seed)
+    n_g = sum(p.size for p in jax.tree.leaves(state.g_params))
+    n_d = sum(p.size for p in jax.tree.leaves(state.d_params))
+    print(f"DCGAN {size}x{size}, width {c.width}: G {n_g:,} / D {n_d:,} parameters; "
+          f"{len(x):,} real digits", flush=True)
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=c.keep_checkpoints,
+                        keep_best=0)
+    history, metrics_path = [], os.path.join(workdir, "metrics.json")
+    if _RESUME.value and ckpt.latest_step() is not None:
+        state, _ = ckpt.restore(state)
+        if os.path.exists(metrics_path):
+            with open(metrics_path) as f:
+                history = json.load(f).get("history", [])
+        print(f"resumed at step {int(state.step)}", flush=True)
+
+    step_fn = make_gan_train_step(c.label_smoothing)
+    gen = make_generate(train=c.sample_mode == "batch")
+    key = jax.random.PRNGKey(c.seed + 1)
+    z_grid = jax.random.normal(jax.random.fold_in(key, 0), (64, c.latent_dim))
+    z_eval = jax.random.normal(jax.random.fold_in(key, 1), (c.num_eval_samples, c.latent_dim))
+    crop = lambda im: np.asarray(im)[:, pad:pad + 28, pad:pad + 28]  # noqa: E731
+
+    def sample01(z):
+        return crop((np.asarray(jax.device_get(gen(state, z))) + 1.0) / 2.0).clip(0, 1)
+
+    def write(final=None):
+        out = {"config": c.to_dict(), "generator_params": int(n_g),
+               "discriminator_params": int(n_d), "judge_test_accuracy": judge_acc,
+               "history": history}
+        if final:
+            out["final"] = final
+        with open(metrics_path + ".tmp", "w") as f:
+            json.dump(out, f, indent=1)
+        os.replace(metrics_path + ".tmp", metrics_path)
+
+    steps_per_epoch = num_batches(len(x), c.batch_size, drop_remainder=True)
+    labels = np.zeros(len(x), np.int32)
+    real_out = judge(real01)  # the real images' logits and features, computed once
+    t_train = time.perf_counter()
+    for epoch in range(int(state.step) // steps_per_epoch, c.epochs):
+        t0 = time.perf_counter()
+        sums = None
+        for batch in batches(x, labels, c.batch_size, shuffle=True, seed=c.seed, epoch=epoch,
+                             drop_remainder=True):
+            state, m = step_fn(state, jnp.asarray(batch["image"]))
+            sums = m if sums is None else jax.tree.map(jnp.add, sums, m)
+        sums = {k: float(v) / steps_per_epoch for k, v in jax.device_get(sums).items()}
+        save_grid(sample01(z_grid), os.path.join(workdir, "samples", f"epoch_{epoch + 1:03d}.png"),
+                  8)
+        ev = evaluate_samples(judge, sample01(z_eval), None, c.confidence, c.seed, real_out)
+        rec = {"epoch": epoch + 1, "step": int(state.step), **sums,
+               **{k: ev[k] for k in ("confident_share", "min_class_share", "max_class_share",
+                                     "fd", "fd_real_baseline")},
+               "epoch_time_s": time.perf_counter() - t0}
+        history.append(rec)
+        ckpt.save(int(state.step), state)
+        write()
+        print(f"epoch {epoch + 1:3d}/{c.epochs}  D {sums['d_loss']:.3f} G {sums['g_loss']:.3f} "
+              f"D(x) {sums['d_real']:.2f} D(G(z)) {sums['d_fake']:.2f}  confident "
+              f"{ev['confident_share']:.3f} classes {ev['min_class_share']:.3f}-"
+              f"{ev['max_class_share']:.3f}  FD {ev['fd']:.2f} (real {ev['fd_real_baseline']:.2f})"
+              f"  ({rec['epoch_time_s']:.0f}s)", flush=True)
+    ckpt.close()
+    train_time = time.perf_counter() - t_train
+
+    samples = sample01(z_eval)
+    ev = evaluate_samples(judge, samples, None, c.confidence, c.seed, real_out)
+    save_grid(samples[:100], os.path.join(workdir, "samples_final.png"), 10)
+    pred = judge(samples)[0].argmax(-1)
+    by_class = [samples[pred == k][:10] for k in range(10)]
+    rows = [np.concatenate([b, np.zeros((10 - len(b), 28, 28, 1), np.float32)]) for b in by_class]
+    save_grid(np.concatenate(rows), os.path.join(workdir, "samples_by_class.png"), 10)
+    ev["passed"] = bool(ev["confident_share"] >= 0.8 and ev["min_class_share"] >= 0.05
+                        and ev["max_class_share"] <= 0.15)
+    ev.update(epochs=len(history), steps=int(state.step), train_time_s=train_time,
+              wall_time_s=time.perf_counter() - t_all)
+    write(ev)
+    print(f"\n{ev['num_samples']} samples: {100 * ev['confident_share']:.1f}% with confidence >= "
+          f"{c.confidence}; class shares {100 * ev['min_class_share']:.1f}%-"
+          f"{100 * ev['max_class_share']:.1f}%; FD {ev['fd']:.2f} vs real-vs-real "
+          f"{ev['fd_real_baseline']:.2f} (same sizes; halves {ev['fd_real_halves']:.2f}); "
+          f"target {'met' if ev['passed'] else 'NOT met'}")
+    print(f"wrote {workdir}/samples/, samples_final.png, samples_by_class.png, metrics.json, "
+          f"checkpoints/ ({ev['wall_time_s']:.0f}s wall)")
+
+
+if __name__ == "__main__":
+    app.run(main)
