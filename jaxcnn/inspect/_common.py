@@ -2,6 +2,7 @@
 variables, and recording every module call with ``flax.linen.intercept_methods``."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any, Sequence
 
@@ -12,7 +13,25 @@ import jax.numpy as jnp
 from jaxcnn import models
 
 __all__ = ["Call", "resolve", "small_input_shape", "init_variables", "abstract_init",
-           "random_variables", "record_calls", "path_str", "subtree", "count", "fmt_int"]
+           "random_variables", "record_calls", "xla_convs", "path_str", "subtree", "count", "fmt_int"]
+
+
+@contextlib.contextmanager
+def xla_convs():
+    """Trace convolutions as plain ``lax.conv_general_dilated`` (``jaxcnn.layers.fast_conv``'s
+    "xla" implementation), so that the receptive-field walk sees one convolution primitive per
+    conv (the "fast" path computes depthwise convs as sums of shifted slices)."""
+    try:
+        from jaxcnn.layers import fast_conv
+    except ImportError:  # an older jaxcnn without selectable conv implementations
+        yield
+        return
+    old = fast_conv._impl[0]
+    fast_conv.set_conv_impl("xla")
+    try:
+        yield
+    finally:
+        fast_conv._impl[0] = old
 
 
 def path_str(path: Sequence[str]) -> str:

@@ -29,39 +29,67 @@ from jaxcnn.inspect._common import count, path_str, record_calls, resolve
 __all__ = ["ConvBNPair", "FoldedModel", "FoldReport", "find_conv_bn_pairs", "fold_batchnorm",
            "time_forward", "fold_report"]
 
-_LINEAR = (nn.Conv, nn.ConvTranspose, nn.Dense)
-
-
 class ConvBNPair(NamedTuple):
-    conv_path: tuple
+    conv_path: tuple  # the linear module call whose output feeds the BatchNorm
     bn_path: tuple
     epsilon: float
     use_scale: bool
     use_bias: bool
+    kernel_path: tuple = ()  # where its kernel (and bias) live: conv_path or a child of it
+    has_bias: bool = False
+
+
+def _linear_params(call, variables):
+    """Path of the ``kernel`` of a module whose parameters (its own or one child's) are exactly
+    one ``kernel`` and at most one ``bias`` beside it, with the kernel's last axis the output's
+    channels: a conv / transposed conv / dense in any implementation (flax's, jaxcnn's sub-pixel
+    transposed convolution, ...). ``None`` for anything else."""
+    from jaxcnn.inspect._common import subtree
+
+    sub = subtree(variables, call.path)
+    if set(sub) - {"params"} or "params" not in sub:
+        return None
+    leaves = jax.tree_util.tree_flatten_with_path(sub["params"])[0]
+    names = [tuple(str(getattr(k, "key", k)) for k in kp) for kp, _ in leaves]
+    kernels = [(n, leaf) for n, (_, leaf) in zip(names, leaves) if n[-1] == "kernel"]
+    if len(kernels) != 1 or len(leaves) > 2:
+        return None
+    kname, kernel = kernels[0]
+    if len(leaves) == 2 and [n for n in names if n != kname][0] != kname[:-1] + ("bias",):
+        return None
+    out = call.out_spec
+    if len(kernel.shape) < 2 or not isinstance(out, jax.ShapeDtypeStruct) or \
+            out.shape[-1] != kernel.shape[-1]:
+        return None
+    if isinstance(call.module, nn.ConvTranspose) and call.module.transpose_kernel:
+        return None  # the kernel's last axis is then its input
+    return (*call.path, *kname[:-1]), len(leaves) == 2
 
 
 def find_conv_bn_pairs(model: nn.Module, input_shape, variables=None) -> list[ConvBNPair]:
     """Every BatchNorm fed directly by a conv/dense call, with what folding needs of it."""
-    calls, _ = record_calls(model, input_shape, variables, keep_values=True)
+    calls, variables = record_calls(model, input_shape, variables, keep_values=True)
     by_output = {}
-    for c in calls:
-        if type(c.module) in _LINEAR and c.times_called == 1 and isinstance(c.output, jax.Array):
-            by_output[id(c.output)] = c
+    for c in calls:  # parents first: an inner call returning the same object wins
+        if c.times_called == 1 and isinstance(c.output, jax.Array):
+            lin = _linear_params(c, variables)
+            if lin is not None:
+                by_output[id(c.output)] = (c, lin)
     pairs = []
     for c in calls:
         m = c.module
-        if type(m) is not nn.BatchNorm or c.times_called != 1 or not c.inputs:
+        if not isinstance(m, nn.BatchNorm) or c.times_called != 1 or not c.inputs:
             continue
         src = by_output.get(id(c.inputs[0]))
-        if src is None or src.output is not c.inputs[0]:
+        if src is None or src[0].output is not c.inputs[0]:
             continue
         ndim = len(c.args[0].shape)
         axis = m.axis if isinstance(m.axis, int) else (m.axis[0] if len(m.axis) == 1 else None)
         if axis is None or axis % ndim != ndim - 1:
             continue  # folding scales the kernel's output axis: the feature axis must be last
-        if isinstance(src.module, nn.ConvTranspose) and src.module.transpose_kernel:
-            continue
-        pairs.append(ConvBNPair(src.path, c.path, m.epsilon, m.use_scale, m.use_bias))
+        (conv, (kpath, has_bias)) = src
+        pairs.append(ConvBNPair(conv.path, c.path, m.epsilon, m.use_scale, m.use_bias, kpath,
+                                has_bias))
     return pairs
 
 
@@ -101,7 +129,7 @@ class FoldedModel(nn.Module):
     """
 
     model: nn.Module
-    conv_paths: tuple = ()
+    conv_paths: tuple = ()  # linear calls that get the folded bias added (they had none)
     bn_paths: tuple = ()
 
     def setup(self):
@@ -128,7 +156,7 @@ def _folding_interceptor(conv_paths, bn_paths):
                                  f"call it with train=False)")
             return args[0]
         out = next_fun(*args, **kwargs)
-        if path in conv_paths and not mod.use_bias:
+        if path in conv_paths:
             out = out + mod.get_variable("params", "bias").astype(out.dtype)
         return out
 
@@ -150,7 +178,7 @@ def fold_batchnorm(model, variables=None, input_shape: Sequence[int] | None = No
     pairs = find_conv_bn_pairs(module, shape, variables)
     new = _to_dict(jax.tree.map(lambda x: x, dict(variables)))
     for pair in pairs:
-        conv_p = _get(new["params"], pair.conv_path)
+        conv_p = _get(new["params"], pair.kernel_path)
         kernel = np.asarray(conv_p["kernel"], np.float64)
         bias = np.asarray(conv_p["bias"], np.float64) if "bias" in conv_p else 0.0
         stats = _get(new["batch_stats"], pair.bn_path)
@@ -162,12 +190,16 @@ def fold_batchnorm(model, variables=None, input_shape: Sequence[int] | None = No
         s = gamma / np.sqrt(var + pair.epsilon)
         kdtype = conv_p["kernel"].dtype
         conv_p["kernel"] = jnp.asarray(kernel * s, kdtype)
-        conv_p["bias"] = jnp.asarray((bias - mean) * s + beta, kdtype)
+        new_bias = jnp.asarray((bias - mean) * s + beta, kdtype)
+        if pair.has_bias:
+            conv_p["bias"] = new_bias
+        else:  # added by FoldedModel's interceptor after the call
+            _set(new["params"], (*pair.conv_path, "bias"), new_bias)
         _delete(new["params"], pair.bn_path)
         _delete(new["batch_stats"], pair.bn_path)
     if "batch_stats" in new and not new["batch_stats"]:
         del new["batch_stats"]
-    return FoldedModel(module, tuple(p.conv_path for p in pairs),
+    return FoldedModel(module, tuple(p.conv_path for p in pairs if not p.has_bias),
                        tuple(p.bn_path for p in pairs)), new
 
 

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from jaxcnn.inspect._common import abstract_init, path_str, resolve
+from jaxcnn.inspect._common import abstract_init, path_str, resolve, xla_convs
 from jaxcnn.inspect._rf_walk import TAG, AxisRF, FieldAt, RFRow, _State, _entry_summary, _Walker
 
 __all__ = ["AxisRF", "FieldAt", "RFRow", "ReceptiveFields", "receptive_fields", "trace_forward"]
@@ -154,7 +154,8 @@ def trace_forward(model: nn.Module, input_shape, variables=None, **kwargs):
             return model.apply(v, x, train=False, **kwargs)
 
     x = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
-    closed = jax.make_jaxpr(fwd)(variables, x)
+    with xla_convs():
+        closed = jax.make_jaxpr(fwd)(variables, x)
     return closed, jax.tree.structure(variables), calls
 
 
