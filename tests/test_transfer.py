@@ -8,7 +8,7 @@ import optax
 import pytest
 
 from jaxcnn import models, transfer
-from jaxcnn.train import create_train_state, make_train_step
+from jaxcnn.train import make_train_step
 
 SHAPE = (1, 8, 8, 3)
 
@@ -99,9 +99,9 @@ def test_stages_in_creation_order():
     assert transfer.stages("lenet5") == ["c1", "c3", "c5", "f6", "head"]
     tiny = TinyResNet()
     assert transfer.stages(tiny, SHAPE) == ["stem", "stage1", "stage2", "head"]
-    jitted = jax.jit(lambda: _init(tiny))()["params"]  # JAX sorts dict keys
+    traced = jax.eval_shape(lambda: _init(tiny))["params"]  # JAX sorts dict keys in outputs
     with pytest.raises(ValueError, match="creation order"):
-        transfer.stages(jitted)
+        transfer.stages(traced)
     order = transfer.param_order(tiny, SHAPE)
     assert order[0].startswith("stem/") and order[-1].startswith("head/")
 
@@ -166,9 +166,10 @@ def test_frozen_params_and_batchnorm_stats_are_bit_identical():
     n_state = sum(x.size for x in jax.tree.leaves(state.opt_state) if x.ndim)
     assert n_state == 2 * n_trainable
     # Control: without the wrapper, the frozen parts' BatchNorm statistics would drift.
-    plain = create_train_state(model, state.tx, (), variables=v)
-    plain, _ = make_train_step()(plain, _batch())
-    assert not _same_bits(s0["stem/bn/mean"], _flat(plain.batch_stats)["stem/bn/mean"])
+    _, drift = model.apply(v, _batch()["image"], train=True, mutable=["batch_stats"])
+    assert not _same_bits(s0["stem/bn/mean"], _flat(drift)["stem/bn/mean"])
+    assert not _same_bits(s0["stage1/block0/conv1/bn/mean"],
+                          _flat(drift)["stage1/block0/conv1/bn/mean"])
 
 
 def test_frozen_bn_modules_follow_param_labels():
@@ -184,7 +185,7 @@ def test_frozen_bn_modules_follow_param_labels():
 
 def _toy():
     params = {"stem": {"w": jnp.ones(3)}, "stage1": {"w": jnp.ones(2)}, "head": {"w": jnp.ones(4)}}
-    grads = jax.tree.map(jnp.ones_like, params)
+    grads = jax.tree.map(lambda p: 0.5 + jnp.arange(p.size, dtype=jnp.float32), params)
     return params, grads, transfer.label_params(params, transfer.stage_rules(list(params)))
 
 
@@ -193,8 +194,14 @@ def test_explicit_per_stage_rates_give_updates_in_ratio():
     rates = {"stem": 1e-5, "stage1": 1e-4, "head": 1e-3}
     tx = transfer.finetune(optax.sgd(1e-3), labels, transfer.scales_from_rates(rates, 1e-3))
     updates, _ = tx.update(grads, tx.init(params), params)
-    for k, r in rates.items():
-        np.testing.assert_allclose(updates[k]["w"], -r, rtol=1e-6)
+    for k, r in rates.items():  # SGD: update = -rate * grad, per stage
+        np.testing.assert_allclose(updates[k]["w"], -r * grads[k]["w"], rtol=1e-6)
+    # Layer-wise decay with SGD: ratios decay^(distance from head) for the same gradient.
+    tx = transfer.finetune(optax.sgd(0.1), labels, transfer.layerwise_decay(list(params), 0.3))
+    updates, _ = tx.update(grads, tx.init(params), params)
+    np.testing.assert_allclose(updates["head"]["w"], -0.1 * grads["head"]["w"], rtol=1e-6)
+    np.testing.assert_allclose(updates["stage1"]["w"] / updates["head"]["w"][:2], 0.3, rtol=1e-6)
+    np.testing.assert_allclose(updates["stem"]["w"] / updates["head"]["w"][:3], 0.09, rtol=1e-6)
 
 
 def test_layerwise_decay_with_adam_and_a_schedule():
