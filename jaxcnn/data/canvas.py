@@ -11,6 +11,11 @@ scikit-learn's 1,797 8x8 digits scaled to 20x20 and centred in 28x28 as MNIST's 
     images, labels, source = load_digit_source()
     (tr_x, tr_y), (te_x, te_y) = split_digits(images, labels)   # MNIST: first 8,000 / last 2,000
     x, y = make_canvases(tr_x, tr_y, 32, np.random.default_rng(0))  # (32,64,64,1), (32,64,64)
+    data = digit_canvas_data(num_test=1000)   # the same, plus 1,000 fixed held-out canvases
+
+Everything is deterministic given the seed: training batch ``t`` is drawn with
+``default_rng([seed, t])`` (:func:`canvas_batch`), the held-out canvases with
+``default_rng([seed, 2**31])``, a stream no training step reaches.
 
 Oxford-IIIT Pet (``tfds.load("oxford_iiit_pet")``, needs a network or a prepared data dir):
 :func:`pets_dataset` resizes image and trimap and maps the trimap's 1/2/3 (pet, background,
@@ -23,7 +28,7 @@ import pathlib
 import numpy as np
 
 __all__ = ["NUM_CLASSES", "load_digit_source", "split_digits", "make_canvases",
-           "canvas_batches", "colorize", "pets_dataset", "pets_preprocess"]
+           "canvas_batch", "canvas_batches", "digit_canvas_data", "colorize", "pets_dataset", "pets_preprocess"]
 
 NUM_CLASSES = 11  # background + 10 digits
 
@@ -109,11 +114,35 @@ def make_canvases(images, labels, n: int, rng: np.random.Generator, size: int = 
     return x[..., None], y
 
 
-def canvas_batches(images, labels, batch_size: int, seed: int = 0, **kwargs):
-    """Endless iterator of fresh canvas batches ``(x, y)`` (new placements every batch)."""
-    rng = np.random.default_rng(seed)
+def canvas_batch(images, labels, batch_size: int, seed: int, step: int, **kwargs):
+    """The training batch of ``step``: fresh canvases drawn with ``default_rng([seed, step])``,
+    so a resumed run sees exactly the batches an uninterrupted one would."""
+    return make_canvases(images, labels, batch_size, np.random.default_rng([seed, step]),
+                         **kwargs)
+
+
+def canvas_batches(images, labels, batch_size: int, seed: int = 0, start: int = 0, **kwargs):
+    """Endless iterator of fresh canvas batches ``(x, y)``: :func:`canvas_batch` for steps
+    ``start, start + 1, ...``."""
+    step = start
     while True:
-        yield make_canvases(images, labels, batch_size, rng, **kwargs)
+        yield canvas_batch(images, labels, batch_size, seed, step, **kwargs)
+        step += 1
+
+
+def digit_canvas_data(num_test: int = 1000, data_dir: str | None = None, source: str = "auto",
+                      num_train_digits: int | None = None, seed: int = 0, **kwargs):
+    """The digit-canvas task in one call: the source digits split first (training digits,
+    held-out digits), then ``num_test`` fixed held-out canvases composed only of held-out
+    digits (drawn with ``default_rng([seed, 2**31])``, a stream no training step uses).
+
+    Returns ``dict(train_digits=(images, labels), test=(x, y), source=name)``; training
+    batches come from :func:`canvas_batch` on ``train_digits``.
+    """
+    images, labels, name = load_digit_source(data_dir, source)
+    train, held_out = split_digits(images, labels, num_train_digits)
+    x, y = make_canvases(*held_out, num_test, np.random.default_rng([seed, 2 ** 31]), **kwargs)
+    return {"train_digits": train, "test": (x, y), "source": name}
 
 
 def colorize(labels, num_classes: int = NUM_CLASSES):

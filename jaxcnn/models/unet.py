@@ -37,10 +37,10 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxcnn.layers import ConvBNAct, ConvTranspose2d, check_image, conv2d, max_pool
+from jaxcnn.layers import ConvBNAct, check_image, conv2d, max_pool
 from jaxcnn.models import register_model
 
-__all__ = ["UNet", "DoubleConv", "valid_min_size", "unet_feature_info"]
+__all__ = ["UNet", "DoubleConv", "UpConv2x2", "valid_min_size", "unet_feature_info"]
 
 
 def valid_min_size(depth: int) -> int:
@@ -88,6 +88,42 @@ class DoubleConv(nn.Module):
         return x
 
 
+class UpConv2x2(nn.Module):
+    """The "up-convolution": a 2x2 transposed convolution with stride 2.
+
+    Same parameters (``conv/kernel`` HWIO ``(2, 2, c_in, c_out)``, ``conv/bias``) and the same
+    result as ``ConvTranspose2d(c_out, 2, stride=2)``, computed as one matrix product followed
+    by a depth-to-space rearrangement: with stride equal to the kernel size every output pixel
+    receives exactly one input pixel, ``y[2h + i, 2w + j] = x[h, w] @ kernel[1 - i, 1 - j]``.
+    XLA's CPU transposed convolution (and its gradient) is several times slower than this.
+    """
+
+    features: int
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        return _UpConvKernel(self.features, self.dtype, self.param_dtype, name="conv")(x)
+
+
+class _UpConvKernel(nn.Module):
+    features: int
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        cin = x.shape[-1]
+        kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                            (2, 2, cin, self.features), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        n, h, w, _ = x.shape
+        y = jnp.einsum("nhwc,ijco->nhiwjo", x, kernel[::-1, ::-1])
+        return y.reshape(n, 2 * h, 2 * w, self.features) + bias
+
+
 class UNet(nn.Module):
     """U-Net. Submodules, in forward order: ``enc1``..``enc{depth+1}`` (the last is the
     bottleneck), then ``up{i}``/``dec{i}`` for ``i = depth..1``, then ``head``."""
@@ -133,8 +169,8 @@ class UNet(nn.Module):
             x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
 
         for i in reversed(range(self.depth)):
-            x = ConvTranspose2d(widths[i], kernel_size=2, stride=2, dtype=self.dtype,
-                                param_dtype=self.param_dtype, name=f"up{i + 1}")(x)
+            x = UpConv2x2(widths[i], dtype=self.dtype, param_dtype=self.param_dtype,
+                          name=f"up{i + 1}")(x)
             skip = center_crop(skips[i], x.shape[1], x.shape[2])
             x = jnp.concatenate([skip, x.astype(skip.dtype)], axis=-1)
             x = DoubleConv(widths[i], name=f"dec{i + 1}", **common)(x, train=train)
@@ -167,7 +203,8 @@ def unet_bn(**kwargs) -> UNet:
     """U-Net with BatchNorm (conv biases dropped): 31,036,546 parameters with 1 channel in
     and 2 classes (31,037,698 with 3 channels in, the count milesial/Pytorch-UNet prints)."""
     kwargs.setdefault("variant", "unet_bn")
-    return UNet(batch_norm=True, **kwargs)
+    kwargs.setdefault("batch_norm", True)
+    return UNet(**kwargs)
 
 
 @register_model(params=1_926_763, input_size=(64, 64, 1), num_classes=11, paper=_PAPER,
@@ -180,4 +217,6 @@ def unet_small(**kwargs) -> UNet:
     digit-canvas segmentation experiment."""
     kwargs.setdefault("variant", "unet_small")
     kwargs.setdefault("num_classes", 11)
-    return UNet(base_width=32, depth=3, batch_norm=True, **kwargs)
+    for k, v in (("base_width", 32), ("depth", 3), ("batch_norm", True)):
+        kwargs.setdefault(k, v)
+    return UNet(**kwargs)

@@ -1,55 +1,89 @@
-"""Segmentation: per-pixel losses, metrics, and a jit-compiled train/eval step for U-Net.
+"""Segmentation: per-pixel losses, confusion-matrix metrics and the eval step.
 
-Logits are ``(N, H, W, K)``, labels int ``(N, H, W)`` in ``[0, K)``. When a valid-padding
-U-Net returns a smaller map than its input, labels are centre-cropped to it
-(:func:`crop_labels`).
+Logits are ``(N, H, W, K)``, labels int ``(N, H, W)`` in ``[0, K)``; ``weights`` are per pixel
+``(N, H, W)`` or per example ``(N,)`` (0 masks a padded example or an ignored pixel). When a
+valid-padding U-Net returns a smaller map than its input, labels are centre-cropped to it
+(:func:`crop_labels`; the losses do it themselves).
 
-- :func:`pixel_cross_entropy`: softmax cross-entropy averaged over pixels (optional weights).
-- :func:`dice_loss`: ``1 - mean_k (2 |P_k . T_k| + eps) / (|P_k| + |T_k| + eps)`` with soft
-  probabilities ``P`` and one-hot targets ``T``, summed over the batch per class (classes absent
-  from both prediction and target score 1, so they do not pull the loss).
-- :func:`confusion_matrix` -> :func:`iou_per_class`, :func:`mean_iou`, :func:`pixel_accuracy`,
-  :func:`dice_per_class`. Mean IoU is the mean over classes present in the target or the
-  prediction (an absent class has no IoU: ``nan``, skipped), computed from a confusion matrix
-  summed over the whole evaluation set, as in the PASCAL VOC and Cityscapes benchmarks.
+Losses (jit-friendly, differentiable):
+
+- :func:`pixel_cross_entropy`: softmax cross-entropy, the (weighted) mean over pixels; optional
+  per-class weights. Written with one-hot targets: the integer-label form's gradient is a
+  scatter that XLA constant-folds for a minute at 64x64.
+- :func:`dice_loss`: soft Dice ``1 - mean_k (2 sum P_k T_k + eps) / (sum P_k + sum T_k + eps)``
+  with softmax probabilities ``P`` and one-hot targets ``T``, sums over all pixels of the batch
+  per class; ``eps = 1`` makes a class absent from both target and prediction score ~1.
+- :func:`make_seg_loss`: ``cross-entropy + dice_weight * Dice`` as the
+  ``loss_fn(logits, labels, weights)`` that :func:`jaxcnn.train.make_train_step` takes.
+
+Metrics, all from one confusion matrix summed over a whole evaluation set (as PASCAL VOC and
+Cityscapes compute them), numpy or jax (inside jit) alike:
+
+- :func:`confusion_matrix` ``(K, K)``, rows true class, columns predicted.
+- :func:`iou_per_class` ``TP / (TP + FP + FN)``; a class absent from both the target and the
+  prediction has no IoU (``nan``) and :func:`mean_iou` leaves it out of the mean (it would
+  otherwise count as 0 or 1 depending on convention). :func:`pixel_accuracy`,
+  :func:`dice_per_class`.
 """
 from __future__ import annotations
-
-import functools
-from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from flax import struct
 
-__all__ = ["crop_labels", "pixel_cross_entropy", "dice_loss", "confusion_matrix",
-           "iou_per_class", "mean_iou", "pixel_accuracy", "dice_per_class", "SegState",
-           "create_seg_state", "seg_loss", "make_seg_train_step", "make_seg_eval_step", "predict",
-           "evaluate_segmentation"]
+__all__ = ["crop_labels", "pixel_cross_entropy", "dice_loss", "make_seg_loss",
+           "confusion_matrix", "iou_per_class", "mean_iou", "pixel_accuracy", "dice_per_class",
+           "seg_eval_step_fn", "make_seg_eval_step", "evaluate_segmentation", "predict"]
+
+
+def _xp(*arrays):
+    return jnp if any(isinstance(a, jax.Array) for a in arrays) else np
 
 
 def crop_labels(labels, height: int, width: int):
-    """Centre crop of ``(N, H, W)`` labels to the network's output size."""
+    """Centre crop of ``(N, H, W)`` labels (or weights) to the network's output size."""
+    if labels.shape[1] == height and labels.shape[2] == width:
+        return labels
     top, left = (labels.shape[1] - height) // 2, (labels.shape[2] - width) // 2
     return labels[:, top:top + height, left:left + width]
 
 
-def pixel_cross_entropy(logits, labels, weights=None):
-    """Mean per-pixel softmax cross-entropy; ``weights`` ``(N, H, W)`` (e.g. class weights or
-    an ignore mask) make it a weighted mean."""
-    per = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+def _pixel_weights(weights, labels):
+    """Per-pixel float weights from ``None``, ``(N,)`` or ``(N, H, W)`` weights."""
     if weights is None:
+        return None
+    weights = jnp.asarray(weights, jnp.float32)
+    if weights.ndim == 1:
+        weights = jnp.broadcast_to(weights[:, None, None], labels.shape)
+    return crop_labels(weights, labels.shape[1], labels.shape[2])
+
+
+def pixel_cross_entropy(logits, labels, weights=None, class_weights=None):
+    """Mean per-pixel softmax cross-entropy. ``weights`` (per pixel or per example) make it a
+    weighted mean; ``class_weights`` ``(K,)`` weight each pixel by its true class."""
+    labels = crop_labels(labels, logits.shape[1], logits.shape[2])
+    k = logits.shape[-1]
+    onehot = jax.nn.one_hot(labels, k, dtype=jnp.float32)
+    per = -jnp.sum(onehot * jax.nn.log_softmax(logits.astype(jnp.float32), -1), -1)
+    w = _pixel_weights(weights, labels)
+    if class_weights is not None:
+        cw = onehot @ jnp.asarray(class_weights, jnp.float32)
+        w = cw if w is None else w * cw
+    if w is None:
         return jnp.mean(per)
-    return jnp.sum(per * weights) / jnp.maximum(jnp.sum(weights), 1e-8)
+    return jnp.sum(per * w) / jnp.maximum(jnp.sum(w), 1e-8)
 
 
-def dice_loss(logits, labels, eps: float = 1.0, include_background: bool = True):
-    """Soft multi-class Dice loss (Milletari et al. 2016 with squares replaced by sums)."""
+def dice_loss(logits, labels, weights=None, eps: float = 1.0, include_background: bool = True):
+    """Soft multi-class Dice loss over the batch (see the module docstring); ``weights`` mask
+    pixels or examples out of both sums."""
+    labels = crop_labels(labels, logits.shape[1], logits.shape[2])
     k = logits.shape[-1]
     probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
     onehot = jax.nn.one_hot(labels, k, dtype=jnp.float32)
+    w = _pixel_weights(weights, labels)
+    if w is not None:
+        probs, onehot = probs * w[..., None], onehot * w[..., None]
     axes = tuple(range(probs.ndim - 1))
     inter = jnp.sum(probs * onehot, axes)
     total = jnp.sum(probs, axes) + jnp.sum(onehot, axes)
@@ -59,139 +93,136 @@ def dice_loss(logits, labels, eps: float = 1.0, include_background: bool = True)
     return 1.0 - jnp.mean(dice)
 
 
-def confusion_matrix(pred, labels, num_classes: int):
-    """``(K, K)`` pixel counts (rows: true class, columns: predicted); numpy in, numpy out,
-    jax in (e.g. inside jit), jax out."""
-    xp = jnp if isinstance(pred, jax.Array) or isinstance(labels, jax.Array) else np
-    idx = labels.reshape(-1).astype(xp.int32) * num_classes + pred.reshape(-1).astype(xp.int32)
-    return xp.bincount(idx, length=num_classes * num_classes).reshape(num_classes, num_classes) \
-        if xp is jnp else np.bincount(idx, minlength=num_classes ** 2).reshape(num_classes,
-                                                                              num_classes)
+def make_seg_loss(dice_weight: float = 0.5, class_weights=None):
+    """``loss_fn(logits, labels, weights) = CE + dice_weight * Dice`` for ``make_train_step``."""
+    cw = None if class_weights is None else tuple(float(c) for c in class_weights)
+
+    def loss_fn(logits, labels, weights=None):
+        loss = pixel_cross_entropy(logits, labels, weights, cw)
+        if dice_weight:
+            loss = loss + dice_weight * dice_loss(logits, labels, weights)
+        return loss
+
+    return loss_fn
+
+
+def confusion_matrix(pred, labels, num_classes: int, weights=None):
+    """``(K, K)`` pixel counts, rows true class, columns predicted class, from class maps of
+    any shape (``weights`` of the same shape count pixels fractionally, 0 drops them).
+    numpy in -> numpy int64 out; jax in (also inside jit) -> jax float32 out."""
+    xp = _xp(pred, labels, weights)
+    idx = (labels.reshape(-1).astype(xp.int32) * num_classes
+           + pred.reshape(-1).astype(xp.int32))
+    w = None if weights is None else weights.reshape(-1)
+    if xp is jnp:
+        w = jnp.ones(idx.shape, jnp.float32) if w is None else w.astype(jnp.float32)
+        return jnp.zeros(num_classes * num_classes, jnp.float32).at[idx].add(w).reshape(
+            num_classes, num_classes)
+    cm = np.bincount(idx, weights=w, minlength=num_classes ** 2)
+    cm = cm.reshape(num_classes, num_classes)
+    return cm.astype(np.int64) if w is None else cm
 
 
 def iou_per_class(cm):
-    """IoU ``TP / (TP + FP + FN)`` per class from a confusion matrix; ``nan`` for a class that
-    appears neither in the target nor in the prediction."""
-    cm = np.asarray(cm, np.float64)
-    tp = np.diag(cm)
+    """IoU ``TP / (TP + FP + FN)`` per class; ``nan`` for a class absent from both target and
+    prediction (its union is empty)."""
+    xp = _xp(cm)
+    cm = cm.astype(xp.float32 if xp is jnp else np.float64)
+    tp = xp.diag(cm)
     union = cm.sum(0) + cm.sum(1) - tp
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(union > 0, tp / union, np.nan)
+    return xp.where(union > 0, tp / xp.where(union > 0, union, 1), xp.nan)
 
 
-def mean_iou(cm) -> float:
-    """Mean of :func:`iou_per_class` over the classes that occur."""
-    return float(np.nanmean(iou_per_class(cm)))
+def mean_iou(cm):
+    """Mean IoU over the classes present in the target or the prediction (absent classes,
+    ``nan`` in :func:`iou_per_class`, are excluded)."""
+    xp = _xp(cm)
+    v = xp.nanmean(iou_per_class(cm))
+    return float(v) if xp is np else v
 
 
 def dice_per_class(cm):
     """Dice (F1) ``2 TP / (2 TP + FP + FN)`` per class; ``nan`` for absent classes."""
-    cm = np.asarray(cm, np.float64)
-    tp = np.diag(cm)
+    xp = _xp(cm)
+    cm = cm.astype(xp.float32 if xp is jnp else np.float64)
+    tp = xp.diag(cm)
     denom = cm.sum(0) + cm.sum(1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denom > 0, 2 * tp / denom, np.nan)
+    return xp.where(denom > 0, 2 * tp / xp.where(denom > 0, denom, 1), xp.nan)
 
 
-def pixel_accuracy(cm) -> float:
-    cm = np.asarray(cm, np.float64)
-    return float(np.trace(cm) / max(cm.sum(), 1.0))
+def pixel_accuracy(cm):
+    """Share of pixels whose predicted class is the true one."""
+    xp = _xp(cm)
+    v = xp.trace(cm) / xp.maximum(cm.sum(), 1)
+    return float(v) if xp is np else v
 
 
 # ----------------------------------------------------------------------------------------------
-# Training
+# Evaluation (training uses jaxcnn.train.make_train_step(loss_fn=make_seg_loss(...)))
 
-@struct.dataclass
-class SegState:
-    """Parameters, BatchNorm statistics, optimizer state and step of a segmentation network."""
-
-    step: jax.Array
-    params: Any
-    batch_stats: Any
-    opt_state: Any
-    apply_fn: Callable = struct.field(pytree_node=False)
-    tx: optax.GradientTransformation = struct.field(pytree_node=False)
-
-    @property
-    def variables(self) -> dict:
-        return {"params": self.params, **({"batch_stats": self.batch_stats}
-                                          if self.batch_stats else {})}
+def seg_eval_step_fn(state, batch: dict, *, num_classes: int, loss_fn=None) -> dict:
+    """Sums over one batch ``{"image", "label", ["mask"]}``: ``loss_sum`` (per-pixel
+    cross-entropy, or ``loss_fn`` times the pixel count), ``count`` (pixels) and
+    ``confusion`` (``(K, K)``)."""
+    logits = state.apply_fn(state.variables, batch["image"], train=False)
+    labels = crop_labels(batch["label"], logits.shape[1], logits.shape[2])
+    w = _pixel_weights(batch.get("mask"), labels)
+    if w is None:
+        w = jnp.ones(labels.shape, jnp.float32)
+    count = jnp.sum(w)
+    loss = loss_fn(logits, labels, w) if loss_fn else pixel_cross_entropy(logits, labels, w)
+    return {"loss_sum": loss * count, "count": count,
+            "confusion": confusion_matrix(jnp.argmax(logits, -1), labels, num_classes, w)}
 
 
-def create_seg_state(model, tx, input_shape, seed: int = 0) -> SegState:
-    x = jnp.zeros(tuple(input_shape), jnp.float32)
-    v = jax.jit(lambda k: model.init({"params": k, "dropout": k}, x))(jax.random.key(seed))
-    return SegState(step=jnp.zeros((), jnp.int32), params=v["params"],
-                    batch_stats=v.get("batch_stats", {}), opt_state=tx.init(v["params"]),
-                    apply_fn=model.apply, tx=tx)
+def make_seg_eval_step(num_classes: int, loss_fn=None):
+    """``jax.jit`` of :func:`seg_eval_step_fn`: ``step(state, batch) -> metric sums``."""
+    return jax.jit(lambda state, batch: seg_eval_step_fn(state, batch, num_classes=num_classes,
+                                                         loss_fn=loss_fn))
 
 
-def seg_loss(logits, labels, dice_weight: float = 0.5, class_weights=None):
-    """``cross-entropy + dice_weight * Dice loss``; ``class_weights`` ``(K,)`` weight the
-    cross-entropy per true class."""
-    labels = crop_labels(labels, logits.shape[1], logits.shape[2])
-    w = None if class_weights is None else jnp.asarray(class_weights)[labels]
-    loss = pixel_cross_entropy(logits, labels, w)
-    if dice_weight:
-        loss = loss + dice_weight * dice_loss(logits, labels)
-    return loss
-
-
-def _train_step(state: SegState, x, y, key, *, dice_weight, class_weights):
-    def loss_fn(params):
-        out = state.apply_fn({"params": params, **({"batch_stats": state.batch_stats}
-                                                   if state.batch_stats else {})},
-                             x, train=True, mutable=["batch_stats"],
-                             rngs={"dropout": jax.random.fold_in(key, state.step)})
-        logits, updates = out
-        return seg_loss(logits, y, dice_weight, class_weights), updates.get("batch_stats", {})
-
-    (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-    state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                          opt_state=opt_state, batch_stats=stats)
-    return state, loss
-
-
-def make_seg_train_step(dice_weight: float = 0.5, class_weights=None):
-    """``step(state, x, y, key) -> (state, loss)``, jit-compiled with the state donated."""
-    cw = None if class_weights is None else tuple(float(c) for c in class_weights)
-    fn = functools.partial(_train_step, dice_weight=dice_weight, class_weights=cw)
-    return jax.jit(fn, donate_argnums=0)
-
-
-def make_seg_eval_step():
-    """``step(state, x) -> predicted classes (N, H_out, W_out)``, jit-compiled."""
-
-    @jax.jit
-    def step(state: SegState, x):
-        return jnp.argmax(state.apply_fn(state.variables, x, train=False), -1)
-
-    return step
-
-
-def predict(state: SegState, images, batch_size: int = 64, eval_step=None) -> np.ndarray:
-    """Predicted class maps for ``images`` in batches of a fixed size (the last one padded)."""
-    eval_step = eval_step or make_seg_eval_step()
-    out = []
+def _padded_batches(images, labels, batch_size):
     for i in range(0, len(images), batch_size):
-        x = images[i:i + batch_size]
+        x, y = images[i:i + batch_size], labels[i:i + batch_size]
         m = len(x)
-        if m < batch_size:  # static shapes: pad with copies of the last image
+        mask = np.zeros(batch_size, np.float32)
+        mask[:m] = 1
+        if m < batch_size:  # static shapes: pad with copies of the last example, masked out
             x = np.concatenate([x, np.repeat(x[-1:], batch_size - m, 0)])
-        out.append(np.asarray(eval_step(state, x))[:m])
-    return np.concatenate(out)
+            y = np.concatenate([y, np.repeat(y[-1:], batch_size - m, 0)])
+        yield {"image": x, "label": y, "mask": mask}
 
 
-def evaluate_segmentation(state: SegState, images, labels, num_classes: int,
-                          batch_size: int = 64, eval_step=None) -> dict:
-    """Metrics over a whole held-out set from one confusion matrix: pixel accuracy, mean IoU,
-    per-class IoU and Dice (``None`` for a class absent from target and prediction)."""
-    pred = predict(state, images, batch_size, eval_step)
-    labels = crop_labels(np.asarray(labels), pred.shape[1], pred.shape[2])
-    cm = confusion_matrix(pred, labels, num_classes)
+def evaluate_segmentation(eval_step, state, images, labels, batch_size: int = 64) -> dict:
+    """Metrics over a whole held-out set from one summed confusion matrix: loss, pixel
+    accuracy, mean IoU, per-class IoU and Dice (``None`` where a class is absent)."""
+    acc = None
+    for batch in _padded_batches(images, labels, batch_size):
+        m = eval_step(state, batch)
+        acc = m if acc is None else jax.tree.map(jnp.add, acc, m)
+    acc = jax.device_get(acc)
+    cm = np.rint(np.asarray(acc["confusion"], np.float64)).astype(np.int64)
     iou = iou_per_class(cm)
-    return {"pixel_accuracy": pixel_accuracy(cm), "mean_iou": float(np.nanmean(iou)),
-            "iou_per_class": [None if np.isnan(v) else float(v) for v in iou],
-            "dice_per_class": [None if np.isnan(v) else float(v) for v in dice_per_class(cm)],
-            "confusion": cm.tolist(), "predictions": pred}
+    nan_to_none = lambda v: [None if np.isnan(a) else float(a) for a in v]  # noqa: E731
+    return {"loss": float(acc["loss_sum"] / acc["count"]), "pixel_accuracy": pixel_accuracy(cm),
+            "mean_iou": mean_iou(cm), "iou_per_class": nan_to_none(iou),
+            "dice_per_class": nan_to_none(dice_per_class(cm)), "confusion": cm}
+
+
+def predict(state, images, batch_size: int = 64) -> np.ndarray:
+    """Predicted class maps ``(N, H_out, W_out)`` for ``images`` (fixed batch shape)."""
+    step = _predict_step()
+    out = []
+    for batch in _padded_batches(images, np.zeros(len(images)), batch_size):
+        out.append(np.asarray(step(state, batch["image"])))
+    return np.concatenate(out)[:len(images)]
+
+
+_PREDICT = []
+
+
+def _predict_step():
+    if not _PREDICT:
+        _PREDICT.append(jax.jit(lambda state, x: jnp.argmax(
+            state.apply_fn(state.variables, x, train=False), -1)))
+    return _PREDICT[0]
