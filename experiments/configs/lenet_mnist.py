@@ -26,4 +26,9 @@ def get_config():
     c.schedule = "cosine"
     c.augment_shift = 2
     c.seed = 0
+    # scale-out (jaxcnn.train.mesh/precision/remat): all devices, float32, no accumulation
+    c.num_devices = 0
+    c.precision = "float32"  # or "bfloat16", "float16"
+    c.grad_accum_steps = 1
+    c.remat = ""
     return c

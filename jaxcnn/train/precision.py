@@ -49,7 +49,7 @@ class Policy:
 
 
 def get_policy(mixed_precision: Any = None) -> Policy:
-    """Policy for the config flag ``mixed_precision``: ``False``/``None``/``"float32"``,
+    """Policy for the config key ``precision``: ``False``/``None``/``"float32"``,
     ``True``/``"bfloat16"``/``"bf16"``, or ``"float16"``/``"fp16"`` (with loss scaling)."""
     if isinstance(mixed_precision, Policy):
         return mixed_precision
@@ -57,8 +57,8 @@ def get_policy(mixed_precision: Any = None) -> Policy:
     if isinstance(mixed_precision, bool):
         key = "true" if mixed_precision else "false"
     if key not in _ALIASES:
-        raise ValueError(f"mixed_precision={mixed_precision!r}: expected one of False/'float32', "
-                         f"True/'bfloat16', 'float16'")
+        raise ValueError(f"precision={mixed_precision!r}: expected 'float32', 'bfloat16' or "
+                         f"'float16' (or True/False)")
     name = _ALIASES[key]
     if name == "float32":
         return Policy("float32", None)

@@ -14,18 +14,13 @@ import jax.numpy as jnp
 
 from jaxcnn.train.losses import classification_metrics, confusion_matrix, cross_entropy
 from jaxcnn.train.precision import all_finite, update_dynamic_scale
+from jaxcnn.train.remat import REMAT_POLICIES
 from jaxcnn.train.state import TrainState
 
 __all__ = ["make_train_step", "make_eval_step", "train_step_fn", "eval_step_fn", "ShardedStep",
            "REMAT_POLICIES"]
 
 
-REMAT_POLICIES = {
-    # save conv/matmul outputs, recompute BatchNorm, activations and pooling in the backward pass
-    "dots": jax.checkpoint_policies.dots_saveable,
-    # save nothing inside the model: recompute the whole forward pass in the backward pass
-    "full": jax.checkpoint_policies.nothing_saveable,
-}
 
 
 def _split_micro(x, k: int):
@@ -51,8 +46,8 @@ def train_step_fn(state: TrainState, batch: dict, *, label_smoothing: float = 0.
     With BatchNorm each micro-batch is normalised with its own statistics and the running
     averages are updated ``k`` times, so results differ from the big batch (as they do between
     devices without synced BN); dropout draws per micro-batch keys.
-    ``remat`` (``"dots"`` or ``"full"``) wraps the model in ``jax.checkpoint`` with that policy
-    (see ``REMAT_POLICIES``), trading recomputation for activation memory.
+    ``remat`` (``"dots"`` or ``"full"``) wraps the whole model in ``jax.checkpoint`` with that
+    policy (see ``jaxcnn.train.remat``; per-block remat is a model option: ``remat_blocks``).
     ``state.dynamic_scale`` (float16) scales the loss, and skips non-finite steps.
     """
     k = int(grad_accum_steps)
@@ -72,7 +67,8 @@ def train_step_fn(state: TrainState, batch: dict, *, label_smoothing: float = 0.
 
     if remat:
         if remat not in REMAT_POLICIES:
-            raise ValueError(f"remat={remat!r}: expected one of {sorted(REMAT_POLICIES)}")
+            raise ValueError(f"remat={remat!r}: the step takes one of {sorted(REMAT_POLICIES)}; "
+                             f"per-block remat is jaxcnn.train.remat.remat_blocks(model)")
         apply = jax.checkpoint(apply, policy=REMAT_POLICIES[remat])
 
     def loss_and_grads(batch_stats, x, y, w, rng, frac):
