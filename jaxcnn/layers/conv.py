@@ -4,6 +4,11 @@
 Padding follows PyTorch where an integer is given (``p`` pads ``p`` on every side), so that the
 torchvision architectures and their weights carry over exactly; ``"SAME"``/``"VALID"`` follow
 TensorFlow/Keras. ``None`` means "keep the size at stride 1": ``dilation * (k - 1) // 2``.
+
+How the convolutions are computed is chosen by ``jaxcnn.layers.fast_conv.set_conv_impl``
+(``"fast"``, the default: depthwise convs as shifted multiplies, kernel gradients as per-tap
+matmuls, several times to 100x faster on CPU; ``"xla"``: plain ``lax.conv_general_dilated``) or
+the environment variable ``JAXCNN_CONV_IMPL``. Parameters and results are the same either way.
 """
 from __future__ import annotations
 
@@ -11,6 +16,10 @@ from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
+from flax.linen.dtypes import promote_dtype
+
+from jaxcnn.layers import fast_conv
+from jaxcnn.layers.fast_conv import get_conv_impl, set_conv_impl
 
 Dtype = Any
 IntOr2 = int | Sequence[int]
@@ -25,6 +34,8 @@ __all__ = [
     "ConvTranspose2d",
     "ConvBNAct",
     "batch_norm",
+    "set_conv_impl",
+    "get_conv_impl",
 ]
 
 
@@ -74,6 +85,7 @@ def conv2d(
     """A 2-D convolution with PyTorch-style arguments (NHWC data, HWIO kernel).
 
     ``groups > 1`` gives a grouped convolution (``groups == in_channels``: depthwise).
+    The convolution goes through ``fast_conv.conv_general_dilated`` (see the module docstring).
     """
     kw = {} if kernel_init is None else {"kernel_init": kernel_init}
     return nn.Conv(
@@ -87,6 +99,7 @@ def conv2d(
         dtype=dtype,
         param_dtype=param_dtype,
         name=name,
+        conv_general_dilated=fast_conv.conv_general_dilated,
         **kw,
     )
 
@@ -170,7 +183,7 @@ class ConvTranspose2d(nn.Module):
         oh, ow = pair(self.output_padding)
         eh, ew = dh * (kh - 1), dw * (kw - 1)
         pad = ((eh - ph, eh - ph + oh), (ew - pw, ew - pw + ow))
-        return nn.ConvTranspose(
+        return _ConvTranspose(
             self.features,
             kernel_size=(kh, kw),
             strides=pair(self.stride),
@@ -182,6 +195,30 @@ class ConvTranspose2d(nn.Module):
             kernel_init=self.kernel_init,
             name="conv",
         )(x)
+
+
+class _ConvTranspose(nn.ConvTranspose):
+    """``nn.ConvTranspose`` (same fields, parameters ``kernel``/``bias``) computed through
+    ``fast_conv`` when the conv impl is ``"fast"`` (its kernel gradient is then ~40x faster on
+    CPU); explicit padding, one batch axis and ``transpose_kernel=False`` only, as
+    :class:`ConvTranspose2d` uses it."""
+
+    @nn.compact
+    def __call__(self, inputs):
+        if get_conv_impl() != "fast" or self.transpose_kernel or self.mask is not None or \
+                isinstance(self.padding, str) or inputs.ndim != 4:
+            return nn.ConvTranspose.__call__.__wrapped__(self, inputs)  # flax's own code
+        kh, kw = self.kernel_size
+        kernel = self.param("kernel", self.kernel_init, (kh, kw, inputs.shape[-1], self.features),
+                            self.param_dtype)
+        bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+                if self.use_bias else None)
+        inputs, kernel, bias = promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+        y = fast_conv.conv_general_dilated(
+            inputs, kernel, (1, 1), self.padding, lhs_dilation=pair(self.strides),
+            rhs_dilation=pair(self.kernel_dilation), dimension_numbers=fast_conv.NHWC_DN,
+            precision=self.precision, preferred_element_type=self.preferred_element_type)
+        return y if bias is None else y + bias.reshape((1,) * (y.ndim - 1) + (-1,))
 
 
 def batch_norm(train: bool, momentum: float = 0.9, epsilon: float = 1e-5, axis_name=None,
