@@ -157,9 +157,6 @@ def test_analytic_field_equals_gradient_support_resnet18():
         assert e.nonzero_box == e.theoretical_box, (layer, e.nonzero_box, e.theoretical_box)
         assert e.side95 <= max(e.theoretical_extent)
     assert e.theoretical_box == ((0, 39), (0, 39))  # clipped to the image
-    (h0, h1), _ = ji.effective_receptive_field("resnet18", "stem", rf=rf,
-                                               num_samples=2).theoretical_box
-    assert h1 - h0 + 1 == 7
 
 
 def test_erf_png(tmp_path):
@@ -195,7 +192,7 @@ def _check_fold(name):
     return r
 
 
-@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v1_025", "dcgan_generator_32"])
+@pytest.mark.parametrize("name", ["resnet18", "dcgan_generator_32"])
 def test_fold_batchnorm_is_exact(name, fast_compile):
     _check_fold(name)
 
@@ -203,7 +200,7 @@ def test_fold_batchnorm_is_exact(name, fast_compile):
 # one (small) member of every family that uses BatchNorm
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [
-    "resnext50_32x4d", "densenet121", "googlenet", "inception_v3", "vgg11_bn", "mobilenet_v2",
+    "mobilenet_v1_025", "resnext50_32x4d", "densenet121", "googlenet", "inception_v3", "vgg11_bn", "mobilenet_v2",
     "mobilenet_v3_small", "efficientnet_b0", "xception", "unet_bn", "dcgan_discriminator_32",
     "resnet18_cifar", "wide_resnet50_2"])
 def test_fold_batchnorm_every_family(name, fast_compile):
@@ -260,11 +257,12 @@ def test_feature_maps_and_filters(tmp_path):
 
 
 def test_vit_attention_map(tmp_path):
-    m = models.create_model("vit_ti_16", img_size=(32, 32))
+    m = models.create_model("vit_ti_16", img_size=(32, 32), depth=3)
     v = random_variables(abstract_init(m, (1, 32, 32, 3)), stats=False)
     img = ji.sample_image("astronaut", (32, 32))
     amap, what = ji.attention_map(m, v, img)
-    assert amap.shape == (2, 2) and amap.max() == pytest.approx(1.0) and "rollout" in what
+    assert amap.shape == (2, 2) and amap.max() == pytest.approx(1.0)
+    assert "rollout over 3 layers" in what
     assert _is_png(ji.plot_attention(m, v, img, str(tmp_path / "a.png")))
     cnn = models.create_model("lenet5")
     with pytest.raises(ValueError, match="no attention"):
