@@ -204,7 +204,16 @@ def run_method(method, c, name, opts, pretrained, data, n, seed):
 
 # ----------------------------------------------------------------------------------- report
 
+def _mean(records, key):
+    import numpy as np
+
+    v = np.array([r[key] for r in records], float)
+    return float(v.mean()), float(v.std()) if len(v) > 1 else None
+
+
 def table(records, models_run, counts) -> str:
+    """One Markdown table per model; accuracy is the mean over seeds (± std when several),
+    time the mean wall time of one run (compilation included)."""
     lines = []
     for name in models_run:
         rows = [r for r in records if r["model"] == name]
@@ -216,12 +225,19 @@ def table(records, models_run, counts) -> str:
                   + " | " + " | ".join(f"time @{n} (s)" for n in counts) + " |",
                   "|---|---:|" + "---:|" * (2 * len(counts))]
         for m in dict.fromkeys(r["method"] for r in rows):
-            by_n = {r["labels"]: r for r in rows if r["method"] == m}
-            tp = sorted({by_n[n]["trainable_params"] for n in by_n})
+            runs = {n: [r for r in rows if r["method"] == m and r["labels"] == n]
+                    for n in counts}
+            tp = sorted({r["trainable_params"] for rs in runs.values() for r in rs})
+
+            def acc(rs):
+                if not rs:
+                    return "-"
+                mean, std = _mean(rs, "accuracy")
+                return f"{mean:.3f}" + (f" ± {std:.3f}" if std is not None else "")
+
             lines.append(f"| {METHOD_NAMES.get(m, m)} | {', '.join(f'{t:,}' for t in tp)} | "
-                         + " | ".join(f"{by_n[n]['accuracy']:.3f}" if n in by_n else "-"
-                                      for n in counts) + " | "
-                         + " | ".join(f"{by_n[n]['time_s']:.1f}" if n in by_n else "-"
+                         + " | ".join(acc(runs[n]) for n in counts) + " | "
+                         + " | ".join(f"{_mean(runs[n], 'time_s')[0]:.1f}" if runs[n] else "-"
                                       for n in counts) + " |")
         lines.append("")
     return "\n".join(lines)
@@ -238,7 +254,9 @@ def plot(records, models_run, path):
     for ax, name in zip(axes[0], models_run):
         rows = [r for r in records if r["model"] == name]
         for m in dict.fromkeys(r["method"] for r in rows):
-            pts = sorted((r["labels"], r["accuracy"]) for r in rows if r["method"] == m)
+            ns = sorted({r["labels"] for r in rows if r["method"] == m})
+            pts = [(n, _mean([r for r in rows if r["method"] == m and r["labels"] == n],
+                             "accuracy")[0]) for n in ns]
             ax.plot(*zip(*pts), marker="o", label=METHOD_NAMES.get(m, m))
         ax.set_xscale("log")
         ax.set_xlabel("labelled target examples")
@@ -272,14 +290,17 @@ def main(argv):
                               f"{mname}.json").read_text())["source_accuracy"]
         for n in c.label_counts:
             for method in c.methods:
-                t0 = time.perf_counter()
-                acc, trainable = run_method(method, c, mname, opts, pretrained, data, n, c.seed)
-                rec = {"model": mname, "method": method, "labels": n, "accuracy": acc,
-                       "trainable_params": int(trainable), "time_s": time.perf_counter() - t0,
-                       "source_accuracy": src_acc}
-                records.append(rec)
-                print(f"{mname:>16} {n:>5} labels  {METHOD_NAMES[method]:<28} acc {acc:.4f}  "
-                      f"trainable {trainable:>10,}  {rec['time_s']:.1f}s", flush=True)
+                for seed in c.seeds:  # a different labelled subset and initialisation each
+                    t0 = time.perf_counter()
+                    acc, trainable = run_method(method, c, mname, opts, pretrained, data, n,
+                                                seed)
+                    rec = {"model": mname, "method": method, "labels": n, "seed": seed,
+                           "accuracy": acc, "trainable_params": int(trainable),
+                           "time_s": time.perf_counter() - t0, "source_accuracy": src_acc}
+                    records.append(rec)
+                    print(f"{mname:>16} {n:>5} labels  {METHOD_NAMES[method]:<28} seed {seed} "
+                          f"acc {acc:.4f}  trainable {trainable:>10,}  {rec['time_s']:.1f}s",
+                          flush=True)
     total = time.perf_counter() - t_all
     md = table(records, models_run, list(c.label_counts))
     md += (f"\nTotal wall time {total:.0f}s (data loading, pretraining unless cached, "

@@ -58,5 +58,6 @@ def get_config():
     c.lora_lr_multiplier = 2.0  # LoRA adapters train with a larger rate, as usual
     c.probe_steps = 500  # feature extractor: full-batch softmax regression steps
     c.augment_shift = 2  # random translations during training (all methods)
-    c.seed = 0
+    c.seed = 0  # pretraining
+    c.seeds = (0,)  # transfer runs: one labelled subset + initialisation per seed (mean ± std)
     return c
