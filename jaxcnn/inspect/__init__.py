@@ -30,10 +30,11 @@ from jaxcnn.layers.sizes import (conv_output_size, pool_output_size, same_output
                                  transposed_output_size)
 
 __all__ = [
-    "EffectiveRF", "FieldAt", "attention_map", "plot_attention", "FoldReport", "FoldedModel", "RFRow", "ReceptiveFields", "Summary",
-    "SummaryRow", "capture_outputs", "conv_output_size", "default_layers",
-    "effective_receptive_field", "export_model", "find_conv_bn_pairs", "fold_batchnorm",
-    "fold_report", "load_exported", "plot_feature_maps", "plot_filters", "pool_output_size",
-    "random_variables", "receptive_fields", "sample_image", "save_exported", "small_input_shape",
-    "same_output_size", "summary", "time_forward", "transposed_output_size", "xla_flops",
+    "attention_map", "capture_outputs", "conv_output_size", "default_layers",
+    "effective_receptive_field", "EffectiveRF", "export_model", "FieldAt", "find_conv_bn_pairs",
+    "fold_batchnorm", "fold_report", "FoldedModel", "FoldReport", "load_exported",
+    "plot_attention", "plot_feature_maps", "plot_filters", "pool_output_size", "random_variables",
+    "receptive_fields", "ReceptiveFields", "RFRow", "same_output_size", "sample_image",
+    "save_exported", "small_input_shape", "summary", "Summary", "SummaryRow", "time_forward",
+    "transposed_output_size", "xla_flops",
 ]

@@ -13,7 +13,8 @@ import jax.numpy as jnp
 from jaxcnn import models
 
 __all__ = ["Call", "resolve", "small_input_shape", "init_variables", "abstract_init",
-           "random_variables", "record_calls", "xla_convs", "path_str", "subtree", "count", "fmt_int"]
+           "random_variables", "record_calls", "xla_convs", "path_str", "subtree", "count",
+           "fmt_int"]
 
 
 @contextlib.contextmanager

@@ -207,7 +207,8 @@ def effective_receptive_field(model, layer: str | None = None,
     ys, xs = np.arange(H), np.arange(W)
     mh, mw = mass.sum(1), mass.sum(0)
     cy, cx = float((mh * ys).sum()), float((mw * xs).sum())
-    sigma = (float(np.sqrt((mh * (ys - cy) ** 2).sum())), float(np.sqrt((mw * (xs - cx) ** 2).sum())))
+    sigma = (float(np.sqrt((mh * (ys - cy) ** 2).sum())),
+             float(np.sqrt((mw * (xs - cx) ** 2).sum())))
     side95 = _side95(mass, round(cy), round(cx))
     return EffectiveRF(rf.model_name, layer, (ui, uj), grad, field, tbox, nzbox, side95, sigma,
                        (cy, cx))
