@@ -57,8 +57,8 @@ def test_aux_heads_built_at_init_sown_in_train_absent_in_eval(name, heads, weigh
     assert "aux_logits" not in out["variables"]
     for h in heads:
         assert params[h]["head"]["kernel"].shape[-1] == nc
-    keys = list(params)
-    assert keys[0].startswith("conv") and keys[-1] == "head"
+    # (eval_shape returns dicts with sorted keys, so only membership is checked here)
+    assert "head" in params and any(k.startswith("conv") for k in params)
     # training: main logits returned, one (batch, classes) leaf per head, sown from its scope
     logits, mut = out["train"]
     chex.assert_shape(logits, (2, nc))
