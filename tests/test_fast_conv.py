@@ -149,7 +149,7 @@ def test_layers_same_params_values_grads_both_impls(make):
     out = {}
     for impl in ("xla", "fast"):
         fc.set_conv_impl(impl)
-        v = m.init(jax.random.PRNGKey(0), x)
+        v = jax.jit(m.init)(jax.random.PRNGKey(0), x)
         loss = lambda v, x: (m.apply(v, x) ** 2).sum()  # noqa: E731
         out[impl] = (v,) + jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(v, x)
     (v0, l0, g0), (v1, l1, g1) = out["xla"], out["fast"]

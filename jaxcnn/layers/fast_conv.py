@@ -130,12 +130,22 @@ def depthwise_conv_shifted(x, w, strides, padding, rhs_dilation=(1, 1), precisio
 
 
 # ------------------------------------------------------------------------------------ dense
+def _num_chunks(n: int, out_elems: int, budget: int = 1 << 20) -> int:
+    """Largest divisor of the batch size ``n`` with ``chunks * out_elems <= budget`` (>= 1)."""
+    best = 1
+    for d in range(1, n + 1):
+        if n % d == 0 and d * out_elems <= budget:
+            best = d
+    return best
+
+
 def _filter_grad(x, g, kshape, strides, padding, lhs_dilation, rhs_dilation, precision):
     """d(loss)/d(kernel) of a dense NHWC/HWIO conv as one matmul per tap (no zeros multiplied)."""
     kh, kw, cin, cout = kshape
     n, h, wd, _ = x.shape
     _, ho, wo, _ = g.shape
     (plh, _), (plw, _) = padding
+    b = _num_chunks(n, cin * cout)
     taps = []
     for i in range(kh):
         for j in range(kw):
@@ -146,8 +156,12 @@ def _filter_grad(x, g, kshape, strides, padding, lhs_dilation, rhs_dilation, pre
                 continue
             xs = _slice_hw(x, rh[0], rw[0])
             gs = _slice_hw(g, rh[1], rw[1])
-            taps.append(lax.dot_general(xs, gs, (((0, 1, 2), (0, 1, 2)), ((), ())),
-                                        precision=precision))
+            # Split the long contraction (batch x space) into b chunks, one batched matmul and a
+            # sum: ~2x faster on XLA:CPU than one (Cin, M) @ (M, Cout) product with huge M.
+            xs = xs.reshape(b, -1, cin)
+            gs = gs.reshape(b, -1, cout)
+            taps.append(lax.dot_general(xs, gs, (((1,), (1,)), ((0,), (0,))),
+                                        precision=precision).sum(0))
     return jnp.stack(taps).reshape(kh, kw, cin, cout)
 
 
