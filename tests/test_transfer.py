@@ -167,9 +167,9 @@ def test_frozen_params_and_batchnorm_stats_are_bit_identical():
     assert n_state == 2 * n_trainable
     # Control: without the wrapper, the frozen parts' BatchNorm statistics would drift.
     _, drift = model.apply(v, _batch()["image"], train=True, mutable=["batch_stats"])
-    assert not _same_bits(s0["stem/bn/mean"], _flat(drift)["stem/bn/mean"])
+    assert not _same_bits(s0["stem/bn/mean"], _flat(drift["batch_stats"])["stem/bn/mean"])
     assert not _same_bits(s0["stage1/block0/conv1/bn/mean"],
-                          _flat(drift)["stage1/block0/conv1/bn/mean"])
+                          _flat(drift["batch_stats"])["stage1/block0/conv1/bn/mean"])
 
 
 def test_frozen_bn_modules_follow_param_labels():
