@@ -277,6 +277,12 @@ def main(argv):
     workdir = _WORKDIR.value or os.path.join("runs", name)
     os.makedirs(workdir, exist_ok=True)
     models_run = list(c.quick_models if _QUICK.value else c.models)
+    if c.compilation_cache:  # runs differing only in data/seed reuse compiled steps
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", os.path.join(workdir,
+                                                                   c.compilation_cache))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     t_all = time.perf_counter()
     data = load_task(c)
     print(f"source: {len(data['source_train'][1])} train / {len(data['source_test'][1])} test; "
