@@ -28,7 +28,8 @@ import pathlib
 import numpy as np
 
 __all__ = ["NUM_CLASSES", "load_digit_source", "split_digits", "make_canvases",
-           "canvas_batch", "canvas_batches", "digit_canvas_data", "colorize", "pets_dataset", "pets_preprocess"]
+           "canvas_batch", "canvas_batches", "digit_canvas_data", "colorize", "pets_dataset",
+           "pets_preprocess"]
 
 NUM_CLASSES = 11  # background + 10 digits
 
@@ -175,11 +176,20 @@ def pets_dataset(split: str = "train", image_size: int = 128, batch_size: int = 
                  shuffle: bool = True, data_dir: str | None = None, seed: int = 0):
     """Batched ``tf.data`` pipeline of Oxford-IIIT Pet (``tfds.load("oxford_iiit_pet")``);
     iterate with ``tfds.as_numpy``. Needs a network the first time (or a prepared
-    ``data_dir``); 3 classes (see :func:`pets_preprocess`)."""
+    ``data_dir``); 3 classes (see :func:`pets_preprocess`). Not exercised by the offline
+    tests. Train on it with ``make_train_step(loss_fn=make_seg_loss())`` and
+    ``create_model("unet_small", in_channels=3, num_classes=3)``."""
     import tensorflow as tf
     import tensorflow_datasets as tfds
 
-    ds = tfds.load("oxford_iiit_pet", split=split, data_dir=data_dir, shuffle_files=shuffle)
+    try:
+        ds = tfds.load("oxford_iiit_pet", split=split, data_dir=data_dir, shuffle_files=shuffle)
+    except Exception as e:  # as jaxcnn.data.sources: DatasetNotFoundError, offline download
+        raise RuntimeError(
+            f"TFDS dataset 'oxford_iiit_pet' could not be loaded ({type(e).__name__}: {e}). "
+            f"Without a network it must already be prepared in the TFDS data dir; offline, "
+            f"use the digit canvases (digit_canvas_data)."
+        ) from None
     ds = ds.map(lambda e: pets_preprocess(e, image_size), num_parallel_calls=tf.data.AUTOTUNE)
     if shuffle:
         ds = ds.shuffle(1000, seed=seed)

@@ -25,7 +25,7 @@ Options and defaults (``create_model("unet")`` is the paper's network):
 Parameter count of the default configuration: 31,030,658 (1 input channel, 2 classes,
 same or valid padding alike); with BatchNorm 31,036,546. Per level with widths ``c``:
 ``9*c_in*c + c + 9*c*c + c`` for a double conv, ``4*2c*c + c`` for an up-convolution,
-``64*k + k`` for the head (``tests/test_unet.py`` checks the sum).
+``64*k + k`` for the head (``tests/test_segmentation.py`` checks the sum).
 
 ``features_only=True`` returns the contracting path's outputs ``[enc1, ..., enc5]`` (before
 pooling; reductions 1..16).
@@ -209,7 +209,7 @@ def unet_bn(**kwargs) -> UNet:
 
 @register_model(params=1_926_763, input_size=(64, 64, 1), num_classes=11, paper=_PAPER,
                 reference="reduced U-Net (base width 32, depth 3, BatchNorm) for the 64x64 "
-                          "digit canvases of experiments/segmentation.py",
+                          "digit canvases of experiments/segment.py",
                 feature_info=unet_feature_info(32, 3), min_size=8, task="segmentation",
                 test_size=32)
 def unet_small(**kwargs) -> UNet:
