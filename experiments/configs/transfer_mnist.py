@@ -7,16 +7,24 @@ gradual unfreezing, LoRA.
     python -m experiments.transfer --config experiments/configs/transfer_mnist.py --quick
     python -m experiments.transfer --config experiments/configs/transfer_mnist.py  # + ResNet-18
 
-``--quick`` runs LeNet-5 only (a few minutes on 2 cores). The full run adds the CIFAR-stem
+``--quick`` runs LeNet-5 only (about 6 min of CPU time on 2 cores). The full run adds the CIFAR-stem
 ResNet-18 (2 pretraining epochs, cached in the workdir, so a rerun skips it). Outputs go to
 ``runs/transfer_mnist/``: results.md, results.json, accuracy.png, pretrained/*.msgpack.
 TFDS instead of the IDX files is one change: ``--config.dataset=tfds:mnist`` (with
 ``--config.test_split=10000``: TFDS' train+test, the last 10,000 held out).
 
-Measured (LeNet-5, ``--quick``; test accuracy on digits 5-9 of the last 2,000 images):
+Measured (``--quick``, LeNet-5, mean ± std over 3 seeds; test accuracy on digits 5-9 of the
+last 2,000 images; wall time per run on 2 contended cores, compilation included):
 
-see the README section (``/work/brief/readme/issue6.md``) for the table; it is also written to
-``runs/transfer_mnist/results.md`` by every run.
+| method (LeNet-5, 3 seeds) | trainable params | acc @50 | acc @200 | acc @1000 | time/run @50 (s) | @200 | @1000 |
+|---|---:|---:|---:|---:|---:|---:|---:|
+| from scratch | 61,281 | 0.913 ± 0.025 | 0.976 ± 0.007 | 0.987 ± 0.001 | 71.5 | 27.4 | 20.7 |
+| feature extractor (frozen) | 425 | 0.808 ± 0.021 | 0.896 ± 0.017 | 0.948 ± 0.005 | 18.3 | 3.8 | 4.5 |
+| fine-tune, layer-wise LR | 61,281 | **0.933 ± 0.011** | **0.979 ± 0.003** | 0.987 ± 0.003 | 63.4 | 19.9 | 21.0 |
+| gradual unfreezing | 61,281 | 0.930 ± 0.002 | 0.972 ± 0.003 | 0.981 ± 0.008 | 48.5 | 12.1 | 13.8 |
+| LoRA (rank 4) | 4,109 | **0.933 ± 0.012** | 0.974 ± 0.004 | 0.983 ± 0.000 | 57.7 | 20.2 | 23.4 |
+
+Total 1,297 s contended (45 runs; pretraining cached, 136 s). ResNet-18: not measured yet.
 """
 import ml_collections
 
