@@ -247,6 +247,7 @@ def _tiny_config(**kw):
     return c
 
 
+@pytest.mark.slow  # three tiny runs, six compilations: ~1 min on a quiet 2-core machine
 def test_fit_segmentation_writes_outputs_and_resumes(tmp_path):
     from jaxcnn.train.seg_loop import fit_segmentation
 
