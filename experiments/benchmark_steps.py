@@ -9,7 +9,9 @@ Uses every device present (``--devices N``: the first N) through the same mesh a
 ``jaxcnn.train.fit``; ``--batch-size`` is the global batch. For each configuration it reports
 XLA's compiled memory analysis (temp = activations and scratch, argument, output bytes; these
 do not depend on machine load), the device's peak memory where the backend reports it, and the
-mean step time after warm-up. ``--remat-compare`` runs the same model without remat and with
+mean step time after warm-up, and the bytes the forward pass keeps for the backward pass
+(``kept``: JAX's residuals, what per-block remat cuts; for whole-model remat, "dots"/"full",
+the backward pass re-creates them, so the peak does not fall with it). ``--remat-compare`` runs the same model without remat and with
 each remat mode (``none, blocks, dots, full``). ``--json PATH`` writes the results.
 """
 from __future__ import annotations
@@ -25,7 +27,7 @@ import optax
 from jaxcnn import models
 from jaxcnn.train.mesh import DataParallel
 from jaxcnn.train.precision import get_policy, init_dynamic_scale
-from jaxcnn.train.remat import check_remat, remat_blocks
+from jaxcnn.train.remat import check_remat, remat_blocks, saved_residual_bytes
 from jaxcnn.train.state import create_train_state
 from jaxcnn.train.steps import make_train_step
 
@@ -54,6 +56,9 @@ def bench(model_name: str, batch_size: int, image_size: int, precision: str = "f
                       "label": rng.integers(0, num_classes, batch_size).astype(np.int32)})
     step = make_train_step(mesh=dp, grad_accum_steps=grad_accum,
                            remat=None if remat == "blocks" else remat)
+    kept = saved_residual_bytes(model, jax.device_get(state.variables),
+                                jax.ShapeDtypeStruct((batch_size // grad_accum, *shape[1:]),
+                                                     np.float32), remat)
     t0 = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     ma = compiled.memory_analysis()
@@ -62,6 +67,7 @@ def bench(model_name: str, batch_size: int, image_size: int, precision: str = "f
            "devices": dp.num_devices, "platform": jax.devices()[0].platform,
            "device_kind": jax.devices()[0].device_kind,
            "compile_s": round(time.perf_counter() - t0, 2),
+           "kept_for_backward_mb": kept / MB,
            "temp_mb": ma.temp_size_in_bytes / MB if ma else None,
            "argument_mb": ma.argument_size_in_bytes / MB if ma else None,
            "output_mb": ma.output_size_in_bytes / MB if ma else None}
@@ -85,7 +91,7 @@ def bench(model_name: str, batch_size: int, image_size: int, precision: str = "f
 def fmt(r: dict) -> str:
     s = (f"{r['model']:>12s} b={r['batch_size']:<4d} {r['image_size']}px {r['precision']:>8s} "
          f"remat={r['remat']:<6s} accum={r['grad_accum']} on {r['devices']}x{r['platform']}: "
-         f"temp {r['temp_mb']:8.1f} MB  args {r['argument_mb']:7.1f} MB  "
+         f"kept {r['kept_for_backward_mb']:8.1f} MB  temp {r['temp_mb']:8.1f} MB  args {r['argument_mb']:7.1f} MB  "
          f"out {r['output_mb']:7.1f} MB")
     if "step_ms" in r:
         s += (f"  | {r['step_ms']:8.2f} ms/step  {r['steps_per_s']:7.2f} steps/s  "

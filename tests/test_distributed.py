@@ -27,7 +27,7 @@ import pytest
 from jaxcnn.layers import ConvBNAct, global_avg_pool
 from jaxcnn.train import mesh as mesh_lib
 from jaxcnn.train.precision import get_policy, init_dynamic_scale
-from jaxcnn.train.remat import remat_blocks
+from jaxcnn.train.remat import remat_blocks, saved_residual_bytes
 from jaxcnn.train.state import create_train_state
 from jaxcnn.train.steps import make_eval_step, make_train_step
 
@@ -367,6 +367,11 @@ def test_remat_same_result(bn_setup):
     chex.assert_trees_all_close(a.batch_stats, b.batch_stats, atol=1e-6)
     assert REMAT_IN_JAXPR.search(str(jax.make_jaxpr(step)(blocks, batch)))
     assert not REMAT_IN_JAXPR.search(str(jax.make_jaxpr(step)(s0, batch)))
+    # what the forward pass keeps for the backward pass: every conv/BN/ReLU output without
+    # remat, only the block inputs with per-block remat
+    x = jnp.asarray(batch["image"])
+    full, kept = (saved_residual_bytes(m, s0.variables, x) for m in (Stack(), remat_blocks(Stack())))
+    assert kept < 0.5 * full, (kept, full)
     dots = make_train_step(donate=False, remat="dots")
     assert REMAT_IN_JAXPR.search(str(jax.make_jaxpr(dots)(s0, batch)))
     with pytest.raises(ValueError, match="remat='bogus'"):

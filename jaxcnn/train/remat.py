@@ -24,7 +24,7 @@ import inspect
 import flax.linen as nn
 import jax
 
-__all__ = ["REMAT_POLICIES", "REMAT_MODES", "remat_blocks", "check_remat"]
+__all__ = ["REMAT_POLICIES", "REMAT_MODES", "remat_blocks", "check_remat", "saved_residual_bytes"]
 
 REMAT_POLICIES = {
     # save conv/matmul outputs, recompute BatchNorm, activations and pooling in the backward pass
@@ -57,3 +57,28 @@ def remat_blocks(model: nn.Module) -> nn.Module:
     # flax counts ``self`` as argument 0 of a module method
     static = tuple(range(2, len(params)))
     return model.clone(block_cls=nn.remat(block, static_argnums=static))
+
+
+def saved_residual_bytes(model: nn.Module, variables: dict, x,
+                         remat: str | None = None) -> int:
+    """Bytes JAX keeps from the forward pass for the backward pass of a training-mode loss
+    (the leaves of ``jax.vjp``'s closure; parameters included). This is what remat changes,
+    before XLA's own scheduling and rematerialisation decide the actual peak, so it is the same
+    on every platform. ``x``: a batch or its ``jax.ShapeDtypeStruct``. ``remat``: "dots"/"full"
+    as the train step applies them (they keep only the model's input; the backward pass then
+    recomputes every residual at once, so unlike "blocks" they do not lower the peak)."""
+    remat = check_remat(remat)
+
+    def loss(params, x):
+        def apply(p, x):
+            return model.apply({**variables, "params": p}, x, train=True,
+                               mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)})[0]
+        if remat in REMAT_POLICIES:
+            apply = jax.checkpoint(apply, policy=REMAT_POLICIES[remat])
+        return apply(params, x).astype("float32").sum()
+
+    # the residuals are the leaves of the VJP closure (a jax.tree_util.Partial); eval_shape
+    # gives their shapes without running anything
+    closure = jax.eval_shape(lambda p, x: jax.vjp(lambda q: loss(q, x), p)[1],
+                             variables["params"], x)
+    return int(sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(closure)))
