@@ -38,6 +38,7 @@ SEG_DEFAULTS: dict[str, Any] = dict(
     num_test=1000, canvas_size=64, min_digits=1, max_digits=3, batch_size=32,
     eval_batch_size=100, steps=1000, eval_every=250, optimizer="adam", learning_rate=3e-3,
     schedule="cosine", warmup_steps=50, weight_decay=0.0, grad_clip=0.0, dice_weight=0.5,
+    class_weights=(),
     seed=0, keep_checkpoints=2, progress=True, num_pictures=8,
 )
 
@@ -103,7 +104,7 @@ def fit_segmentation(config, workdir: str, resume: bool = False,
     lr = make_schedule(c["schedule"], c["learning_rate"], total, c["warmup_steps"])
     tx = make_optimizer(c["optimizer"], lr, c["weight_decay"], grad_clip=c["grad_clip"] or None)
     state = create_train_state(model, tx, shape, seed=c["seed"])
-    loss_fn = make_seg_loss(c["dice_weight"])
+    loss_fn = make_seg_loss(c["dice_weight"], c["class_weights"] or None)
     train_step = make_train_step(loss_fn=loss_fn)
     eval_step = make_seg_eval_step(NUM_CLASSES)
 
