@@ -1,0 +1,238 @@
+"""DCGAN networks, the GAN train step and the generator evaluation (jaxcnn.train.gan*)."""
+import os
+import subprocess
+import sys
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxcnn import models
+from jaxcnn.checkpoint import Checkpointer
+from jaxcnn.data import default_mnist_dir
+from jaxcnn.models.dcgan import generator_widths
+from jaxcnn.train.gan import (create_gan_state, d_step, g_step, gan_train_step,
+                              make_gan_train_step, make_generate)
+from jaxcnn.train.gan_eval import (Classifier, confidence_metrics, evaluate_samples,
+                                   frechet_distance, gaussian_frechet_distance)
+
+SIZES = (28, 32, 64)
+
+
+def _gan(size=28, width=8, channels=1, seed=0):
+    g = models.create_model(f"dcgan_generator_{size}", width=width, out_channels=channels)
+    d = models.create_model(f"dcgan_discriminator_{size}", width=width, in_channels=channels)
+    return create_gan_state(g, d, seed=seed)
+
+
+def _formula_counts(size, width=64, latent=100, channels=3):
+    """Parameters from the layer formulas: k*k*in*out per (bias-free) convolution, 2*c per BN."""
+    ws = generator_widths(size, width)
+    first = 7 if size == 28 else 4
+    g = latent * ws[0] * first * first + 2 * ws[0]
+    for a, b in zip(ws, ws[1:]):
+        g += a * b * 16 + 2 * b
+    g += ws[-1] * channels * 16
+    dws = ws[::-1]
+    d = channels * dws[0] * 16  # block1: no BatchNorm
+    for a, b in zip(dws, dws[1:]):
+        d += a * b * 16 + 2 * b
+    d += dws[-1] * first * first  # head: valid conv over the last map to one logit
+    return g, d
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_param_counts_match_formula(size):
+    ch = 1 if size == 28 else 3
+    g_ref, d_ref = _formula_counts(size, channels=ch)
+    assert models.model_info(f"dcgan_generator_{size}").params == g_ref
+    assert models.model_info(f"dcgan_discriminator_{size}").params == d_ref
+    g = models.create_model(f"dcgan_generator_{size}")
+    d = models.create_model(f"dcgan_discriminator_{size}")
+    assert models.count_params(g, (1, 100)) == g_ref
+    assert models.count_params(d, (1, size, size, ch)) == d_ref
+    # a narrower width follows the same formula
+    g_ref, d_ref = _formula_counts(size, 16, 100, ch)
+    assert models.count_params(models.create_model(f"dcgan_generator_{size}", width=16),
+                               (1, 100)) == g_ref
+    assert models.count_params(models.create_model(f"dcgan_discriminator_{size}", width=16),
+                               (1, size, size, ch)) == d_ref
+
+
+def test_known_reference_counts():
+    # the PyTorch DCGAN tutorial's 64x64 networks (nz=100, ngf=ndf=64, nc=3)
+    assert _formula_counts(64) == (3_576_704, 2_765_568)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_shapes_and_tanh_range(size):
+    state = _gan(size, width=8)
+    z = 3.0 * jax.random.normal(jax.random.key(1), (4, 100))
+    for train in (False, True):
+        x = make_generate(train)(state, z)
+        chex.assert_shape(x, (4, size, size, 1))
+        assert float(jnp.max(jnp.abs(x))) <= 1.0
+        x_eval = x if not train else x_eval
+    logits = state.discriminator.apply(state.d_variables, x, train=False)
+    chex.assert_shape(logits, (4, 1))
+    # noise given as (N, 1, 1, latent) works too
+    chex.assert_trees_all_close(make_generate()(state, z[:, None, None, :]), x_eval, atol=1e-6)
+
+
+@pytest.mark.parametrize("size", (28,))
+def test_fast_generator_equals_transposed_conv(size):
+    """subpixel=True (matmul first layer, phase-decomposed stride-2 layers) computes the same
+    function with the same parameters as the plain transposed convolutions."""
+    fast = models.create_model(f"dcgan_generator_{size}", width=4, out_channels=1,
+                               latent_dim=16)
+    plain = models.create_model(f"dcgan_generator_{size}", width=4, out_channels=1,
+                                latent_dim=16, subpixel=False)
+    z = jax.random.normal(jax.random.key(0), (3, 16))
+    v = jax.jit(fast.init)(jax.random.key(1), z)  # jit: eager dispatch of the phases is slow
+    chex.assert_trees_all_equal_shapes(v, jax.jit(plain.init)(jax.random.key(1), z))
+
+    def run(m, params, train):
+        out = m.apply({**v, "params": params}, z, train=train, mutable=["batch_stats"])
+        return out, jax.grad(lambda p: jnp.sum(m.apply(
+            {**v, "params": p}, z, train=train, mutable=["batch_stats"])[0] ** 2))(params)
+
+    run = jax.jit(run, static_argnums=(0, 2))
+    for train in (False, True):
+        chex.assert_trees_all_close(run(fast, v["params"], train), run(plain, v["params"], train),
+                                    atol=1e-4, rtol=1e-4)
+
+
+def _changed(a, b):
+    return [not np.allclose(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))]
+
+
+def test_train_step_updates_both_networks_and_their_statistics():
+    state = _gan()
+    real = jax.random.uniform(jax.random.key(2), (8, 28, 28, 1), minval=-1, maxval=1)
+    step = make_gan_train_step(label_smoothing=0.1)
+    before = jax.device_get(state)  # the step donates its input
+    new, m = step(state, real)
+    assert int(new.step) == 1
+    chex.assert_tree_all_finite(m)
+    assert set(m) == {"d_loss", "g_loss", "d_real", "d_fake", "d_gen"}
+    for field in ("g_params", "d_params", "g_batch_stats", "d_batch_stats"):
+        assert all(_changed(getattr(before, field), getattr(new, field))), field
+    # a second call reuses the compiled step
+    new, _ = step(new, real)
+    assert step._cache_size() == 1
+
+
+def test_d_step_leaves_generator_and_g_step_leaves_discriminator():
+    state = _gan()
+    real = jax.random.uniform(jax.random.key(3), (8, 28, 28, 1), minval=-1, maxval=1)
+    after_d, _ = jax.jit(d_step)(state, real)
+    chex.assert_trees_all_equal(after_d.g_params, state.g_params)
+    chex.assert_trees_all_equal(after_d.g_batch_stats, state.g_batch_stats)
+    chex.assert_trees_all_equal(after_d.g_opt_state, state.g_opt_state)
+    assert all(_changed(state.d_params, after_d.d_params))
+    after_g, _ = jax.jit(g_step, static_argnums=1)(after_d, 8)
+    chex.assert_trees_all_equal(after_g.d_params, after_d.d_params)
+    chex.assert_trees_all_equal(after_g.d_batch_stats, after_d.d_batch_stats)
+    chex.assert_trees_all_equal(after_g.d_opt_state, after_d.d_opt_state)
+    assert all(_changed(after_d.g_params, after_g.g_params))
+    assert all(_changed(after_d.g_batch_stats, after_g.g_batch_stats))
+    # the combined step is D then G
+    both, _ = jax.jit(gan_train_step)(state, real)
+    chex.assert_trees_all_close(both.g_params, after_g.g_params, atol=1e-6)
+    chex.assert_trees_all_close(both.d_params, after_g.d_params, atol=1e-6)
+
+
+def test_label_smoothing_changes_discriminator_loss():
+    state = _gan()
+    real = jnp.zeros((8, 28, 28, 1))
+    step = jax.jit(d_step, static_argnames="label_smoothing")
+    s0, _ = step(state, real, label_smoothing=0.0)
+    s1, _ = step(state, real, label_smoothing=0.2)  # real target 0.8: other D gradients
+    assert any(_changed(s0.d_params, s1.d_params))
+    chex.assert_trees_all_equal(s0.g_params, s1.g_params)
+
+
+def test_gan_state_checkpoint_roundtrip(tmp_path):
+    state = _gan()
+    state, _ = make_gan_train_step()(state, jnp.zeros((4, 28, 28, 1)))
+    ck = Checkpointer(tmp_path / "ckpt", keep=1, keep_best=0)
+    ck.save(1, state)
+    ck.wait()
+    restored, step = ck.restore(_gan(seed=5))
+    ck.close()
+    assert step == 1 and int(restored.step) == 1
+    chex.assert_trees_all_equal(jax.device_get(restored.g_params), jax.device_get(state.g_params))
+    chex.assert_trees_all_equal(jax.device_get(restored.d_opt_state),
+                                jax.device_get(state.d_opt_state))
+    chex.assert_trees_all_equal(restored.rng, state.rng)
+
+
+# ----------------------------------------------------------------------------- evaluation
+def test_frechet_distance_hand_made():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(6, 6))
+    sigma = a @ a.T + np.eye(6)
+    mu = rng.normal(size=6)
+    assert gaussian_frechet_distance(mu, sigma, mu, sigma) == pytest.approx(0.0, abs=1e-8)
+    shift = np.array([1.0, -2.0, 0.5, 0.0, 3.0, 1.0])
+    assert gaussian_frechet_distance(mu, sigma, mu + shift, sigma) == pytest.approx(
+        float(shift @ shift))  # = 15.25
+    # diagonal covariances: ||mu1 - mu2||^2 + sum (sqrt(a) - sqrt(b))^2
+    d = gaussian_frechet_distance([0, 0], np.diag([1.0, 4.0]), [3, 4], np.diag([4.0, 9.0]))
+    assert d == pytest.approx(25 + 1 + 1)
+    # on features: a set against itself, and against itself shifted by a constant vector
+    f = rng.normal(size=(500, 4))
+    assert frechet_distance(f, f) == pytest.approx(0.0, abs=1e-8)
+    assert frechet_distance(f, f + np.array([1.0, 2.0, 0, 0])) == pytest.approx(5.0)
+
+
+def test_confidence_metrics_hand_made():
+    big = 10.0
+    logits = np.zeros((10, 10))
+    for i in range(8):  # 8 confident samples: classes 0, 1, 2, 3, 0, 1, 2, 3
+        logits[i, i % 4] = big
+    logits[8, 5] = 1.0  # argmax 5, but only ~23% confident
+    # row 9: uniform (argmax 0, 10% confident)
+    m = confidence_metrics(logits, threshold=0.9)
+    assert m["confident_share"] == pytest.approx(0.8)
+    np.testing.assert_allclose(m["class_share"], [0.3, 0.2, 0.2, 0.2, 0, 0.1, 0, 0, 0, 0])
+    assert m["min_class_share"] == 0.0 and m["max_class_share"] == pytest.approx(0.3)
+    np.testing.assert_allclose(m["confident_class_share"], [0.25] * 4 + [0] * 6)
+
+
+def test_classifier_features_and_baselines():
+    model = models.create_model("lenet5_modern")
+    x = jax.random.uniform(jax.random.key(0), (64, 28, 28, 1))
+    v = model.init(jax.random.key(1), x)
+    judge = Classifier(model, v, mean=0.1, std=0.3, batch_size=24)  # 64 = 24 + 24 + 16 padded
+    logits, feats = judge(x)
+    chex.assert_shape(logits, (64, 10))
+    chex.assert_shape(feats, (64, 84))  # LeNet-5's F6
+    np.testing.assert_allclose(logits, model.apply(v, (x - 0.1) / 0.3), atol=1e-5)
+    ev = evaluate_samples(judge, np.asarray(x[:16]), np.asarray(x), real_outputs=None)
+    assert ev["num_samples"] == 16 and ev["num_real"] == 64
+    assert ev["fd"] >= 0 and ev["fd_real_baseline"] >= 0
+    assert len(ev["class_share"]) == 10
+
+
+@pytest.mark.slow
+def test_gan_experiment_runs_one_epoch(tmp_path):
+    if not (default_mnist_dir() / "t10k-images-idx3-ubyte.gz").exists() and \
+            not (default_mnist_dir() / "t10k-images-idx3-ubyte").exists():
+        pytest.skip(f"MNIST test IDX files not found in {default_mnist_dir()}")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.gan", "--config.epochs=1", "--config.width=8",
+         "--config.classifier_epochs=1", "--config.num_eval_samples=200",
+         f"--workdir={tmp_path / 'gan'}"], cwd=repo, capture_output=True, text=True,
+        timeout=1200)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for f in ("samples/epoch_001.png", "samples_final.png", "samples_by_class.png",
+              "metrics.json", "checkpoints"):
+        assert (tmp_path / "gan" / f).exists(), f
+    import json
+
+    final = json.loads((tmp_path / "gan" / "metrics.json").read_text())["final"]
+    assert final["num_samples"] == 200 and final["fd_real_baseline"] < final["fd"]
