@@ -14,3 +14,14 @@ def mnist_dir():
     if not (MNIST_DIR / "t10k-images-idx3-ubyte.gz").exists():
         pytest.skip(f"real MNIST test set not found at {MNIST_DIR} (set JAXCNN_SHARED_DATA)")
     return MNIST_DIR
+
+
+# XLA:CPU spends most of the suite compiling (a forward pass of EfficientNet-B0 at 32x32 takes
+# ~70 s to compile with full optimisation, a few seconds without). Tests check values and
+# shapes, not speed, so they run with XLA's optimisations mostly off unless
+# JAXCNN_TEST_XLA_OPT=1. Subprocess tests inherit it through the environment variable below.
+if os.environ.get("JAXCNN_TEST_XLA_OPT", "0") != "1":
+    import jax
+
+    jax.config.update("jax_disable_most_optimizations", True)
+    os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")

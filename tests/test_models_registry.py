@@ -3,7 +3,7 @@
 - parameter count equals the reference count to the unit (``jax.eval_shape``, no allocation);
 - ``num_classes`` changes only the head;
 - a forward pass at the model's smallest input gives finite logits of the right shape, in
-  training mode BatchNorm statistics change and in eval mode they do not (big models: ``slow``);
+  training mode BatchNorm statistics change and in eval mode they do not;
 - ``features_only`` returns the stages ``feature_info`` announces;
 - too small an image raises ``ValueError`` naming the minimum.
 """
@@ -18,7 +18,29 @@ import pytest
 from jaxcnn import models
 
 ALL = models.list_models()
-FAST = [n for n in ALL if not models.model_info(n).slow]
+
+
+def _representatives():
+    """The smallest registered variant of every model class (one per family and form)."""
+    best = {}
+    for n in ALL:
+        cls = type(models.create_model(n)).__name__
+        if cls not in best or models.model_info(n).params < models.model_info(best[cls]).params:
+            best[cls] = n
+    return sorted(best.values())
+
+
+# The default run checks every model's parameter count (the faithfulness contract) and one
+# representative per family for the rest; `-m slow` runs every check on every model.
+REPRESENTATIVE = _representatives()
+FAST = [n for n in REPRESENTATIVE if not models.model_info(n).slow]
+
+
+def _sweep(names):
+    """Parametrize over ``names`` by default and over the remaining models under ``slow``."""
+    rest = [n for n in ALL if n not in names]
+    return [pytest.param(n) for n in names] + [pytest.param(n, marks=pytest.mark.slow)
+                                               for n in rest]
 # models whose output is not a class vector (segmentation, generators, discriminators)
 NON_CLASSIFIERS = {n for n in ALL if models.model_info(n).extra.get("task", "classification")
                    != "classification"}
@@ -51,7 +73,8 @@ def test_param_count_matches_reference(name):
     assert got == info.params, f"{name}: {got:,} parameters, reference {info.params:,}"
 
 
-@pytest.mark.parametrize("name", [n for n in ALL if n not in NON_CLASSIFIERS])
+@pytest.mark.parametrize("name", [p for p in _sweep(REPRESENTATIVE)
+                                  if p.values[0] not in NON_CLASSIFIERS])
 def test_num_classes_changes_only_the_head(name):
     info = models.model_info(name)
     shape = (1, *info.input_size)
@@ -70,23 +93,31 @@ def _forward_checks(name):
     model = models.create_model(name, num_classes=nc) if name not in NON_CLASSIFIERS \
         else models.create_model(name)
     x = jax.random.normal(jax.random.key(0), shape)
-    variables = jax.jit(lambda x: model.init({"params": jax.random.key(1),
-                                              "dropout": jax.random.key(2)}, x))(x)
-    out = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
+
+    @jax.jit  # one compilation: init, eval, train, and eval asked to update the statistics
+    def run(x):
+        variables = model.init({"params": jax.random.key(1), "dropout": jax.random.key(2)}, x)
+        out = model.apply(variables, x, train=False)
+        res = {"variables": variables, "out": out}
+        if "batch_stats" in variables:
+            res["train"] = model.apply(variables, x, train=True, mutable=["batch_stats"],
+                                       rngs={"dropout": jax.random.key(3)})
+            res["eval_upd"] = model.apply(variables, x, train=False, mutable=["batch_stats"])[1]
+        return res
+
+    res = run(x)
+    variables, out = res["variables"], res["out"]
     chex.assert_tree_all_finite(out)
     if name not in NON_CLASSIFIERS:
         chex.assert_shape(out, (shape[0], nc))
     if "batch_stats" in variables:
-        out_t, upd = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"],
-                                                      rngs={"dropout": jax.random.key(3)}))(
-            variables, x)
+        out_t, upd = res["train"]
         chex.assert_tree_all_finite(out_t)
         changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), variables["batch_stats"],
                                upd["batch_stats"])
         assert all(jax.tree.leaves(changed)), f"{name}: some BatchNorm statistics did not update"
         # eval mode is a pure function of the variables: nothing to update
-        _, upd_eval = model.apply(variables, x, train=False, mutable=["batch_stats"])
-        chex.assert_trees_all_equal(upd_eval["batch_stats"], variables["batch_stats"])
+        chex.assert_trees_all_equal(res["eval_upd"]["batch_stats"], variables["batch_stats"])
 
 
 @pytest.mark.parametrize("name", FAST)
@@ -100,7 +131,8 @@ def test_forward_small_batch_large_models(name):
     _forward_checks(name)
 
 
-@pytest.mark.parametrize("name", [n for n in ALL if models.model_info(n).feature_info])
+@pytest.mark.parametrize("name", [p for p in _sweep(REPRESENTATIVE)
+                                  if models.model_info(p.values[0]).feature_info])
 def test_features_only_matches_feature_info(name):
     info = models.model_info(name)
     shape = (1, *info.input_size)
@@ -115,7 +147,8 @@ def test_features_only_matches_feature_info(name):
                 name, fi, f.shape)
 
 
-@pytest.mark.parametrize("name", [n for n in ALL if models.model_info(n).min_size > 1])
+@pytest.mark.parametrize("name", [p for p in _sweep(REPRESENTATIVE)
+                                  if models.model_info(p.values[0]).min_size > 1])
 def test_too_small_image_is_rejected(name):
     info = models.model_info(name)
     side = info.min_size - 1
