@@ -11,6 +11,7 @@ import difflib
 import fnmatch
 import importlib
 import pkgutil
+from collections.abc import Mapping
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -161,12 +162,22 @@ def abstract_variables(model: nn.Module, input_shape: Sequence[int], **apply_kwa
     import jax
     import jax.numpy as jnp
 
+    order = {}
+
+    def key_order(tree):
+        return {k: key_order(v) for k, v in tree.items()} if isinstance(tree, Mapping) else None
+
+    def reorder(tree, keys):
+        return {k: reorder(tree[k], keys[k]) for k in keys} if keys is not None else tree
+
     def init():
         x = jnp.zeros(tuple(input_shape), jnp.float32)
-        return model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x,
-                          train=False, **apply_kwargs)
+        v = model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x,
+                       train=False, **apply_kwargs)
+        order["keys"] = key_order(v)  # creation (forward) order; eval_shape sorts dict keys
+        return v
 
-    return jax.eval_shape(init)
+    return reorder(jax.eval_shape(init), order["keys"])
 
 
 def count_params(model: "str | nn.Module", input_shape: Sequence[int] | None = None,
