@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from jaxcnn.layers.conv import IntOr2, pair
 
-__all__ = ["conv_transpose_subpixel", "SubpixelConvTranspose2d"]
+__all__ = ["conv_transpose_subpixel", "SubpixelConvTranspose2d", "KernelBias"]
 
 
 def _phase_taps(k: int, s: int, p: int):
@@ -80,8 +80,9 @@ def conv_transpose_subpixel(x, kernel, stride: IntOr2 = 2, padding: IntOr2 = 0,
     return y.reshape(n, mh * sh, mw * sw, cout)[:, :out_h, :out_w]
 
 
-class _KernelBias(nn.Module):
-    """Holds ``kernel`` and ``bias`` under the name ``conv``, as ``nn.ConvTranspose`` does."""
+class KernelBias(nn.Module):
+    """Holds ``kernel`` and ``bias`` under one module name, laid out as ``nn.ConvTranspose``
+    keeps them, for layers that compute the transposed convolution another way."""
 
     shape: tuple
     use_bias: bool
@@ -116,7 +117,7 @@ class SubpixelConvTranspose2d(nn.Module):
             raise ValueError("SubpixelConvTranspose2d supports dilation 1 only; use "
                              "jaxcnn.layers.ConvTranspose2d for dilated transposed convolutions")
         kh, kw = pair(self.kernel_size)
-        kernel, bias = _KernelBias((kh, kw, x.shape[-1], self.features), self.use_bias,
+        kernel, bias = KernelBias((kh, kw, x.shape[-1], self.features), self.use_bias,
                                    self.kernel_init, self.param_dtype, name="conv")()
         dtype = self.dtype or jnp.result_type(x, kernel)
         y = conv_transpose_subpixel(x.astype(dtype), kernel.astype(dtype), self.stride,

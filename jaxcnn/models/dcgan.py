@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcnn.layers import ConvTranspose2d, batch_norm, check_image, conv2d
-from jaxcnn.layers.subpixel import SubpixelConvTranspose2d
+from jaxcnn.layers.subpixel import KernelBias, SubpixelConvTranspose2d
 from jaxcnn.models import register_model
 
 __all__ = ["DCGANGenerator", "DCGANDiscriminator", "dcgan_init", "generator_widths"]
@@ -154,28 +154,12 @@ class _ProjectNoise(nn.Module):
     def __call__(self, z):
         k = self.kernel_size
         cin = z.shape[-1]
-        kernel, bias = _KernelBias((k, k, cin, self.features), self.use_bias, self.kernel_init,
+        kernel, bias = KernelBias((k, k, cin, self.features), self.use_bias, self.kernel_init,
                                    self.param_dtype, name="conv")()
         dtype = self.dtype or jnp.result_type(z, kernel)
         w = kernel[::-1, ::-1].astype(dtype)
         y = jnp.einsum("nc,hwco->nhwo", z[:, 0, 0, :].astype(dtype), w)
         return y if bias is None else y + bias.astype(dtype)
-
-
-class _KernelBias(nn.Module):
-    """``kernel`` and ``bias`` under one name, laid out as ``nn.ConvTranspose`` keeps them."""
-
-    shape: tuple
-    use_bias: bool
-    kernel_init: Any
-    param_dtype: Any
-
-    @nn.compact
-    def __call__(self):
-        kernel = self.param("kernel", self.kernel_init, self.shape, self.param_dtype)
-        bias = (self.param("bias", nn.initializers.zeros, (self.shape[-1],), self.param_dtype)
-                if self.use_bias else None)
-        return kernel, bias
 
 
 class DCGANDiscriminator(nn.Module):
