@@ -8,18 +8,18 @@ Two steps, because torch is not a dependency of jaxcnn (any Python with torchvis
 ``--dump`` builds each torchvision model with random weights, also randomising what
 initialisation leaves trivial (BatchNorm running statistics, biases, layer scales, relative
 position bias tables, zero-initialised heads; head biases are zeroed so that the logits depend
-on the features), runs a random 224x224 image and writes ``state_dict``, input and logits to
-``DIR/NAME.npz`` (``--dir``, default ``/tmp/jaxcnn_tv``). The check maps the ``state_dict`` onto
-the jaxcnn variables without a per-family name table: jaxcnn leaves are ordered by the order in
-which their modules are first called (parents first, kernel/scale before bias) and each takes
-the first unused torch tensor of the same kind and converted shape (conv ``OIHW -> HWIO``,
-linear ``(out, in) -> (in, out)``, ``weight``/1-D -> ``scale``, ``running_*`` -> ``mean``/``var``,
-ViT ``class_token``/``pos_embedding``/``in_proj_*``). Every tensor must be used exactly once.
-It prints the largest absolute difference of the logits; float32 agreement is ~1e-6.
+on the features; conv kernels far above He scale are scaled down to it), runs a random 224x224 image (299 for inception_v3) and writes ``state_dict``,
+input and logits to ``DIR/NAME.npz`` (``--dir``, default ``/tmp/jaxcnn_tv``); for GoogLeNet
+and Inception v3 (built with their auxiliary heads) also each aux head's input and output in
+eval mode. The check converts the ``state_dict`` with
+:func:`jaxcnn.interop.from_torch_state_dict` (no name table: see :mod:`jaxcnn.interop.torch`),
+prints the largest absolute difference of the logits (and of the aux heads' outputs, run alone
+on torch's input), and checks that :func:`jaxcnn.interop.to_torch_state_dict` gives the
+``state_dict`` back exactly. float32 agreement is ~1e-6.
 
-Checked so far (max |diff| of logits): mobilenet_v2 1.7e-7, mobilenet_v3_small 1.9e-8,
-mobilenet_v3_large 3.7e-8, efficientnet_b0 2.8e-7, convnext_tiny 2.4e-6, swin_t 1.2e-6,
-vit_b_16 3.0e-6.
+Checked (max |diff| of logits, random weights): see ``README`` / the interop section; all of
+resnet18, mobilenet_v2, mobilenet_v3_small/large, efficientnet_b0, convnext_tiny, swin_t,
+vit_b_16, vgg11, alexnet, densenet121, googlenet, inception_v3 agree to <= ~1e-5.
 """
 from __future__ import annotations
 
@@ -27,8 +27,14 @@ import argparse
 import os
 import sys
 
-_ALIAS = {"class_token": "cls_token", "pos_embedding": "pos_embed", "in_proj_weight": "kernel",
-          "in_proj_bias": "bias", "running_mean": "mean", "running_var": "var"}
+# torchvision constructor options, jaxcnn create_model options, input side.
+TV_KWARGS = {"googlenet": {"aux_logits": True, "transform_input": False, "init_weights": True},
+             "inception_v3": {"aux_logits": True, "transform_input": False, "init_weights": True}}
+JAX_KWARGS = {"googlenet": {"aux_logits": True}}
+SIZE = {"inception_v3": 299}
+# Auxiliary heads: (jaxcnn name, torchvision attribute, torchvision module feeding it).
+AUX = {"googlenet": [("aux1", "aux1", "inception4a"), ("aux2", "aux2", "inception4d")],
+       "inception_v3": [("aux", "AuxLogits", "Mixed_6e")]}
 
 
 def dump(names, out_dir):
@@ -38,7 +44,7 @@ def dump(names, out_dir):
 
     os.makedirs(out_dir, exist_ok=True)
     for name in names:
-        model = getattr(tvm, name)(weights=None).eval()
+        model = getattr(tvm, name)(weights=None, **TV_KWARGS.get(name, {})).eval()
         g = torch.Generator().manual_seed(1)
         with torch.no_grad():
             for k, v in model.state_dict().items():
@@ -51,67 +57,30 @@ def dump(names, out_dir):
                     v.copy_(torch.randn(v.shape, generator=g) * 0.1)
                 elif v.ndim == 2 and not v.abs().sum():
                     v.copy_(torch.randn(v.shape, generator=g) * 0.02)
+                elif v.ndim == 4 and v.std() > 2 * (2 / v[0].numel()) ** 0.5:
+                    v.mul_((2 / v[0].numel()) ** 0.5 / v.std())  # inception_v3: std 0.1 blows up
                 if k.startswith(("classifier", "heads", "head", "fc")) and k.endswith("bias"):
                     v.zero_()
-            x = torch.randn(1, 3, 224, 224, generator=g)
+            side = SIZE.get(name, 224)
+            x = torch.randn(1, 3, side, side, generator=g)
+            seen = {}
+            for _, _, src in AUX.get(name, []):
+                getattr(model, src).register_forward_hook(
+                    lambda m, i, o, src=src: seen.__setitem__(src, o))
             y = model(x)
+            for jname, attr, src in AUX.get(name, []):
+                seen[f"__aux_{jname}_in"] = seen[src].numpy()
+                seen[f"__aux_{jname}_out"] = getattr(model, attr)(seen[src]).numpy()
         sd = {f"{i:04d}|{k}": v.numpy() for i, (k, v) in enumerate(model.state_dict().items())}
+        aux = {k: v for k, v in seen.items() if k.startswith("__aux")}
         path = os.path.join(out_dir, f"{name}.npz")
-        np.savez(path, __x=x.numpy(), __y=y.numpy(), **sd)
+        np.savez(path, __x=x.numpy(), __y=y.numpy(), **aux, **sd)
         print(f"{name}: {len(sd)} tensors -> {path}")
 
 
-def _torch_leaves(npz):
-    leaves = []
-    for key in sorted(k for k in npz.files if "|" in k):
-        name = key.split("|", 1)[1]
-        leaf = name.rsplit(".", 1)[-1]
-        if leaf in ("num_batches_tracked", "relative_position_index"):
-            continue
-        v, kind = npz[key], _ALIAS.get(leaf, leaf)
-        if kind == "weight":
-            if v.ndim == 4:
-                kind, v = "kernel", v.transpose(2, 3, 1, 0)
-            elif v.ndim == 2:
-                kind, v = "kernel", v.T
-            else:
-                kind = "scale"
-        elif kind == "kernel" and v.ndim == 2:
-            v = v.T
-        elif kind == "layer_scale":
-            v = v.reshape(-1)
-        leaves.append({"name": name, "kind": kind, "value": v, "used": False})
-    return leaves
-
-
-def torch_to_jax(model, input_shape, npz):
-    """jaxcnn variables for ``model`` filled from a dumped torchvision ``state_dict``."""
-    import jax.numpy as jnp
-    from flax import traverse_util
-
-    from jaxcnn.inspect._common import record_calls
-
-    calls, abstract = record_calls(model, input_shape)
-    calls = calls.values() if hasattr(calls, "values") else calls
-    order = {c.path: c.index for c in calls}
-    rank = lambda p: (order[tuple(p[:-1])], {"kernel": 0, "scale": 0, "bias": 1}.get(p[-1], -1))  # noqa
-    leaves = _torch_leaves(npz)
-    out = {}
-    for col, tree in abstract.items():
-        new = {}
-        for path, a in sorted(traverse_util.flatten_dict(tree).items(), key=lambda kv: rank(kv[0])):
-            for t in leaves:
-                if not t["used"] and t["kind"] == path[-1] and t["value"].shape == a.shape:
-                    t["used"] = True
-                    new[path] = jnp.asarray(t["value"], a.dtype)
-                    break
-            else:
-                raise ValueError(f"no torch tensor for {col}/{'/'.join(path)} {a.shape}")
-        out[col] = traverse_util.unflatten_dict(new)
-    unused = [t["name"] for t in leaves if not t["used"]]
-    if unused:
-        raise ValueError(f"torch tensors left over: {unused[:8]}")
-    return out
+def load_state_dict(npz) -> dict:
+    """The dumped ``state_dict`` in torch's order (the ``NNNN|`` prefixes keep it)."""
+    return {k.split("|", 1)[1]: npz[k] for k in sorted(k for k in npz.files if "|" in k)}
 
 
 def check(names, out_dir) -> int:
@@ -119,21 +88,38 @@ def check(names, out_dir) -> int:
     import jax.numpy as jnp
     import numpy as np
 
-    from jaxcnn import models
+    import importlib
 
-    worst = 0.0
+    from jaxcnn import models
+    from jaxcnn.interop import from_torch_state_dict, to_torch_state_dict
+
+    worst, exact = 0.0, True
     for name in names:
         npz = np.load(os.path.join(out_dir, f"{name}.npz"))
         x = npz["__x"].transpose(0, 2, 3, 1)
-        model = models.create_model(name)
-        variables = torch_to_jax(model, x.shape, npz)
+        model = models.create_model(name, **JAX_KWARGS.get(name, {}))
+        sd = load_state_dict(npz)
+        variables = from_torch_state_dict(model, sd, input_shape=x.shape)
         y = np.asarray(jax.jit(lambda v, x: model.apply(v, x))(variables, jnp.asarray(x)))
         ref = npz["__y"]
         diff = float(np.abs(y - ref).max())
         worst = max(worst, diff / max(float(np.abs(ref).max()), 1e-12))
+        back = to_torch_state_dict(model, variables, sd, input_shape=x.shape)
+        same = list(back) == list(sd) and all(np.array_equal(back[k], sd[k]) for k in sd)
+        exact &= same
         print(f"{name}: max |diff| {diff:.2e} (max |logit| {np.abs(ref).max():.2e}), "
-              f"same argmax: {int(y.argmax()) == int(ref.argmax())}", flush=True)
-    return 0 if worst < 1e-4 else 1
+              f"same argmax: {int(y.argmax()) == int(ref.argmax())}, "
+              f"to_torch_state_dict exact: {same}", flush=True)
+        family = importlib.import_module(f"jaxcnn.models.{models.model_info(name).family}")
+        for jname, _, _ in AUX.get(name, []):
+            head = family.InceptionAux(model.num_classes)
+            sub = {c: v[jname] for c, v in variables.items()}
+            a = np.asarray(head.apply(sub, jnp.asarray(npz[f"__aux_{jname}_in"].transpose(0, 2, 3, 1))))
+            ref = npz[f"__aux_{jname}_out"]
+            diff = float(np.abs(a - ref).max())
+            worst = max(worst, diff / max(float(np.abs(ref).max()), 1e-12))
+            print(f"  {jname}: max |diff| {diff:.2e} (max |logit| {np.abs(ref).max():.2e})")
+    return 0 if worst < 1e-4 and exact else 1
 
 
 def main(argv=None) -> int:
