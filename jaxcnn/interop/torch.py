@@ -6,7 +6,8 @@
 
 There is no per-family name table. jaxcnn leaves are ordered by the order in which their modules
 are first called (parents first); torch tensors keep the ``state_dict`` order (keep it: a
-``dict`` from ``state_dict()``, ``torch.load`` or ``np.load`` does). Each jaxcnn module takes the
+``dict`` from ``state_dict()``, ``torch.load`` or ``np.load`` does; a file whose keys were
+sorted by name may not). Each jaxcnn module takes the
 first unused torch module (key prefix) holding exactly the same tensors (kind and converted
 shape), so a block stays one block even where the two orders differ (GoogLeNet's ``aux1`` runs
 mid-network but is registered last); where no module matches it descends into its children, and
@@ -15,12 +16,13 @@ HWIO`` (transposed conv ``IOHW`` -> flipped ``HWIO``), linear ``(out, in) -> (in
 <-> dense, ``weight``/1-D -> ``scale``, ``running_*`` -> ``mean``/``var``, ``class_token``,
 ``pos_embedding``, ``in_proj_*``, ``layer_scale``/``gamma``; ``num_batches_tracked`` and
 ``relative_position_index`` are skipped. A dense layer fed by a flattened NHWC map (VGG, AlexNet,
-LeNet, GoogLeNet's aux ``fc1``) gets its input rows permuted from torch's (C, H, W) order; the
+GoogLeNet's aux ``fc1``) gets its input rows permuted from torch's (C, H, W) order; the
 map's shape is taken from the last module output before it (H = W assumed when they differ).
 
 Every tensor must be used exactly once and every leaf filled, else a ``ValueError`` (before any
 compilation) names shape mismatches (torch key and shape, jaxcnn path and shape), leaves without
-a tensor and tensors left over, and says when only the number of classes differs.
+a tensor and tensors left over (located by aligning the two sequences of (kind, shape)), and
+says when the number of classes differs.
 ``strict=False`` lets the classifier differ: leaves under a module named ``head`` (also an aux
 classifier's ``aux1/head``) that find no tensor of their shape keep their fresh initialisation,
 and the torch tensors left over for them (same kind, another class count) or after the last
@@ -301,14 +303,14 @@ def _diagnose(name, leaves, tensors, strict) -> str:
     if not strict:
         lines.append("(strict=False only lets leaves under a `head` module go without a tensor.)")
     for what, items, fmt in (
-            ("shape mismatch", shape_err, lambda jt: f"torch {jt[1].key!r} {jt[1].shape} (as "
+            ("shape mismatch:", shape_err, lambda jt: f"torch {jt[1].key!r} {jt[1].shape} (as "
              f"{_jax_shape(jt[1].shape, jt[1].kind)}) -> {jt[0].name} expects {jt[0].shape}"),
             ("no torch tensor for", missing, lambda j: f"{j.name} {j.shape}"),
-            ("torch tensor left over", extra, lambda t: f"{t.key!r} {t.shape}")):
+            ("torch tensor left over:", extra, lambda t: f"{t.key!r} {t.shape}")):
         if items:
             shown = "; ".join(fmt(x) for x in items[:_SHOW])
             more = f"; ... ({len(items)} in all)" if len(items) > _SHOW else ""
-            lines.append(f"  {what}: {shown}{more}")
+            lines.append(f"  {what} {shown}{more}")
     return "\n".join(lines)
 
 
