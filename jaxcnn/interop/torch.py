@@ -136,7 +136,8 @@ def _to_torch(a: np.ndarray, kind, j: _J, shape) -> np.ndarray:
     if kind == "kernel" and len(shape) >= 2:
         a = a.reshape(_jax_shape(shape, kind, j.transposed))
         if a.ndim == 4:
-            a = a.transpose(2, 3, 0, 1)[:, :, ::-1, ::-1] if j.transposed else a.transpose(3, 2, 0, 1)
+            a = (a.transpose(2, 3, 0, 1)[:, :, ::-1, ::-1] if j.transposed
+                 else a.transpose(3, 2, 0, 1))
         elif a.ndim == 2 and j.flat and a.shape[0] == math.prod(j.flat):
             a = a.reshape(*j.flat, -1).transpose(3, 2, 0, 1).reshape(a.shape[1], -1)
         else:
@@ -146,7 +147,8 @@ def _to_torch(a: np.ndarray, kind, j: _J, shape) -> np.ndarray:
 
 def _torch_tensors(state_dict: Mapping, with_values: bool) -> tuple[list[_T], dict]:
     if not isinstance(state_dict, Mapping):
-        raise TypeError(f"state_dict must be a mapping str -> array, got {type(state_dict).__name__}")
+        raise TypeError("state_dict must be a mapping str -> array, got "
+                        f"{type(state_dict).__name__}")
     out, skipped = [], {}
     for key, v in state_dict.items():
         prefix, _, leaf = str(key).rpartition(".")
