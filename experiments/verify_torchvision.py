@@ -13,8 +13,8 @@ on the features; conv kernels far above He scale are scaled down to it), runs a 
 ``DIR/NAME.npz`` (``--dir``, default ``/tmp/jaxcnn_tv``); for GoogLeNet and Inception v3 (built
 with their auxiliary heads) also each aux head's input and output in eval mode. The check
 converts the ``state_dict`` with :func:`jaxcnn.interop.from_torch_state_dict` (no name table:
-see :mod:`jaxcnn.interop.torch`), prints the largest absolute difference of the logits (and of the aux heads' outputs, run alone
-on torch's input), and checks that :func:`jaxcnn.interop.to_torch_state_dict` gives the
+see :mod:`jaxcnn.interop.torch`), prints the largest absolute difference of the logits (and of
+the aux heads' outputs, run alone on torch's input), and checks that :func:`jaxcnn.interop.to_torch_state_dict` gives the
 ``state_dict`` back exactly. float32 agreement is ~1e-6.
 
 Checked (random weights; max |diff| of logits, largest |logit| in brackets): resnet18 7.2e-6
