@@ -8,14 +8,15 @@ Two steps, because torch is not a dependency of jaxcnn (any Python with torchvis
 ``--dump`` builds each torchvision model with random weights, also randomising what
 initialisation leaves trivial (BatchNorm running statistics, biases, layer scales, relative
 position bias tables, zero-initialised heads; head biases are zeroed so that the logits depend
-on the features; conv kernels far above He scale are scaled down to it), runs a random
-224x224 image (299 for inception_v3) and writes ``state_dict``, input and logits to
-``DIR/NAME.npz`` (``--dir``, default ``/tmp/jaxcnn_tv``); for GoogLeNet and Inception v3 (built
-with their auxiliary heads) also each aux head's input and output in eval mode. The check
-converts the ``state_dict`` with :func:`jaxcnn.interop.from_torch_state_dict` (no name table:
-see :mod:`jaxcnn.interop.torch`), prints the largest absolute difference of the logits (and of
-the aux heads' outputs, run alone on torch's input), and checks that :func:`jaxcnn.interop.to_torch_state_dict` gives the
-``state_dict`` back exactly. float32 agreement is ~1e-6.
+on the features; conv kernels far above He scale are scaled down to it), runs a random 224x224
+image (299 for inception_v3) and writes ``state_dict``, input and logits to ``DIR/NAME.npz``
+(``--dir``, default ``/tmp/jaxcnn_tv``); for GoogLeNet and Inception v3 (built with their
+auxiliary heads) also each aux head's input and output in eval mode. The check converts the
+``state_dict`` with :func:`jaxcnn.interop.from_torch_state_dict` (no name table: see
+:mod:`jaxcnn.interop.torch`), prints the largest absolute difference of the logits (and of the
+aux heads' outputs, run alone on torch's input), and checks that
+:func:`jaxcnn.interop.to_torch_state_dict` gives the ``state_dict`` back exactly. float32
+agreement is ~1e-6.
 
 Checked (random weights; max |diff| of logits, largest |logit| in brackets): resnet18 7.2e-6
 (6.9), mobilenet_v2 1.8e-7 (0.22), mobilenet_v3_small 1.9e-8 (0.015), mobilenet_v3_large
