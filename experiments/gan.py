@@ -60,6 +60,15 @@ def load_judge(workdir: str, c) -> "object":
     cc = lenet_mnist.get_config()
     cc.data_dir, cc.epochs, cc.progress = c.data_dir, c.classifier_epochs, False
     ckpt_dir = os.path.join(workdir, "checkpoints")
+    meta_path = os.path.join(workdir, "metrics.json")
+    if os.path.exists(meta_path):
+        with open(meta_path) as f:
+            trained = json.load(f).get("config", {}).get("epochs")
+        if trained is not None and trained != cc.epochs:
+            raise ValueError(
+                f"the judge in {workdir} was trained for {trained} epochs, the config asks for "
+                f"classifier_epochs={cc.epochs}: pass --config.classifier_epochs={trained} to "
+                f"reuse it, or --classifier_workdir=<a new directory> to train a new one")
     ckpt = Checkpointer(ckpt_dir, keep=1, keep_best=0)
     step = ckpt.latest_step()
     if step is None:

