@@ -125,7 +125,8 @@ def main(argv):
                             out_channels=1)
     d = models.create_model(f"dcgan_discriminator_{size}", width=c.width, in_channels=1)
     tx = lambda: dcgan_optimizer(c.learning_rate, c.beta1)  # noqa: E731
-    state = create_gan_state(g, d, tx(), tx(), seed=c.seed)
+    ema = float(c.get("ema_decay", 0.0))
+    state = create_gan_state(g, d, tx(), tx(), seed=c.seed, ema_decay=ema)
     n_g = sum(p.size for p in jax.tree.leaves(state.g_params))
     n_d = sum(p.size for p in jax.tree.leaves(state.d_params))
     print(f"DCGAN {size}x{size}, width {c.width}: G {n_g:,} / D {n_d:,} parameters; "
@@ -141,14 +142,16 @@ def main(argv):
         print(f"resumed at step {int(state.step)}", flush=True)
 
     step_fn = make_gan_train_step(c.label_smoothing)
-    gen = make_generate(train=c.sample_mode == "batch")
+    # samples for the grids and the evaluation: the averaged generator when ema_decay > 0
+    gen = make_generate(train=c.sample_mode == "batch", ema=ema > 0)
+    gen_raw = make_generate(train=c.sample_mode == "batch")
     key = jax.random.PRNGKey(c.seed + 1)
     z_grid = jax.random.normal(jax.random.fold_in(key, 0), (64, c.latent_dim))
     z_eval = jax.random.normal(jax.random.fold_in(key, 1), (c.num_eval_samples, c.latent_dim))
     crop = lambda im: np.asarray(im)[:, pad:pad + 28, pad:pad + 28]  # noqa: E731
 
-    def sample01(z):
-        return crop((np.asarray(jax.device_get(gen(state, z))) + 1.0) / 2.0).clip(0, 1)
+    def sample01(z, fn=gen):
+        return crop((np.asarray(jax.device_get(fn(state, z))) + 1.0) / 2.0).clip(0, 1)
 
     def write(final=None):
         out = {"config": c.to_dict(), "generator_params": int(n_g),
@@ -175,10 +178,14 @@ def main(argv):
         save_grid(sample01(z_grid), os.path.join(workdir, "samples", f"epoch_{epoch + 1:03d}.png"),
                   8)
         ev = evaluate_samples(judge, sample01(z_eval), None, c.confidence, c.seed, real_out)
+        keys = ("confident_share", "min_class_share", "max_class_share", "fd", "fd_real_baseline")
         rec = {"epoch": epoch + 1, "step": int(state.step), **sums,
-               **{k: ev[k] for k in ("confident_share", "min_class_share", "max_class_share",
-                                     "fd", "fd_real_baseline")},
-               "epoch_time_s": time.perf_counter() - t0}
+               **{k: ev[k] for k in keys}}
+        if ema:  # the raw generator too, for comparison
+            ev_raw = evaluate_samples(judge, sample01(z_eval, gen_raw), None, c.confidence,
+                                      c.seed, real_out)
+            rec.update({f"raw_{k}": ev_raw[k] for k in keys[:4]})
+        rec["epoch_time_s"] = time.perf_counter() - t0
         history.append(rec)
         ckpt.save(int(state.step), state)
         write()
@@ -186,7 +193,8 @@ def main(argv):
               f"D(x) {sums['d_real']:.2f} D(G(z)) {sums['d_fake']:.2f}  confident "
               f"{ev['confident_share']:.3f} classes {ev['min_class_share']:.3f}-"
               f"{ev['max_class_share']:.3f}  FD {ev['fd']:.2f} (real {ev['fd_real_baseline']:.2f})"
-              f"  ({rec['epoch_time_s']:.0f}s)", flush=True)
+              + (f"  [raw G: confident {rec['raw_confident_share']:.3f} FD {rec['raw_fd']:.2f}]"
+                 if ema else "") + f"  ({rec['epoch_time_s']:.0f}s)", flush=True)
     ckpt.close()
     train_time = time.perf_counter() - t_train
 

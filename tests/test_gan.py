@@ -144,6 +144,25 @@ def test_d_step_leaves_generator_and_g_step_leaves_discriminator():
     chex.assert_trees_all_close(both.d_params, after_g.d_params, atol=1e-6)
 
 
+def test_generator_ema_is_the_moving_average_and_samples_with_it():
+    g = models.create_model("dcgan_generator_28", width=8)
+    d = models.create_model("dcgan_discriminator_28", width=8)
+    state = create_gan_state(g, d, seed=0, ema_decay=0.5)
+    chex.assert_trees_all_equal(state.g_ema_params, state.g_params)
+    before = jax.device_get(state.g_params)
+    real = jax.random.uniform(jax.random.key(4), (8, 28, 28, 1), minval=-1, maxval=1)
+    new, _ = make_gan_train_step()(state, real)
+    expected = jax.tree.map(lambda a, b: 0.5 * a + 0.5 * b, before, jax.device_get(new.g_params))
+    chex.assert_trees_all_close(new.g_ema_params, expected, atol=1e-7)
+    z = jax.random.normal(jax.random.key(5), (4, new.latent_dim))
+    raw, avg = make_generate(True)(new, z), make_generate(True, True)(new, z)
+    chex.assert_shape(avg, (4, 28, 28, 1))
+    assert not np.allclose(raw, avg)
+    assert _gan().g_ema_params is None  # off by default
+    with pytest.raises(ValueError, match="ema_decay"):
+        create_gan_state(g, d, ema_decay=1.0)
+
+
 def test_label_smoothing_changes_discriminator_loss():
     state = _gan()
     real = jnp.zeros((8, 28, 28, 1))

@@ -37,7 +37,8 @@ def get_config():
     c.label_smoothing = 0.1  # one-sided: real target 0.9
     c.num_eval_samples = 1000
     c.confidence = 0.9
-    c.sample_mode = "running"  # generator BatchNorm at sampling: "running" averages or "batch"
+    c.ema_decay = 0.999  # sample from an exponential moving average of G (0: the raw G)
+    c.sample_mode = "batch"  # generator BatchNorm at sampling: "running" averages or "batch"
     c.seed = 0
     c.keep_checkpoints = 2
     # the judge: LeNet-5 (modern) trained with experiments/configs/lenet_mnist.py

@@ -63,6 +63,8 @@ class GANState:
     discriminator: nn.Module = struct.field(pytree_node=False)
     g_tx: optax.GradientTransformation = struct.field(pytree_node=False)
     d_tx: optax.GradientTransformation = struct.field(pytree_node=False)
+    g_ema_params: Any = None  # exponential moving average of g_params (None: off)
+    ema_decay: float = struct.field(pytree_node=False, default=0.0)
 
     @property
     def latent_dim(self) -> int:
@@ -71,6 +73,12 @@ class GANState:
     @property
     def g_variables(self) -> dict:
         return {"params": self.g_params, "batch_stats": self.g_batch_stats}
+
+    @property
+    def g_ema_variables(self) -> dict:
+        """The averaged generator (``g_ema_params``; the raw ``g_params`` when EMA is off)."""
+        params = self.g_params if self.g_ema_params is None else self.g_ema_params
+        return {"params": params, "batch_stats": self.g_batch_stats}
 
     @property
     def d_variables(self) -> dict:
@@ -86,8 +94,14 @@ def dcgan_optimizer(learning_rate: float = 2e-4, b1: float = 0.5,
 def create_gan_state(generator: nn.Module, discriminator: nn.Module,
                      g_tx: optax.GradientTransformation | None = None,
                      d_tx: optax.GradientTransformation | None = None,
-                     seed: int = 0) -> GANState:
-    """Initialise both networks (D on images of the generator's output shape) and optimizers."""
+                     seed: int = 0, ema_decay: float = 0.0) -> GANState:
+    """Initialise both networks (D on images of the generator's output shape) and optimizers.
+
+    ``ema_decay`` in ``(0, 1)`` also keeps an exponential moving average of the generator's
+    parameters (``g_ema <- d * g_ema + (1 - d) * g`` after every step; Yazici et al. 2019,
+    "The unusual effectiveness of averaging in GAN training"): sample with ``ema=True``."""
+    if not 0.0 <= ema_decay < 1.0:
+        raise ValueError(f"ema_decay must be in [0, 1) (0 turns the average off), got {ema_decay}")
     g_tx = g_tx or dcgan_optimizer()
     d_tx = d_tx or dcgan_optimizer()
     kg, kd, krng = jax.random.split(jax.random.PRNGKey(seed), 3)
@@ -101,7 +115,9 @@ def create_gan_state(generator: nn.Module, discriminator: nn.Module,
                     g_opt_state=g_tx.init(g_vars["params"]),
                     d_params=d_vars["params"], d_batch_stats=d_vars.get("batch_stats", {}),
                     d_opt_state=d_tx.init(d_vars["params"]), rng=krng,
-                    generator=generator, discriminator=discriminator, g_tx=g_tx, d_tx=d_tx)
+                    g_ema_params=jax.tree.map(jnp.copy, g_vars["params"]) if ema_decay else None,
+                    generator=generator, discriminator=discriminator, g_tx=g_tx, d_tx=d_tx,
+                    ema_decay=float(ema_decay))
 
 
 def _bce(logits, target: float):
@@ -176,6 +192,10 @@ def gan_train_step(state: GANState, real, *, label_smoothing: float = 0.0):
     """One D update then one G update on a batch of real images; increments ``step``."""
     state, dm = d_step(state, real, label_smoothing=label_smoothing)
     state, gm = g_step(state, real.shape[0])
+    if state.g_ema_params is not None:
+        d = state.ema_decay
+        state = state.replace(g_ema_params=jax.tree.map(
+            lambda e, p: d * e + (1.0 - d) * p, state.g_ema_params, state.g_params))
     return state.replace(step=state.step + 1), {**dm, **gm}
 
 
@@ -185,17 +205,20 @@ def make_gan_train_step(label_smoothing: float = 0.0):
                    donate_argnums=0)
 
 
-def generate(state: GANState, z, train: bool = False):
+def generate(state: GANState, z, train: bool = False, ema: bool = False):
     """Images in ``[-1, 1]`` from noise ``z`` ``(N, latent_dim)``.
 
     ``train=False`` normalises with G's running statistics (deterministic per sample);
-    ``train=True`` with the statistics of the batch ``z`` itself (no state is changed)."""
+    ``train=True`` with the statistics of the batch ``z`` itself (no state is changed).
+    ``ema=True`` uses the averaged generator parameters (``create_gan_state(ema_decay=...)``;
+    the running statistics were gathered with the raw ones, so pair it with ``train=True``)."""
+    variables = state.g_ema_variables if ema else state.g_variables
     if train:
-        return _run_g(state, state.g_params, z)[0]
-    return state.generator.apply(state.g_variables, z, train=False)
+        return _run_g(state, variables["params"], z)[0]
+    return state.generator.apply(variables, z, train=False)
 
 
 @functools.lru_cache(maxsize=None)
-def make_generate(train: bool = False):
+def make_generate(train: bool = False, ema: bool = False):
     """A jitted :func:`generate` (cached per mode)."""
-    return jax.jit(functools.partial(generate, train=train))
+    return jax.jit(functools.partial(generate, train=train, ema=ema))
