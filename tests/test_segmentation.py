@@ -268,10 +268,12 @@ def test_fit_segmentation_writes_outputs_and_resumes(tmp_path):
 
 @pytest.mark.slow
 def test_short_experiment_learns_digit_classes(tmp_path):
-    """A 300-step version of experiments/configs/unet_canvas.py (minutes on 2 cores)."""
+    """A 500-step version of experiments/configs/unet_canvas.py (~10 min on 2 cores): the
+    network must go beyond ink vs background (all-background scores mean IoU ~0.09)."""
+    from experiments.configs import unet_canvas
     from jaxcnn.train.seg_loop import fit_segmentation
 
-    r = fit_segmentation(dict(model="unet_small", model_kwargs={"base_width": 8, "depth": 4},
-                              num_test=200, batch_size=16, steps=300, eval_every=300,
-                              progress=False), str(tmp_path))
-    assert r["pixel_accuracy"] > 0.95 and r["mean_iou"] > 0.3
+    c = unet_canvas.get_config()
+    c.update(num_test=200, steps=500, eval_every=500, progress=False)
+    r = fit_segmentation(c, str(tmp_path))
+    assert r["pixel_accuracy"] > 0.97 and r["mean_iou"] > 0.4
