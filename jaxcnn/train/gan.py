@@ -192,10 +192,9 @@ def gan_train_step(state: GANState, real, *, label_smoothing: float = 0.0):
     """One D update then one G update on a batch of real images; increments ``step``."""
     state, dm = d_step(state, real, label_smoothing=label_smoothing)
     state, gm = g_step(state, real.shape[0])
-    if state.g_ema_params is not None:
-        d = state.ema_decay
-        state = state.replace(g_ema_params=jax.tree.map(
-            lambda e, p: d * e + (1.0 - d) * p, state.g_ema_params, state.g_params))
+    if state.g_ema_params is not None:  # g_ema <- decay * g_ema + (1 - decay) * g
+        state = state.replace(g_ema_params=optax.incremental_update(
+            state.g_params, state.g_ema_params, 1.0 - state.ema_decay))
     return state.replace(step=state.step + 1), {**dm, **gm}
 
 
