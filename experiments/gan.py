@@ -104,7 +104,7 @@ def main(argv):
     from jaxcnn.checkpoint import Checkpointer
     from jaxcnn.data import batches, load_dataset, num_batches
     from jaxcnn.train.gan import (create_gan_state, dcgan_optimizer, make_gan_train_step,
-                                  make_generate)
+                                  make_generate, top_k_schedule)
     from jaxcnn.train.gan_eval import evaluate_samples
 
     c = _CONFIG.value
@@ -170,16 +170,18 @@ def main(argv):
     for epoch in range(int(state.step) // steps_per_epoch, c.epochs):
         t0 = time.perf_counter()
         sums = None
+        k = (top_k_schedule(epoch, c.batch_size, c.top_k_gamma, c.top_k_min)
+             if c.get("top_k_gamma", 0) else None)
         for batch in batches(x, labels, c.batch_size, shuffle=True, seed=c.seed, epoch=epoch,
                              drop_remainder=True):
-            state, m = step_fn(state, jnp.asarray(batch["image"]))
+            state, m = step_fn(state, jnp.asarray(batch["image"]), k)
             sums = m if sums is None else jax.tree.map(jnp.add, sums, m)
         sums = {k: float(v) / steps_per_epoch for k, v in jax.device_get(sums).items()}
         save_grid(sample01(z_grid), os.path.join(workdir, "samples", f"epoch_{epoch + 1:03d}.png"),
                   8)
         ev = evaluate_samples(judge, sample01(z_eval), None, c.confidence, c.seed, real_out)
         keys = ("confident_share", "min_class_share", "max_class_share", "fd", "fd_real_baseline")
-        rec = {"epoch": epoch + 1, "step": int(state.step), **sums,
+        rec = {"epoch": epoch + 1, "step": int(state.step), "top_k": k, **sums,
                **{k: ev[k] for k in keys}}
         if ema:  # the raw generator too, for comparison
             ev_raw = evaluate_samples(judge, sample01(z_eval, gen_raw), None, c.confidence,

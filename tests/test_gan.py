@@ -14,7 +14,8 @@ from jaxcnn.checkpoint import Checkpointer
 from jaxcnn.data import default_mnist_dir
 from jaxcnn.models.dcgan import generator_widths
 from jaxcnn.train.gan import (create_gan_state, d_step, g_step, gan_train_step,
-                              make_gan_train_step, make_generate)
+                              make_gan_train_step, make_generate, top_k_mask,
+                              top_k_schedule)
 from jaxcnn.train.gan_eval import (Classifier, confidence_metrics, evaluate_samples,
                                    frechet_distance, gaussian_frechet_distance)
 
@@ -142,6 +143,32 @@ def test_d_step_leaves_generator_and_g_step_leaves_discriminator():
     both, _ = jax.jit(gan_train_step)(state, real)
     chex.assert_trees_all_close(both.g_params, after_g.g_params, atol=1e-6)
     chex.assert_trees_all_close(both.d_params, after_g.d_params, atol=1e-6)
+
+
+def test_top_k_mask_and_schedule():
+    scores = jnp.array([0.3, -1.0, 2.0, 0.3, 5.0])
+    np.testing.assert_array_equal(top_k_mask(scores, 2), [False, False, True, False, True])
+    np.testing.assert_array_equal(top_k_mask(scores, 3), [True, False, True, False, True])
+    assert int(top_k_mask(scores, 0).sum()) == 1 and int(top_k_mask(scores, 9).sum()) == 5
+    assert [top_k_schedule(e, 64, 0.9, 0.5) for e in (0, 1, 5, 50)] == [64, 57, 37, 32]
+
+
+def test_top_k_generator_step_keeps_the_most_realistic_fakes():
+    state = _gan()
+    real = jax.random.uniform(jax.random.key(6), (8, 28, 28, 1), minval=-1, maxval=1)
+    state, _ = jax.jit(d_step)(state, real)
+    g = jax.jit(g_step, static_argnums=1)
+    full, m_full = g(state, 8)
+    all_k, m_all = g(state, 8, 8)  # k = batch: the plain step
+    chex.assert_trees_all_close(all_k.g_params, full.g_params, atol=1e-6)
+    half, m_half = g(state, 8, 4)
+    assert any(_changed(full.g_params, half.g_params))
+    # the 4 fakes D finds most realistic have the lowest -log D(G(z)): a smaller mean loss
+    assert float(m_half["g_loss"]) < float(m_full["g_loss"])
+    step = make_gan_train_step()
+    s, _ = step(_gan(), real, 8)
+    s, _ = step(s, real, 5)  # another k: no recompilation
+    assert step._cache_size() == 1
 
 
 def test_generator_ema_is_the_moving_average_and_samples_with_it():

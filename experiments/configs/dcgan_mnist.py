@@ -39,6 +39,8 @@ def get_config():
     c.label_smoothing = 0.1  # one-sided: real target 0.9
     c.num_eval_samples = 1000
     c.confidence = 0.9
+    c.top_k_gamma = 0.0  # > 0: top-k generator updates, k = max(gamma**epoch, top_k_min) * batch
+    c.top_k_min = 0.5
     c.ema_decay = 0.999  # sample from an exponential moving average of G (0: the raw G)
     c.sample_mode = "batch"  # generator BatchNorm at sampling: "running" averages or "batch"
     c.seed = 0

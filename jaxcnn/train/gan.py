@@ -42,7 +42,8 @@ import optax
 from flax import struct
 
 __all__ = ["GANState", "create_gan_state", "dcgan_optimizer", "d_step", "g_step",
-           "gan_train_step", "make_gan_train_step", "generate", "make_generate"]
+           "gan_train_step", "make_gan_train_step", "generate", "make_generate",
+           "top_k_mask", "top_k_schedule"]
 
 
 @struct.dataclass
@@ -168,18 +169,36 @@ def d_step(state: GANState, real, *, label_smoothing: float = 0.0):
                    "d_fake": jnp.mean(nn.sigmoid(lf))}
 
 
-def g_step(state: GANState, batch_size: int):
+def top_k_mask(scores, k):
+    """``True`` for the ``k`` highest ``scores`` (a 1-D array; ``k`` may be a traced integer,
+    clipped to ``[1, len(scores)]``; ties are broken by position)."""
+    n = scores.shape[0]
+    k = jnp.clip(jnp.asarray(k, jnp.int32), 1, n)
+    order = jnp.argsort(-scores, stable=True)
+    rank = jnp.zeros((n,), jnp.int32).at[order].set(jnp.arange(n, dtype=jnp.int32))
+    return rank < k
+
+
+def g_step(state: GANState, batch_size: int, top_k=None):
     """Update the generator only, with the non-saturating loss ``-log D(G(z))``.
 
     D runs in training mode (batch statistics) but neither its parameters nor its running
-    statistics change. Returns ``(state, {"g_loss", "d_gen"})``.
+    statistics change. ``top_k`` (an integer, may be traced): average the loss over the ``k``
+    fakes D scores highest only (Sinha et al. 2020, "Top-k training of GANs": the worst samples'
+    gradients point G the wrong way; anneal ``k`` from the batch size to about half of it,
+    :func:`top_k_schedule`). Returns ``(state, {"g_loss", "d_gen"})``.
     """
     z = _noise(state, batch_size, 1)
 
     def loss_fn(g_params):
         fake, g_stats = _run_g(state, g_params, z)
         logits, _ = _run_d(state, state.d_params, state.d_batch_stats, fake)
-        return _bce(logits, 1.0), (g_stats, logits)
+        if top_k is None:
+            return _bce(logits, 1.0), (g_stats, logits)
+        per = jnp.mean(optax.sigmoid_binary_cross_entropy(logits, jnp.ones_like(logits)),
+                       axis=tuple(range(1, logits.ndim)))
+        mask = top_k_mask(-jax.lax.stop_gradient(per), top_k)  # most realistic first
+        return jnp.sum(per * mask) / jnp.sum(mask), (g_stats, logits)
 
     (loss, (stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.g_params)
     updates, opt_state = state.g_tx.update(grads, state.g_opt_state, state.g_params)
@@ -188,10 +207,18 @@ def g_step(state: GANState, batch_size: int):
     return state, {"g_loss": loss, "d_gen": jnp.mean(nn.sigmoid(logits))}
 
 
-def gan_train_step(state: GANState, real, *, label_smoothing: float = 0.0):
-    """One D update then one G update on a batch of real images; increments ``step``."""
+def top_k_schedule(epoch: int, batch_size: int, gamma: float = 0.99,
+                   min_fraction: float = 0.5) -> int:
+    """Sinha et al.'s ``k`` for an epoch (0-based): ``max(gamma**epoch, min_fraction) * batch``
+    (the paper: ``gamma`` 0.99, ``min_fraction`` 0.5 to 0.75)."""
+    return max(int(batch_size * gamma ** epoch), int(batch_size * min_fraction), 1)
+
+
+def gan_train_step(state: GANState, real, top_k=None, *, label_smoothing: float = 0.0):
+    """One D update then one G update on a batch of real images; increments ``step``.
+    ``top_k``: see :func:`g_step` (``None``: every fake counts)."""
     state, dm = d_step(state, real, label_smoothing=label_smoothing)
-    state, gm = g_step(state, real.shape[0])
+    state, gm = g_step(state, real.shape[0], top_k)
     if state.g_ema_params is not None:  # g_ema <- decay * g_ema + (1 - decay) * g
         state = state.replace(g_ema_params=optax.incremental_update(
             state.g_params, state.g_ema_params, 1.0 - state.ema_decay))
@@ -199,7 +226,9 @@ def gan_train_step(state: GANState, real, *, label_smoothing: float = 0.0):
 
 
 def make_gan_train_step(label_smoothing: float = 0.0):
-    """``gan_train_step`` under one ``jax.jit`` with the state donated."""
+    """``gan_train_step`` under one ``jax.jit`` with the state donated: call it as
+    ``step(state, real)`` or ``step(state, real, k)`` (top-k generator updates; ``k`` a Python or
+    JAX integer, traced, so a new ``k`` each epoch does not recompile)."""
     return jax.jit(functools.partial(gan_train_step, label_smoothing=label_smoothing),
                    donate_argnums=0)
 
