@@ -104,7 +104,7 @@ def main(argv):
     from jaxcnn.checkpoint import Checkpointer
     from jaxcnn.data import batches, load_dataset, num_batches
     from jaxcnn.train.gan import (create_gan_state, dcgan_optimizer, make_gan_train_step,
-                                  make_generate, top_k_schedule)
+                                  make_generate, sample_latent, top_k_schedule)
     from jaxcnn.train.gan_eval import evaluate_samples
 
     c = _CONFIG.value
@@ -123,13 +123,16 @@ def main(argv):
     size = c.image_size
     g = models.create_model(f"dcgan_generator_{size}", width=c.width, latent_dim=c.latent_dim,
                             out_channels=1)
-    d = models.create_model(f"dcgan_discriminator_{size}", width=c.width, in_channels=1)
+    codes = int(c.get("info_codes", 0))
+    d = models.create_model(f"dcgan_discriminator_{size}", width=c.get("d_width") or c.width,
+                            in_channels=1, num_classes=1 + codes)
     tx = lambda: dcgan_optimizer(c.learning_rate, c.beta1)  # noqa: E731
     ema = float(c.get("ema_decay", 0.0))
-    state = create_gan_state(g, d, tx(), tx(), seed=c.seed, ema_decay=ema)
+    state = create_gan_state(g, d, tx(), tx(), seed=c.seed, ema_decay=ema, num_codes=codes,
+                             info_weight=c.get("info_weight", 1.0))
     n_g = sum(p.size for p in jax.tree.leaves(state.g_params))
     n_d = sum(p.size for p in jax.tree.leaves(state.d_params))
-    print(f"DCGAN {size}x{size}, width {c.width}: G {n_g:,} / D {n_d:,} parameters; "
+    print(f"DCGAN {size}x{size}, width {c.width}/{d.width}: G {n_g:,} / D {n_d:,} parameters; "
           f"{len(x):,} real digits", flush=True)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=c.keep_checkpoints,
                         keep_best=0)
@@ -146,8 +149,11 @@ def main(argv):
     gen = make_generate(train=c.sample_mode == "batch", ema=ema > 0)
     gen_raw = make_generate(train=c.sample_mode == "batch")
     key = jax.random.PRNGKey(c.seed + 1)
-    z_grid = jax.random.normal(jax.random.fold_in(key, 0), (64, c.latent_dim))
-    z_eval = jax.random.normal(jax.random.fold_in(key, 1), (c.num_eval_samples, c.latent_dim))
+    # the grids: with an InfoGAN code, row r of the 8x8 grid (of the 10x10 by-code grid) has code r
+    z_grid = sample_latent(jax.random.fold_in(key, 0), 64, c.latent_dim, codes,
+                           jnp.arange(64) // 8 % max(codes, 1) if codes else None)[0]
+    z_eval = sample_latent(jax.random.fold_in(key, 1), c.num_eval_samples, c.latent_dim,
+                           codes)[0]
     crop = lambda im: np.asarray(im)[:, pad:pad + 28, pad:pad + 28]  # noqa: E731
 
     def sample01(z, fn=gen):
@@ -192,7 +198,8 @@ def main(argv):
         ckpt.save(int(state.step), state)
         write()
         print(f"epoch {epoch + 1:3d}/{c.epochs}  D {sums['d_loss']:.3f} G {sums['g_loss']:.3f} "
-              f"D(x) {sums['d_real']:.2f} D(G(z)) {sums['d_fake']:.2f}  confident "
+              f"D(x) {sums['d_real']:.2f} D(G(z)) {sums['d_fake']:.2f}  "
+              + (f"info {sums['info_loss']:.3f}  " if codes else "") + f"confident "
               f"{ev['confident_share']:.3f} classes {ev['min_class_share']:.3f}-"
               f"{ev['max_class_share']:.3f}  FD {ev['fd']:.2f} (real {ev['fd_real_baseline']:.2f})"
               + (f"  [raw G: confident {rec['raw_confident_share']:.3f} FD {rec['raw_fd']:.2f}]"
@@ -207,6 +214,10 @@ def main(argv):
     by_class = [samples[pred == k][:10] for k in range(10)]
     rows = [np.concatenate([b, np.zeros((10 - len(b), 28, 28, 1), np.float32)]) for b in by_class]
     save_grid(np.concatenate(rows), os.path.join(workdir, "samples_by_class.png"), 10)
+    if codes:  # one row per code value, 10 samples each
+        z_code = sample_latent(jax.random.fold_in(key, 2), 10 * codes, c.latent_dim, codes,
+                               jnp.arange(10 * codes) // 10)[0]
+        save_grid(sample01(z_code), os.path.join(workdir, "samples_by_code.png"), 10)
     ev["passed"] = bool(ev["confident_share"] >= 0.8 and ev["min_class_share"] >= 0.05
                         and ev["max_class_share"] <= 0.15)
     ev.update(epochs=len(history), steps=int(state.step), train_time_s=train_time,

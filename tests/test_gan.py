@@ -7,6 +7,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from jaxcnn import models
@@ -14,8 +15,8 @@ from jaxcnn.checkpoint import Checkpointer
 from jaxcnn.data import default_mnist_dir
 from jaxcnn.models.dcgan import generator_widths
 from jaxcnn.train.gan import (create_gan_state, d_step, g_step, gan_train_step,
-                              make_gan_train_step, make_generate, top_k_mask,
-                              top_k_schedule)
+                              make_gan_train_step, make_generate, sample_latent,
+                              top_k_mask, top_k_schedule)
 from jaxcnn.train.gan_eval import (Classifier, confidence_metrics, evaluate_samples,
                                    frechet_distance, gaussian_frechet_distance)
 
@@ -169,6 +170,40 @@ def test_top_k_generator_step_keeps_the_most_realistic_fakes():
     s, _ = step(_gan(), real, 8)
     s, _ = step(s, real, 5)  # another k: no recompilation
     assert step._cache_size() == 1
+
+
+def test_sample_latent_appends_one_hot_codes():
+    z, codes = sample_latent(jax.random.key(0), 6, 20, 4, jnp.array([0, 1, 2, 3, 0, 1]))
+    chex.assert_shape(z, (6, 20))
+    np.testing.assert_array_equal(z[:, 16:], jax.nn.one_hot(codes, 4))
+    z, codes = sample_latent(jax.random.key(0), 500, 20, 4)
+    assert set(np.unique(codes)) == {0, 1, 2, 3}
+    z, codes = sample_latent(jax.random.key(0), 3, 20)
+    assert codes is None and z.shape == (3, 20)
+
+
+def test_infogan_code_becomes_readable_and_shapes_are_checked():
+    g = models.create_model("dcgan_generator_28", width=8)
+    d = models.create_model("dcgan_discriminator_28", width=8, num_classes=5)
+    with pytest.raises(ValueError, match="num_classes=5"):
+        create_gan_state(g, models.create_model("dcgan_discriminator_28", width=8), num_codes=4)
+    with pytest.raises(ValueError, match="num_codes"):
+        create_gan_state(g, models.create_model("dcgan_discriminator_28", width=8,
+                                                num_classes=101), num_codes=100)
+    fast = lambda: optax.adam(2e-3, b1=0.5)  # noqa: E731
+    state = create_gan_state(g, d, fast(), fast(), seed=0, num_codes=4)
+    real = jax.random.uniform(jax.random.key(7), (16, 28, 28, 1), minval=-1, maxval=1)
+    step = make_gan_train_step()
+    state, m = step(state, real)
+    assert float(m["info_loss"]) == pytest.approx(np.log(4), abs=0.2)  # Q starts at chance
+    for _ in range(40):
+        state, m = step(state, real)
+    # G and Q cooperate on the mutual-information term: the code is read back from the images
+    assert float(m["info_loss"]) < 0.5 * np.log(4)
+    # the term reaches G: without it (weight 0) the same step updates G differently
+    s1, _ = jax.jit(g_step, static_argnums=1)(state, 8)
+    s0, _ = jax.jit(g_step, static_argnums=1)(state.replace(info_weight=0.0), 8)
+    assert any(_changed(s0.g_params, s1.g_params))
 
 
 def test_generator_ema_is_the_moving_average_and_samples_with_it():

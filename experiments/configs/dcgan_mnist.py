@@ -30,6 +30,7 @@ def get_config():
     c = ml_collections.ConfigDict()
     c.image_size = 28  # 28 or 32 (digits padded by 2 with background)
     c.width = 32  # ngf = ndf; the paper's (and the registered default) is 64
+    c.d_width = 0  # the discriminator's width (0: the same as the generator's)
     c.latent_dim = 100
     c.data_dir = ""  # default: ../shared/data/mnist-test
     c.batch_size = 32  # more steps per pass over the 10,000 digits
@@ -41,6 +42,8 @@ def get_config():
     c.confidence = 0.9
     c.top_k_gamma = 0.0  # > 0: top-k generator updates, k = max(gamma**epoch, top_k_min) * batch
     c.top_k_min = 0.5
+    c.info_codes = 0  # > 0: InfoGAN categorical code of this many values (D gets 1 + n outputs)
+    c.info_weight = 1.0
     c.ema_decay = 0.999  # sample from an exponential moving average of G (0: the raw G)
     c.sample_mode = "batch"  # generator BatchNorm at sampling: "running" averages or "batch"
     c.seed = 0

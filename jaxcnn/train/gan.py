@@ -43,7 +43,7 @@ from flax import struct
 
 __all__ = ["GANState", "create_gan_state", "dcgan_optimizer", "d_step", "g_step",
            "gan_train_step", "make_gan_train_step", "generate", "make_generate",
-           "top_k_mask", "top_k_schedule"]
+           "top_k_mask", "top_k_schedule", "sample_latent"]
 
 
 @struct.dataclass
@@ -66,6 +66,8 @@ class GANState:
     d_tx: optax.GradientTransformation = struct.field(pytree_node=False)
     g_ema_params: Any = None  # exponential moving average of g_params (None: off)
     ema_decay: float = struct.field(pytree_node=False, default=0.0)
+    num_codes: int = struct.field(pytree_node=False, default=0)  # InfoGAN categorical code
+    info_weight: float = struct.field(pytree_node=False, default=1.0)
 
     @property
     def latent_dim(self) -> int:
@@ -95,14 +97,31 @@ def dcgan_optimizer(learning_rate: float = 2e-4, b1: float = 0.5,
 def create_gan_state(generator: nn.Module, discriminator: nn.Module,
                      g_tx: optax.GradientTransformation | None = None,
                      d_tx: optax.GradientTransformation | None = None,
-                     seed: int = 0, ema_decay: float = 0.0) -> GANState:
+                     seed: int = 0, ema_decay: float = 0.0, num_codes: int = 0,
+                     info_weight: float = 1.0) -> GANState:
     """Initialise both networks (D on images of the generator's output shape) and optimizers.
 
     ``ema_decay`` in ``(0, 1)`` also keeps an exponential moving average of the generator's
     parameters (``g_ema <- d * g_ema + (1 - d) * g`` after every step; Yazici et al. 2019,
-    "The unusual effectiveness of averaging in GAN training"): sample with ``ema=True``."""
+    "The unusual effectiveness of averaging in GAN training"): sample with ``ema=True``.
+
+    ``num_codes > 0`` trains an InfoGAN (Chen et al. 2016) with the same networks: the last
+    ``num_codes`` entries of G's latent vector are a one-hot categorical code drawn uniformly
+    (:func:`sample_latent`), the discriminator has ``1 + num_codes`` outputs (``num_classes``):
+    the real/fake logit, then the logits of ``Q(code | image)``, and both networks also minimise
+    ``info_weight * CE(Q(G(z, c)), c)`` (the mutual-information bound). Unsupervised: on
+    digits the codes come to pick the digit, so samples stop falling between classes."""
     if not 0.0 <= ema_decay < 1.0:
         raise ValueError(f"ema_decay must be in [0, 1) (0 turns the average off), got {ema_decay}")
+    d_out = getattr(discriminator, "num_classes", 1)
+    if d_out != 1 + num_codes:
+        raise ValueError(
+            f"the discriminator must have 1 + num_codes = {1 + num_codes} outputs (real/fake"
+            + (f", then {num_codes} code logits" if num_codes else "") + f"), got num_classes="
+            f"{d_out}: create it with num_classes={1 + num_codes}")
+    if not 0 <= num_codes < generator.latent_dim:
+        raise ValueError(f"num_codes must be in [0, latent_dim={generator.latent_dim}) (the "
+                         f"code is part of the latent vector), got {num_codes}")
     g_tx = g_tx or dcgan_optimizer()
     d_tx = d_tx or dcgan_optimizer()
     kg, kd, krng = jax.random.split(jax.random.PRNGKey(seed), 3)
@@ -118,16 +137,41 @@ def create_gan_state(generator: nn.Module, discriminator: nn.Module,
                     d_opt_state=d_tx.init(d_vars["params"]), rng=krng,
                     g_ema_params=jax.tree.map(jnp.copy, g_vars["params"]) if ema_decay else None,
                     generator=generator, discriminator=discriminator, g_tx=g_tx, d_tx=d_tx,
-                    ema_decay=float(ema_decay))
+                    ema_decay=float(ema_decay), num_codes=int(num_codes),
+                    info_weight=float(info_weight))
 
 
 def _bce(logits, target: float):
     return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, jnp.full_like(logits, target)))
 
 
+def sample_latent(key, n: int, latent_dim: int, num_codes: int = 0, codes=None):
+    """``(z, codes)``: ``n`` latent vectors for a generator. Without codes (``num_codes=0``)
+    ``z ~ N(0, I)`` and ``codes`` is ``None``; with an InfoGAN code the last ``num_codes``
+    entries are ``one_hot(codes)``, ``codes`` uniform in ``[0, num_codes)`` unless given."""
+    if not num_codes:
+        return jax.random.normal(key, (n, latent_dim), jnp.float32), None
+    kz, kc = jax.random.split(key)
+    if codes is None:
+        codes = jax.random.randint(kc, (n,), 0, num_codes)
+    noise = jax.random.normal(kz, (n, latent_dim - num_codes), jnp.float32)
+    return jnp.concatenate([noise, jax.nn.one_hot(codes, num_codes)], axis=-1), codes
+
+
 def _noise(state: GANState, n: int, which: int):
     key = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), which)
-    return jax.random.normal(key, (n, state.latent_dim), jnp.float32)
+    return sample_latent(key, n, state.latent_dim, state.num_codes)
+
+
+def _split_logits(state: GANState, logits):
+    """D's outputs -> (real/fake logits ``(N, 1)``, code logits ``(N, num_codes)`` or None)."""
+    if not state.num_codes:
+        return logits, None
+    return logits[:, :1], logits[:, 1:]
+
+
+def _info_loss(code_logits, codes):
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(code_logits, codes))
 
 
 def _run_g(state: GANState, params, z):
@@ -151,14 +195,17 @@ def d_step(state: GANState, real, *, label_smoothing: float = 0.0):
     target ``1 - label_smoothing`` (one-sided, Salimans et al. 2016). Returns
     ``(state, {"d_loss", "d_real", "d_fake"})`` with D's mean probabilities on real and fake.
     """
-    z = _noise(state, real.shape[0], 0)
+    z, codes = _noise(state, real.shape[0], 0)
     fake, _ = _run_g(state, state.g_params, z)  # G's statistics updates are discarded here
     fake = jax.lax.stop_gradient(fake).astype(real.dtype)
 
     def loss_fn(d_params):
         lr, stats = _run_d(state, d_params, state.d_batch_stats, real)
         lf, stats = _run_d(state, d_params, stats, fake)
+        (lr, _), (lf, qf) = _split_logits(state, lr), _split_logits(state, lf)
         loss = _bce(lr, 1.0 - label_smoothing) + _bce(lf, 0.0)
+        if qf is not None:  # InfoGAN: Q learns to read the code back from the fakes
+            loss = loss + state.info_weight * _info_loss(qf, codes)
         return loss, (stats, lr, lf)
 
     (loss, (stats, lr, lf)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.d_params)
@@ -186,25 +233,34 @@ def g_step(state: GANState, batch_size: int, top_k=None):
     statistics change. ``top_k`` (an integer, may be traced): average the loss over the ``k``
     fakes D scores highest only (Sinha et al. 2020, "Top-k training of GANs": the worst samples'
     gradients point G the wrong way; anneal ``k`` from the batch size to about half of it,
-    :func:`top_k_schedule`). Returns ``(state, {"g_loss", "d_gen"})``.
+    :func:`top_k_schedule`). Returns ``(state, {"g_loss", "d_gen"})`` (``g_loss`` the adversarial
+    part; with an InfoGAN code also ``"info_loss"``, the code's cross-entropy).
     """
-    z = _noise(state, batch_size, 1)
+    z, codes = _noise(state, batch_size, 1)
 
     def loss_fn(g_params):
         fake, g_stats = _run_g(state, g_params, z)
-        logits, _ = _run_d(state, state.d_params, state.d_batch_stats, fake)
+        logits, q = _split_logits(state, _run_d(state, state.d_params, state.d_batch_stats,
+                                                fake)[0])
         if top_k is None:
-            return _bce(logits, 1.0), (g_stats, logits)
-        per = jnp.mean(optax.sigmoid_binary_cross_entropy(logits, jnp.ones_like(logits)),
-                       axis=tuple(range(1, logits.ndim)))
-        mask = top_k_mask(-jax.lax.stop_gradient(per), top_k)  # most realistic first
-        return jnp.sum(per * mask) / jnp.sum(mask), (g_stats, logits)
+            adv = _bce(logits, 1.0)
+        else:
+            per = jnp.mean(optax.sigmoid_binary_cross_entropy(logits, jnp.ones_like(logits)),
+                           axis=tuple(range(1, logits.ndim)))
+            mask = top_k_mask(-jax.lax.stop_gradient(per), top_k)  # most realistic first
+            adv = jnp.sum(per * mask) / jnp.sum(mask)
+        info = _info_loss(q, codes) if q is not None else jnp.zeros(())
+        return adv + state.info_weight * info, (g_stats, logits, adv, info)
 
-    (loss, (stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.g_params)
+    (_, (stats, logits, loss, info)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.g_params)
     updates, opt_state = state.g_tx.update(grads, state.g_opt_state, state.g_params)
     state = state.replace(g_params=optax.apply_updates(state.g_params, updates),
                           g_opt_state=opt_state, g_batch_stats=stats)
-    return state, {"g_loss": loss, "d_gen": jnp.mean(nn.sigmoid(logits))}
+    metrics = {"g_loss": loss, "d_gen": jnp.mean(nn.sigmoid(logits))}
+    if state.num_codes:
+        metrics["info_loss"] = info
+    return state, metrics
 
 
 def top_k_schedule(epoch: int, batch_size: int, gamma: float = 0.99,
