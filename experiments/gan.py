@@ -48,6 +48,14 @@ def save_grid(images01, path, cols: int) -> None:
     plt.imsave(path, np.kron(grid, np.ones((3, 3))), cmap="gray", vmin=0, vmax=1)
 
 
+def lr_scale(epoch: int, epochs: int, decay_start: int):
+    """Learning-rate factor for a 0-based ``epoch``: 1 before ``decay_start`` (0: never), then
+    linear towards 0 over the remaining epochs (``1 - (e - start + 1) / (epochs - start + 1)``)."""
+    if not decay_start or epoch < decay_start:
+        return None
+    return 1.0 - (epoch - decay_start + 1) / (epochs - decay_start + 1)
+
+
 def load_judge(workdir: str, c) -> "object":
     """Train (or reuse) the LeNet-5 judge; returns a ``gan_eval.Classifier``."""
     from experiments.configs import lenet_mnist
@@ -178,16 +186,17 @@ def main(argv):
         sums = None
         k = (top_k_schedule(epoch, c.batch_size, c.top_k_gamma, c.top_k_min)
              if c.get("top_k_gamma", 0) else None)
+        scale = lr_scale(epoch, c.epochs, c.get("lr_decay_start", 0))
         for batch in batches(x, labels, c.batch_size, shuffle=True, seed=c.seed, epoch=epoch,
                              drop_remainder=True):
-            state, m = step_fn(state, jnp.asarray(batch["image"]), k)
+            state, m = step_fn(state, jnp.asarray(batch["image"]), k, scale)
             sums = m if sums is None else jax.tree.map(jnp.add, sums, m)
         sums = {k: float(v) / steps_per_epoch for k, v in jax.device_get(sums).items()}
         save_grid(sample01(z_grid), os.path.join(workdir, "samples", f"epoch_{epoch + 1:03d}.png"),
                   8)
         ev = evaluate_samples(judge, sample01(z_eval), None, c.confidence, c.seed, real_out)
         keys = ("confident_share", "min_class_share", "max_class_share", "fd", "fd_real_baseline")
-        rec = {"epoch": epoch + 1, "step": int(state.step), "top_k": k, **sums,
+        rec = {"epoch": epoch + 1, "step": int(state.step), "top_k": k, "lr_scale": scale, **sums,
                **{k: ev[k] for k in keys}}
         if ema:  # the raw generator too, for comparison
             ev_raw = evaluate_samples(judge, sample01(z_eval, gen_raw), None, c.confidence,

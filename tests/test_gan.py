@@ -172,6 +172,21 @@ def test_top_k_generator_step_keeps_the_most_realistic_fakes():
     assert step._cache_size() == 1
 
 
+def test_lr_scale_multiplies_both_networks_updates():
+    state = _gan()
+    real = jax.random.uniform(jax.random.key(8), (8, 28, 28, 1), minval=-1, maxval=1)
+    d = jax.jit(d_step)
+    g = jax.jit(g_step, static_argnums=1)
+    for field, step in (("d_params", lambda st, sc: d(st, real, sc)),
+                        ("g_params", lambda st, sc: g(st, 8, None, sc))):
+        (full, _), (half, _), (frozen, _) = (step(state, sc) for sc in (None, 0.5, 0.0))
+        before, a, b = (getattr(x, field) for x in (state, full, half))
+        delta = jax.tree.map(lambda new, old: new - old, a, before)
+        chex.assert_trees_all_close(jax.tree.map(lambda new, old: new - old, b, before),
+                                    jax.tree.map(lambda d: 0.5 * d, delta), atol=1e-7)
+        chex.assert_trees_all_equal(getattr(frozen, field), before)
+
+
 def test_sample_latent_appends_one_hot_codes():
     z, codes = sample_latent(jax.random.key(0), 6, 20, 4, jnp.array([0, 1, 2, 3, 0, 1]))
     chex.assert_shape(z, (6, 20))
@@ -307,11 +322,12 @@ def test_gan_experiment_runs_one_epoch(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "experiments.gan", "--config.epochs=1", "--config.width=8",
          "--config.classifier_epochs=1", "--config.num_eval_samples=200",
+         "--config.info_codes=10",
          f"--workdir={tmp_path / 'gan'}"], cwd=repo, capture_output=True, text=True,
         timeout=1200)
     assert out.returncode == 0, out.stderr[-3000:]
     for f in ("samples/epoch_001.png", "samples_final.png", "samples_by_class.png",
-              "metrics.json", "checkpoints"):
+              "samples_by_code.png", "metrics.json", "checkpoints"):
         assert (tmp_path / "gan" / f).exists(), f
     import json
 

@@ -28,19 +28,20 @@ import ml_collections
 
 def get_config():
     c = ml_collections.ConfigDict()
-    c.image_size = 28  # 28 or 32 (digits padded by 2 with background)
+    c.image_size = 32  # 28 or 32 (digits padded by 2 with background)
     c.width = 32  # ngf = ndf; the paper's (and the registered default) is 64
     c.d_width = 0  # the discriminator's width (0: the same as the generator's)
     c.latent_dim = 100
     c.data_dir = ""  # default: ../shared/data/mnist-test
     c.batch_size = 32  # more steps per pass over the 10,000 digits
-    c.epochs = 30
+    c.epochs = 60
     c.learning_rate = 2e-4  # Adam, both networks (paper)
     c.beta1 = 0.5
+    c.lr_decay_start = 50  # > 0: from this epoch (0-based) both learning rates decay linearly to ~0
     c.label_smoothing = 0.1  # one-sided: real target 0.9
     c.num_eval_samples = 1000
     c.confidence = 0.9
-    c.top_k_gamma = 0.0  # > 0: top-k generator updates, k = max(gamma**epoch, top_k_min) * batch
+    c.top_k_gamma = 0.97  # > 0: top-k generator updates, k = max(gamma**epoch, top_k_min) * batch
     c.top_k_min = 0.5
     c.info_codes = 0  # > 0: InfoGAN categorical code of this many values (D gets 1 + n outputs)
     c.info_weight = 1.0

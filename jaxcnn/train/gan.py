@@ -12,6 +12,13 @@ The step follows the DCGAN recipe (Radford et al., 2015; the PyTorch DCGAN tutor
    runs in training mode but its parameters get no update and its BatchNorm updates are
    discarded, so D is unchanged by the G step; G's running statistics are updated.
 
+Two options from later work, both off by default: **top-k generator updates** (Sinha et al.
+2020: ``step(state, real, k)`` averages G's loss over the ``k`` fakes D finds most realistic;
+:func:`top_k_schedule` anneals ``k`` per epoch) and an **InfoGAN categorical code** (Chen et al.
+2016: ``create_gan_state(..., num_codes=10)``, a discriminator with ``1 + num_codes`` outputs,
+latents from :func:`sample_latent`). A moving average of G's weights (``ema_decay``) is kept for
+sampling when asked.
+
 :func:`d_step` and :func:`g_step` are the two halves (each changes only its own network);
 :func:`gan_train_step` runs both and :func:`make_gan_train_step` jit-compiles that with the
 state donated. Each network has its own optax optimizer (``GANState.g_tx``/``d_tx``; Adam with
@@ -188,7 +195,14 @@ def _run_d(state: GANState, params, batch_stats, x):
     return out, upd["batch_stats"]
 
 
-def d_step(state: GANState, real, *, label_smoothing: float = 0.0):
+def _scaled(updates, lr_scale):
+    """Optimizer updates times ``lr_scale`` (for Adam/SGD: the learning rate times it)."""
+    if lr_scale is None:
+        return updates
+    return jax.tree.map(lambda u: u * jnp.asarray(lr_scale, u.dtype), updates)
+
+
+def d_step(state: GANState, real, lr_scale=None, *, label_smoothing: float = 0.0):
     """Update the discriminator only (G's parameters and statistics are left as they are).
 
     ``real``: images ``(B, H, W, C)`` scaled to ``[-1, 1]``. ``label_smoothing`` makes the real
@@ -210,6 +224,7 @@ def d_step(state: GANState, real, *, label_smoothing: float = 0.0):
 
     (loss, (stats, lr, lf)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.d_params)
     updates, opt_state = state.d_tx.update(grads, state.d_opt_state, state.d_params)
+    updates = _scaled(updates, lr_scale)
     state = state.replace(d_params=optax.apply_updates(state.d_params, updates),
                           d_opt_state=opt_state, d_batch_stats=stats)
     return state, {"d_loss": loss, "d_real": jnp.mean(nn.sigmoid(lr)),
@@ -226,7 +241,7 @@ def top_k_mask(scores, k):
     return rank < k
 
 
-def g_step(state: GANState, batch_size: int, top_k=None):
+def g_step(state: GANState, batch_size: int, top_k=None, lr_scale=None):
     """Update the generator only, with the non-saturating loss ``-log D(G(z))``.
 
     D runs in training mode (batch statistics) but neither its parameters nor its running
@@ -255,6 +270,7 @@ def g_step(state: GANState, batch_size: int, top_k=None):
     (_, (stats, logits, loss, info)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.g_params)
     updates, opt_state = state.g_tx.update(grads, state.g_opt_state, state.g_params)
+    updates = _scaled(updates, lr_scale)
     state = state.replace(g_params=optax.apply_updates(state.g_params, updates),
                           g_opt_state=opt_state, g_batch_stats=stats)
     metrics = {"g_loss": loss, "d_gen": jnp.mean(nn.sigmoid(logits))}
@@ -270,11 +286,15 @@ def top_k_schedule(epoch: int, batch_size: int, gamma: float = 0.99,
     return max(int(batch_size * gamma ** epoch), int(batch_size * min_fraction), 1)
 
 
-def gan_train_step(state: GANState, real, top_k=None, *, label_smoothing: float = 0.0):
+def gan_train_step(state: GANState, real, top_k=None, lr_scale=None, *,
+                   label_smoothing: float = 0.0):
     """One D update then one G update on a batch of real images; increments ``step``.
-    ``top_k``: see :func:`g_step` (``None``: every fake counts)."""
-    state, dm = d_step(state, real, label_smoothing=label_smoothing)
-    state, gm = g_step(state, real.shape[0], top_k)
+    ``top_k``: see :func:`g_step` (``None``: every fake counts). ``lr_scale`` (a float, may be
+    traced): both networks' optimizer updates are multiplied by it, i.e. for Adam the learning
+    rate, without changing the optimizer state's structure (a schedule per epoch that a run
+    resumed from an older checkpoint can take up)."""
+    state, dm = d_step(state, real, lr_scale, label_smoothing=label_smoothing)
+    state, gm = g_step(state, real.shape[0], top_k, lr_scale)
     if state.g_ema_params is not None:  # g_ema <- decay * g_ema + (1 - decay) * g
         state = state.replace(g_ema_params=optax.incremental_update(
             state.g_params, state.g_ema_params, 1.0 - state.ema_decay))
