@@ -37,7 +37,7 @@ def get_config():
     c.epochs = 60
     c.learning_rate = 2e-4  # Adam, both networks (paper)
     c.beta1 = 0.5
-    c.lr_decay_start = 50  # > 0: from this epoch (0-based) both learning rates decay linearly to ~0
+    c.lr_decay_start = 0  # > 0: from this epoch (0-based) both learning rates decay linearly to ~0
     c.label_smoothing = 0.1  # one-sided: real target 0.9
     c.num_eval_samples = 1000
     c.confidence = 0.9
