@@ -1,6 +1,6 @@
-"""DCGAN (28x28) on the 10,000 real MNIST test digits (``../shared/data/mnist-test``), judged by
-a LeNet-5 trained on real digits (trained first, ~1 min, unless ``--classifier_workdir`` holds
-one already).
+"""DCGAN (32x32: digits padded by 2) on the 10,000 real MNIST test digits
+(``../shared/data/mnist-test``), judged by a LeNet-5 trained on real digits (trained first,
+~1 min, unless ``--classifier_workdir`` holds one already).
 
     python -m experiments.gan --config experiments/configs/dcgan_mnist.py
 
@@ -9,19 +9,26 @@ epoch), samples_final.png (10x10), samples_by_class.png (one row per predicted d
 metrics.json (per-epoch losses and evaluation, final figures) and checkpoints/.
 The LeNet-5 judge is written to runs/dcgan_mnist_judge/ (reused on the next run).
 
-Generator and discriminator width: 32 (ngf = ndf = 32: G 347,072 and D 36,544 parameters),
-half the paper's 64 so that a run takes minutes on 2 CPU cores; ``--config.width=64`` gives
-the registered Radford/PyTorch-tutorial networks (759,680 / 138,624), ~3x slower per step.
+Networks: ``dcgan_generator_32`` / ``dcgan_discriminator_32`` at width 32 (ngf = ndf = 32,
+1 channel: G 369,600 and D 166,784 parameters), half the paper's 64 so that a run fits
+2 CPU cores. Training: batch 32, Adam 2e-4 / beta1 0.5 for both (paper), one-sided label
+smoothing 0.1, top-k generator updates (Sinha et al. 2020; k = 0.97**epoch of the batch, at
+least half), samples from a moving average of G's weights (decay 0.999).
 
 Target: >= 80% of 1,000 samples classified with confidence >= 0.9 and every digit between 5% and
-15% of the samples. NOT reached. Measured with this config (width 32, batch 32, 30 epochs =
-9,360 steps, seed 0, samples from the generator's moving average, judge: 10 epochs, 98.7% on
-the held-out digits, confident on 96.4% of real digits): 62.9% confident, class shares
-4.4%-17.5% (0 and 9 too frequent, 2 and 4 too rare), Frechet distance 48.4 vs 2.87 real-vs-real;
-the raw generator: 59.6%, FD 52.1. It plateaus from epoch ~15 (60.0%, 62.9% at 20 and 30).
-22 min for the 30 epochs on 2 cores shared with 2-3 other jobs (31-50 s per epoch).
-``--config.width=64 --config.batch_size=64`` matched it epoch for epoch up to epoch 11 (raw
-G 54.8%), where it was stopped for lack of time (~150 s per epoch on the shared cores).
+15% of the samples. Measured with this config (60 epochs = 18,720 steps, seed 0; judge:
+10 epochs, 98.7% on the held-out digits, confident on 96.4% of real digits): **79.8%**
+confident, class shares 7.8%-13.7%, Frechet distance 4.36 vs 2.87 real-vs-real (raw G 78.4%).
+Over 10 other sets of 1,000 samples: 78.3% +- 1.1% confident. The class spread is met, the
+confidence is not (it is 74% at epoch 20, 78% at 30, ~80% from 40 on). An epoch takes ~38 s
+with its evaluation and grids when the run has the 2 cores to itself (~38 min for the 60).
+The measured run was resumed twice (30 -> 45 -> 60 epochs); a fresh run from this config gave
+the same figures at every epoch checked (30, 40, 45, 50). The 28x28 networks (two layers each) plateau at ~63%
+(FD 48).
+
+Tried and no better: linear learning-rate decay over the last 10 epochs (``lr_decay_start=50``:
+78-79%, D wins more: D(G(z)) 0.09 -> 0.05), an InfoGAN code (``info_codes=10``: tracked the
+plain run within 1-4 points to epoch 22).
 """
 import ml_collections
 
