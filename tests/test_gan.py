@@ -322,6 +322,7 @@ def test_gan_experiment_runs_one_epoch(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "experiments.gan", "--config.epochs=1", "--config.width=8",
          "--config.classifier_epochs=1", "--config.num_eval_samples=200",
+         "--config.eval_sets=2",
          "--config.info_codes=10",
          f"--workdir={tmp_path / 'gan'}"], cwd=repo, capture_output=True, text=True,
         timeout=1200)
@@ -333,3 +334,6 @@ def test_gan_experiment_runs_one_epoch(tmp_path):
 
     final = json.loads((tmp_path / "gan" / "metrics.json").read_text())["final"]
     assert final["num_samples"] == 200 and final["fd_real_baseline"] < final["fd"]
+    other = final["other_sets"]
+    assert other["num_sets"] == 2 and 0 <= other["passed"] <= 2
+    assert other["confident_min"] <= other["confident_mean"] <= other["confident_max"]

@@ -47,6 +47,7 @@ def get_config():
     c.lr_decay_start = 0  # > 0: from this epoch (0-based) both learning rates decay linearly to ~0
     c.label_smoothing = 0.1  # one-sided: real target 0.9
     c.num_eval_samples = 1000
+    c.eval_sets = 10  # at the end, the figures on this many other sets of samples too
     c.confidence = 0.9
     c.top_k_gamma = 0.97  # > 0: top-k generator updates, k = max(gamma**epoch, top_k_min) * batch
     c.top_k_min = 0.5
