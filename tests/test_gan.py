@@ -322,7 +322,7 @@ def test_gan_experiment_runs_one_epoch(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "experiments.gan", "--config.epochs=1", "--config.width=8",
          "--config.classifier_epochs=1", "--config.num_eval_samples=200",
-         "--config.eval_sets=2",
+         "--config.eval_sets=2", "--config.d_learning_rate=4e-4",
          "--config.info_codes=10",
          f"--workdir={tmp_path / 'gan'}"], cwd=repo, capture_output=True, text=True,
         timeout=1200)

@@ -54,6 +54,7 @@ def get_config():
     c.batch_size = 32  # more steps per pass over the 10,000 digits
     c.epochs = 60
     c.learning_rate = 2e-4  # Adam, both networks (paper)
+    c.d_learning_rate = 0.0  # > 0: D's own learning rate (two time-scale update rule, TTUR)
     c.beta1 = 0.5
     c.lr_decay_start = 0  # > 0: from this epoch (0-based) both learning rates decay linearly to ~0
     c.label_smoothing = 0.1  # one-sided: real target 0.9
