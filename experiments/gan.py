@@ -132,6 +132,13 @@ def main(argv):
     g = models.create_model(f"dcgan_generator_{size}", width=c.width, latent_dim=c.latent_dim,
                             out_channels=1)
     codes = int(c.get("info_codes", 0))
+    conditional = bool(c.get("conditional", False))
+    if conditional:  # AC-GAN: the code is the digit class, Q also learns it from real digits
+        n_cls = int(ds.labels.max()) + 1
+        if codes not in (0, n_cls):
+            raise ValueError(f"conditional=True uses the {n_cls} digit classes as the code: "
+                             f"info_codes must be 0 or {n_cls}, got {codes}")
+        codes = n_cls
     d = models.create_model(f"dcgan_discriminator_{size}", width=c.get("d_width") or c.width,
                             in_channels=1, num_classes=1 + codes)
     tx = lambda lr: dcgan_optimizer(lr, c.beta1)  # noqa: E731
@@ -161,8 +168,8 @@ def main(argv):
     # the grids: with an InfoGAN code, row r of the 8x8 grid (of the 10x10 by-code grid) has code r
     z_grid = sample_latent(jax.random.fold_in(key, 0), 64, c.latent_dim, codes,
                            jnp.arange(64) // 8 % max(codes, 1) if codes else None)[0]
-    z_eval = sample_latent(jax.random.fold_in(key, 1), c.num_eval_samples, c.latent_dim,
-                           codes)[0]
+    z_eval, eval_codes = sample_latent(jax.random.fold_in(key, 1), c.num_eval_samples,
+                                       c.latent_dim, codes)
     crop = lambda im: np.asarray(im)[:, pad:pad + 28, pad:pad + 28]  # noqa: E731
 
     def sample01(z, fn=gen):
@@ -179,9 +186,8 @@ def main(argv):
         os.replace(metrics_path + ".tmp", metrics_path)
 
     steps_per_epoch = num_batches(len(x), c.batch_size, drop_remainder=True)
-    labels = np.zeros(len(x), np.int32)
+    labels = (np.asarray(ds.labels, np.int32) if conditional else np.zeros(len(x), np.int32))
     real_out = judge(real01)  # the real images' logits and features, computed once
-    t_train = time.perf_counter()
     for epoch in range(int(state.step) // steps_per_epoch, c.epochs):
         t0 = time.perf_counter()
         sums = None
@@ -190,7 +196,8 @@ def main(argv):
         scale = lr_scale(epoch, c.epochs, c.get("lr_decay_start", 0))
         for batch in batches(x, labels, c.batch_size, shuffle=True, seed=c.seed, epoch=epoch,
                              drop_remainder=True):
-            state, m = step_fn(state, jnp.asarray(batch["image"]), k, scale)
+            state, m = step_fn(state, jnp.asarray(batch["image"]), k, scale,
+                               jnp.asarray(batch["label"]) if conditional else None)
             sums = m if sums is None else jax.tree.map(jnp.add, sums, m)
         sums = {k: float(v) / steps_per_epoch for k, v in jax.device_get(sums).items()}
         save_grid(sample01(z_grid), os.path.join(workdir, "samples", f"epoch_{epoch + 1:03d}.png"),
@@ -215,12 +222,15 @@ def main(argv):
               + (f"  [raw G: confident {rec['raw_confident_share']:.3f} FD {rec['raw_fd']:.2f}]"
                  if ema else "") + f"  ({rec['epoch_time_s']:.0f}s)", flush=True)
     ckpt.close()
-    train_time = time.perf_counter() - t_train
+    # every epoch's time, this run's and the resumed ones' (with the per-epoch evaluation)
+    train_time = sum(r.get("epoch_time_s", 0.0) for r in history)
 
     samples = sample01(z_eval)
     ev = evaluate_samples(judge, samples, None, c.confidence, c.seed, real_out)
     save_grid(samples[:100], os.path.join(workdir, "samples_final.png"), 10)
     pred = judge(samples)[0].argmax(-1)
+    if conditional:  # how often the judge reads the digit that G was asked for
+        ev["class_agreement"] = float(np.mean(pred == np.asarray(eval_codes)))
     by_class = [samples[pred == k][:10] for k in range(10)]
     rows = [np.concatenate([b, np.zeros((10 - len(b), 28, 28, 1), np.float32)]) for b in by_class]
     save_grid(np.concatenate(rows), os.path.join(workdir, "samples_by_class.png"), 10)
@@ -253,6 +263,9 @@ def main(argv):
           f"{100 * ev['max_class_share']:.1f}%; FD {ev['fd']:.2f} vs real-vs-real "
           f"{ev['fd_real_baseline']:.2f} (same sizes; halves {ev['fd_real_halves']:.2f}); "
           f"target {'met' if ev['passed'] else 'NOT met'}")
+    if conditional:
+        print(f"conditional: the judge reads the requested digit in "
+              f"{100 * ev['class_agreement']:.1f}% of the samples")
     if n_sets:
         o = ev["other_sets"]
         print(f"{n_sets} other sets of {ev['num_samples']}: confident "

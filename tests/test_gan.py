@@ -221,6 +221,32 @@ def test_infogan_code_becomes_readable_and_shapes_are_checked():
     assert any(_changed(s0.g_params, s1.g_params))
 
 
+def test_acgan_real_labels_add_the_class_loss_on_real_images():
+    g = models.create_model("dcgan_generator_28", width=8)
+    d = models.create_model("dcgan_discriminator_28", width=8, num_classes=4)
+    state = create_gan_state(g, d, seed=0, num_codes=3, info_weight=0.5)
+    real = jax.random.uniform(jax.random.key(3), (8, 28, 28, 1), minval=-1, maxval=1)
+    labels = jnp.array([0, 1, 2, 0, 1, 2, 0, 1])
+    _, m0 = jax.jit(d_step)(state, real)
+    _, m1 = jax.jit(d_step)(state, real, None, labels)
+    # the extra term by hand: D in training mode on the real batch, Q's logits are outputs 1..3
+    out = d.apply({"params": state.d_params, "batch_stats": state.d_batch_stats}, real,
+                  train=True, mutable=["batch_stats"])[0]
+    ce = -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(out[:, 1:]), labels[:, None], 1))
+    np.testing.assert_allclose(float(m1["d_loss"]) - float(m0["d_loss"]), 0.5 * float(ce),
+                               rtol=1e-4)
+    # the jitted full step takes the labels as its fifth argument and trains Q on them
+    fast = lambda: optax.adam(2e-3, b1=0.5)  # noqa: E731
+    s = create_gan_state(g, d, fast(), fast(), seed=0, num_codes=3)
+    step = make_gan_train_step()
+    for _ in range(30):
+        s, m = step(s, real, None, None, labels)
+    out = d.apply({"params": s.d_params, "batch_stats": s.d_batch_stats}, real, train=False)
+    assert float(jnp.mean(out[:, 1:].argmax(-1) == labels)) == 1.0
+    with pytest.raises(ValueError, match="num_codes"):
+        d_step(_gan(), real, None, labels)
+
+
 def test_generator_ema_is_the_moving_average_and_samples_with_it():
     g = models.create_model("dcgan_generator_28", width=8)
     d = models.create_model("dcgan_discriminator_28", width=8)

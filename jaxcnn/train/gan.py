@@ -12,11 +12,13 @@ The step follows the DCGAN recipe (Radford et al., 2015; the PyTorch DCGAN tutor
    runs in training mode but its parameters get no update and its BatchNorm updates are
    discarded, so D is unchanged by the G step; G's running statistics are updated.
 
-Two options from later work, both off by default: **top-k generator updates** (Sinha et al.
+Options from later work, all off by default: **top-k generator updates** (Sinha et al.
 2020: ``step(state, real, k)`` averages G's loss over the ``k`` fakes D finds most realistic;
-:func:`top_k_schedule` anneals ``k`` per epoch) and an **InfoGAN categorical code** (Chen et al.
+:func:`top_k_schedule` anneals ``k`` per epoch), an **InfoGAN categorical code** (Chen et al.
 2016: ``create_gan_state(..., num_codes=10)``, a discriminator with ``1 + num_codes`` outputs,
-latents from :func:`sample_latent`). A moving average of G's weights (``ema_decay``) is kept for
+latents from :func:`sample_latent`) and, with the real images' labels as well
+(``step(state, real, k, lr_scale, labels)``), the class-conditional **AC-GAN** (Odena et al.
+2017: the code is the class, and Q also learns it from the real images). A moving average of G's weights (``ema_decay``) is kept for
 sampling when asked.
 
 :func:`d_step` and :func:`g_step` are the two halves (each changes only its own network);
@@ -202,13 +204,20 @@ def _scaled(updates, lr_scale):
     return jax.tree.map(lambda u: u * jnp.asarray(lr_scale, u.dtype), updates)
 
 
-def d_step(state: GANState, real, lr_scale=None, *, label_smoothing: float = 0.0):
+def d_step(state: GANState, real, lr_scale=None, real_codes=None, *,
+           label_smoothing: float = 0.0):
     """Update the discriminator only (G's parameters and statistics are left as they are).
 
     ``real``: images ``(B, H, W, C)`` scaled to ``[-1, 1]``. ``label_smoothing`` makes the real
-    target ``1 - label_smoothing`` (one-sided, Salimans et al. 2016). Returns
-    ``(state, {"d_loss", "d_real", "d_fake"})`` with D's mean probabilities on real and fake.
+    target ``1 - label_smoothing`` (one-sided, Salimans et al. 2016). ``real_codes`` (integer
+    ``(B,)``, with a code): the real images' classes, and Q also learns to read them from the
+    real images (``info_weight * CE(Q(real), class)``): the AC-GAN of Odena et al. 2017, a
+    class-conditional GAN. Returns ``(state, {"d_loss", "d_real", "d_fake"})`` with D's mean
+    probabilities on real and fake.
     """
+    if real_codes is not None and not state.num_codes:
+        raise ValueError("real_codes (class labels, AC-GAN) need a GAN with a code: "
+                         "create_gan_state(..., num_codes=<number of classes>)")
     z, codes = _noise(state, real.shape[0], 0)
     fake, _ = _run_g(state, state.g_params, z)  # G's statistics updates are discarded here
     fake = jax.lax.stop_gradient(fake).astype(real.dtype)
@@ -216,10 +225,12 @@ def d_step(state: GANState, real, lr_scale=None, *, label_smoothing: float = 0.0
     def loss_fn(d_params):
         lr, stats = _run_d(state, d_params, state.d_batch_stats, real)
         lf, stats = _run_d(state, d_params, stats, fake)
-        (lr, _), (lf, qf) = _split_logits(state, lr), _split_logits(state, lf)
+        (lr, qr), (lf, qf) = _split_logits(state, lr), _split_logits(state, lf)
         loss = _bce(lr, 1.0 - label_smoothing) + _bce(lf, 0.0)
         if qf is not None:  # InfoGAN: Q learns to read the code back from the fakes
             loss = loss + state.info_weight * _info_loss(qf, codes)
+        if real_codes is not None:  # AC-GAN: and the class from the real images
+            loss = loss + state.info_weight * _info_loss(qr, real_codes)
         return loss, (stats, lr, lf)
 
     (loss, (stats, lr, lf)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.d_params)
@@ -286,14 +297,15 @@ def top_k_schedule(epoch: int, batch_size: int, gamma: float = 0.99,
     return max(int(batch_size * gamma ** epoch), int(batch_size * min_fraction), 1)
 
 
-def gan_train_step(state: GANState, real, top_k=None, lr_scale=None, *,
+def gan_train_step(state: GANState, real, top_k=None, lr_scale=None, real_codes=None, *,
                    label_smoothing: float = 0.0):
     """One D update then one G update on a batch of real images; increments ``step``.
     ``top_k``: see :func:`g_step` (``None``: every fake counts). ``lr_scale`` (a float, may be
     traced): both networks' optimizer updates are multiplied by it, i.e. for Adam the learning
     rate, without changing the optimizer state's structure (a schedule per epoch that a run
-    resumed from an older checkpoint can take up)."""
-    state, dm = d_step(state, real, lr_scale, label_smoothing=label_smoothing)
+    resumed from an older checkpoint can take up). ``real_codes``: the real images' classes
+    for a class-conditional AC-GAN (see :func:`d_step`)."""
+    state, dm = d_step(state, real, lr_scale, real_codes, label_smoothing=label_smoothing)
     state, gm = g_step(state, real.shape[0], top_k, lr_scale)
     if state.g_ema_params is not None:  # g_ema <- decay * g_ema + (1 - decay) * g
         state = state.replace(g_ema_params=optax.incremental_update(
@@ -304,7 +316,8 @@ def gan_train_step(state: GANState, real, top_k=None, lr_scale=None, *,
 def make_gan_train_step(label_smoothing: float = 0.0):
     """``gan_train_step`` under one ``jax.jit`` with the state donated: call it as
     ``step(state, real)`` or ``step(state, real, k)`` (top-k generator updates; ``k`` a Python or
-    JAX integer, traced, so a new ``k`` each epoch does not recompile)."""
+    JAX integer, traced, so a new ``k`` each epoch does not recompile), ``step(state, real, k,
+    lr_scale, labels)`` for an AC-GAN."""
     return jax.jit(functools.partial(gan_train_step, label_smoothing=label_smoothing),
                    donate_argnums=0)
 
