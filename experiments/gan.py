@@ -144,8 +144,10 @@ def main(argv):
     tx = lambda lr: dcgan_optimizer(lr, c.beta1)  # noqa: E731
     ema = float(c.get("ema_decay", 0.0))
     d_lr = c.get("d_learning_rate", 0.0) or c.learning_rate  # two time-scales when they differ
+    policy = tuple(p.strip() for p in c.get("augment", "").split(",") if p.strip())
     state = create_gan_state(g, d, tx(c.learning_rate), tx(d_lr), seed=c.seed, ema_decay=ema,
-                             num_codes=codes, info_weight=c.get("info_weight", 1.0))
+                             num_codes=codes, info_weight=c.get("info_weight", 1.0),
+                             augment=policy)
     n_g = sum(p.size for p in jax.tree.leaves(state.g_params))
     n_d = sum(p.size for p in jax.tree.leaves(state.d_params))
     print(f"DCGAN {size}x{size}, width {c.width}/{d.width}: G {n_g:,} / D {n_d:,} parameters; "

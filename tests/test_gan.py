@@ -14,7 +14,7 @@ from jaxcnn import models
 from jaxcnn.checkpoint import Checkpointer
 from jaxcnn.data import default_mnist_dir
 from jaxcnn.models.dcgan import generator_widths
-from jaxcnn.train.gan import (create_gan_state, d_step, g_step, gan_train_step,
+from jaxcnn.train.gan import (create_gan_state, d_step, diff_augment, g_step, gan_train_step,
                               make_gan_train_step, make_generate, sample_latent,
                               top_k_mask, top_k_schedule)
 from jaxcnn.train.gan_eval import (Classifier, confidence_metrics, evaluate_samples,
@@ -247,6 +247,42 @@ def test_acgan_real_labels_add_the_class_loss_on_real_images():
         d_step(_gan(), real, None, labels)
 
 
+def test_diff_augment_translates_and_cuts_out_per_image_and_passes_gradients():
+    x = (-jnp.ones((6, 32, 32, 1))).at[:, 12:20, 12:20].set(1.0)  # an 8x8 square, centred
+    y = diff_augment(jax.random.key(0), x, ("translation",))
+    chex.assert_shape(y, x.shape)
+    # shifts of at most 4 (1/8 of 32) keep the square whole; the zero fill enters at the borders
+    np.testing.assert_array_equal(np.asarray((y == 1).sum((1, 2, 3))), 64)
+    rows = np.asarray(jnp.argmax(y[..., 0].max(2) == 1, axis=1))  # the square's top row
+    assert set(rows) <= set(range(8, 17)) and len(set(rows)) > 1  # per image, within +-4
+    y = diff_augment(jax.random.key(1), x, ("cutout",))
+    zeros = np.asarray((y == 0).sum((1, 2, 3)))
+    assert (zeros <= 16 * 16).all() and (zeros > 0).all() and len(set(zeros)) > 1
+    kept = np.asarray(y) != 0
+    np.testing.assert_array_equal(np.asarray(y)[kept], np.asarray(x)[kept])
+    # differentiable: the gradient of the sum is 1 where a pixel survives, 0 where it was cut
+    g = jax.grad(lambda v: diff_augment(jax.random.key(1), v, ("cutout",)).sum())(x)
+    np.testing.assert_array_equal(np.asarray(g), kept.astype(np.float32))
+    np.testing.assert_array_equal(np.asarray(diff_augment(jax.random.key(0), x, ())), x)
+
+
+def test_gan_step_with_diff_augment_changes_what_d_sees_and_checks_the_policy():
+    g = models.create_model("dcgan_generator_32", width=8, out_channels=1)
+    d = models.create_model("dcgan_discriminator_32", width=8, in_channels=1)
+    with pytest.raises(ValueError, match="unknown DiffAugment operation"):
+        create_gan_state(g, d, augment=("color",))
+    plain = create_gan_state(g, d, seed=0)
+    aug = create_gan_state(g, d, seed=0, augment=["translation", "cutout"])
+    assert aug.augment == ("translation", "cutout")
+    real = jax.random.uniform(jax.random.key(2), (8, 32, 32, 1), minval=-1, maxval=1)
+    step = make_gan_train_step()
+    s0, m0 = step(plain, real)
+    s1, m1 = step(aug, real)
+    assert float(m0["d_loss"]) != float(m1["d_loss"])
+    chex.assert_trees_all_equal_shapes(s0.d_params, s1.d_params)
+    assert all(np.isfinite(float(v)) for v in m1.values())
+
+
 def test_generator_ema_is_the_moving_average_and_samples_with_it():
     g = models.create_model("dcgan_generator_28", width=8)
     d = models.create_model("dcgan_discriminator_28", width=8)
@@ -349,7 +385,7 @@ def test_gan_experiment_runs_one_epoch(tmp_path):
         [sys.executable, "-m", "experiments.gan", "--config.epochs=1", "--config.width=8",
          "--config.classifier_epochs=1", "--config.num_eval_samples=200",
          "--config.eval_sets=2", "--config.d_learning_rate=4e-4",
-         "--config.info_codes=10",
+         "--config.info_codes=10", "--config.augment=translation,cutout",
          f"--workdir={tmp_path / 'gan'}"], cwd=repo, capture_output=True, text=True,
         timeout=1200)
     assert out.returncode == 0, out.stderr[-3000:]

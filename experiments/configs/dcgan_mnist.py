@@ -65,6 +65,7 @@ def get_config():
     c.top_k_min = 0.5
     c.info_codes = 0  # > 0: InfoGAN categorical code of this many values (D gets 1 + n outputs)
     c.info_weight = 1.0
+    c.augment = ""  # DiffAugment policy for D's inputs, e.g. "translation,cutout" ("": none)
     c.conditional = False  # True: class-conditional AC-GAN (the code is the digit, from labels)
     c.ema_decay = 0.999  # sample from an exponential moving average of G (0: the raw G)
     c.sample_mode = "batch"  # generator BatchNorm at sampling: "running" averages or "batch"

@@ -16,10 +16,12 @@ Options from later work, all off by default: **top-k generator updates** (Sinha 
 2020: ``step(state, real, k)`` averages G's loss over the ``k`` fakes D finds most realistic;
 :func:`top_k_schedule` anneals ``k`` per epoch), an **InfoGAN categorical code** (Chen et al.
 2016: ``create_gan_state(..., num_codes=10)``, a discriminator with ``1 + num_codes`` outputs,
-latents from :func:`sample_latent`) and, with the real images' labels as well
+latents from :func:`sample_latent`); with the real images' labels as well
 (``step(state, real, k, lr_scale, labels)``), the class-conditional **AC-GAN** (Odena et al.
-2017: the code is the class, and Q also learns it from the real images). A moving average of G's weights (``ema_decay``) is kept for
-sampling when asked.
+2017: the code is the class, and Q also learns it from the real images); and **DiffAugment**
+(Zhao et al. 2020: ``create_gan_state(..., augment=("translation", "cutout"))``, the same
+random augmentation of real and fake images before D). A moving average of G's weights
+(``ema_decay``) is kept for sampling when asked.
 
 :func:`d_step` and :func:`g_step` are the two halves (each changes only its own network);
 :func:`gan_train_step` runs both and :func:`make_gan_train_step` jit-compiles that with the
@@ -50,9 +52,12 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from jaxcnn.data.pipeline import augment_batch
+
 __all__ = ["GANState", "create_gan_state", "dcgan_optimizer", "d_step", "g_step",
            "gan_train_step", "make_gan_train_step", "generate", "make_generate",
-           "top_k_mask", "top_k_schedule", "sample_latent"]
+           "top_k_mask", "top_k_schedule", "sample_latent", "diff_augment",
+           "DIFF_AUGMENT_OPS"]
 
 
 @struct.dataclass
@@ -77,6 +82,7 @@ class GANState:
     ema_decay: float = struct.field(pytree_node=False, default=0.0)
     num_codes: int = struct.field(pytree_node=False, default=0)  # InfoGAN categorical code
     info_weight: float = struct.field(pytree_node=False, default=1.0)
+    augment: tuple = struct.field(pytree_node=False, default=())  # DiffAugment policy
 
     @property
     def latent_dim(self) -> int:
@@ -107,7 +113,7 @@ def create_gan_state(generator: nn.Module, discriminator: nn.Module,
                      g_tx: optax.GradientTransformation | None = None,
                      d_tx: optax.GradientTransformation | None = None,
                      seed: int = 0, ema_decay: float = 0.0, num_codes: int = 0,
-                     info_weight: float = 1.0) -> GANState:
+                     info_weight: float = 1.0, augment=()) -> GANState:
     """Initialise both networks (D on images of the generator's output shape) and optimizers.
 
     ``ema_decay`` in ``(0, 1)`` also keeps an exponential moving average of the generator's
@@ -119,7 +125,16 @@ def create_gan_state(generator: nn.Module, discriminator: nn.Module,
     (:func:`sample_latent`), the discriminator has ``1 + num_codes`` outputs (``num_classes``):
     the real/fake logit, then the logits of ``Q(code | image)``, and both networks also minimise
     ``info_weight * CE(Q(G(z, c)), c)`` (the mutual-information bound). Unsupervised: on
-    digits the codes come to pick the digit, so samples stop falling between classes."""
+    digits the codes come to pick the digit, so samples stop falling between classes.
+
+    ``augment``: a DiffAugment policy (Zhao et al. 2020), e.g. ``("translation", "cutout")``:
+    every image D sees, real or fake, in both steps, is augmented first (see
+    :func:`diff_augment`), which keeps D from memorising a small training set."""
+    augment = tuple(augment or ())
+    unknown = sorted(set(augment) - set(DIFF_AUGMENT_OPS))
+    if unknown:
+        raise ValueError(f"unknown DiffAugment operation(s) {unknown}: expected some of "
+                         f"{list(DIFF_AUGMENT_OPS)}")
     if not 0.0 <= ema_decay < 1.0:
         raise ValueError(f"ema_decay must be in [0, 1) (0 turns the average off), got {ema_decay}")
     d_out = getattr(discriminator, "num_classes", 1)
@@ -147,7 +162,40 @@ def create_gan_state(generator: nn.Module, discriminator: nn.Module,
                     g_ema_params=jax.tree.map(jnp.copy, g_vars["params"]) if ema_decay else None,
                     generator=generator, discriminator=discriminator, g_tx=g_tx, d_tx=d_tx,
                     ema_decay=float(ema_decay), num_codes=int(num_codes),
-                    info_weight=float(info_weight))
+                    info_weight=float(info_weight), augment=augment)
+
+
+DIFF_AUGMENT_OPS = ("translation", "cutout")
+
+
+def diff_augment(key, x, policy=("translation", "cutout")):
+    """Differentiable augmentation (Zhao et al. 2020, "DiffAugment"), per image, jit-able and
+    differentiable in ``x`` (NHWC): ``"translation"`` shifts by up to 1/8 of the side with zero
+    fill; ``"cutout"`` zeroes a square of half the side at a random centre (clipped at the
+    borders). Both as in the reference code (zero = mid-grey for images in ``[-1, 1]``)."""
+    n, h, w, _ = x.shape
+    k_t, k_c = jax.random.split(key)
+    if "translation" in policy:
+        x = augment_batch(k_t, x, max_shift=int(min(h, w) * 0.125 + 0.5))
+    if "cutout" in policy:
+        ch, cw = int(h * 0.5 + 0.5), int(w * 0.5 + 0.5)
+        ky, kx = jax.random.split(k_c)
+        cy = jax.random.randint(ky, (n, 1, 1, 1), 0, h + (1 - ch % 2))
+        cx = jax.random.randint(kx, (n, 1, 1, 1), 0, w + (1 - cw % 2))
+        rows = jnp.arange(h).reshape(1, h, 1, 1)
+        cols = jnp.arange(w).reshape(1, 1, w, 1)
+        inside = ((rows >= cy - ch // 2) & (rows < cy - ch // 2 + ch)
+                  & (cols >= cx - cw // 2) & (cols < cx - cw // 2 + cw))
+        x = x * (1 - inside).astype(x.dtype)
+    return x
+
+
+def _augment(state: GANState, x, which: int):
+    """``x`` through the state's DiffAugment policy (unchanged without one)."""
+    if not state.augment:
+        return x
+    key = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), 10 + which)
+    return diff_augment(key, x, state.augment)
 
 
 def _bce(logits, target: float):
@@ -223,8 +271,8 @@ def d_step(state: GANState, real, lr_scale=None, real_codes=None, *,
     fake = jax.lax.stop_gradient(fake).astype(real.dtype)
 
     def loss_fn(d_params):
-        lr, stats = _run_d(state, d_params, state.d_batch_stats, real)
-        lf, stats = _run_d(state, d_params, stats, fake)
+        lr, stats = _run_d(state, d_params, state.d_batch_stats, _augment(state, real, 0))
+        lf, stats = _run_d(state, d_params, stats, _augment(state, fake, 1))
         (lr, qr), (lf, qf) = _split_logits(state, lr), _split_logits(state, lf)
         loss = _bce(lr, 1.0 - label_smoothing) + _bce(lf, 0.0)
         if qf is not None:  # InfoGAN: Q learns to read the code back from the fakes
@@ -267,7 +315,7 @@ def g_step(state: GANState, batch_size: int, top_k=None, lr_scale=None):
     def loss_fn(g_params):
         fake, g_stats = _run_g(state, g_params, z)
         logits, q = _split_logits(state, _run_d(state, state.d_params, state.d_batch_stats,
-                                                fake)[0])
+                                                _augment(state, fake, 2))[0])
         if top_k is None:
             adv = _bce(logits, 1.0)
         else:
