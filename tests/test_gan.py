@@ -399,3 +399,12 @@ def test_gan_experiment_runs_one_epoch(tmp_path):
     other = final["other_sets"]
     assert other["num_sets"] == 2 and 0 <= other["passed"] <= 2
     assert other["confident_min"] <= other["confident_mean"] <= other["confident_max"]
+
+
+def test_conditional_config_is_the_base_config_with_labels():
+    from experiments.configs import dcgan_mnist, dcgan_mnist_conditional
+
+    base, cond = dcgan_mnist.get_config(), dcgan_mnist_conditional.get_config()
+    assert cond.conditional and not base.conditional and cond.epochs == 20
+    differ = {k for k in base if base[k] != cond[k]}
+    assert differ == {"conditional", "epochs"}
