@@ -385,7 +385,8 @@ def test_gan_experiment_runs_one_epoch(tmp_path):
         [sys.executable, "-m", "experiments.gan", "--config.epochs=1", "--config.width=8",
          "--config.classifier_epochs=1", "--config.num_eval_samples=200",
          "--config.eval_sets=2", "--config.d_learning_rate=4e-4",
-         "--config.info_codes=10", "--config.augment=translation,cutout",
+         "--config.info_codes=10", "--config.conditional=True",
+         "--config.augment=translation,cutout",
          f"--workdir={tmp_path / 'gan'}"], cwd=repo, capture_output=True, text=True,
         timeout=1200)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -396,6 +397,7 @@ def test_gan_experiment_runs_one_epoch(tmp_path):
 
     final = json.loads((tmp_path / "gan" / "metrics.json").read_text())["final"]
     assert final["num_samples"] == 200 and final["fd_real_baseline"] < final["fd"]
+    assert 0.0 <= final["class_agreement"] <= 1.0  # conditional: judge vs requested digit
     other = final["other_sets"]
     assert other["num_sets"] == 2 and 0 <= other["passed"] <= 2
     assert other["confident_min"] <= other["confident_mean"] <= other["confident_max"]
