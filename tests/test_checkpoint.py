@@ -77,6 +77,7 @@ def test_corrupt_latest_falls_back_to_previous(tmp_path, state):
     restored, step = ck.restore(state)
     assert step == 1
     chex.assert_trees_all_equal(restored.params, bump(state, 1).params)
+    ck.close()
 
 
 def test_errors(tmp_path, state):
