@@ -48,6 +48,12 @@ def save_grid(images01, path, cols: int) -> None:
     plt.imsave(path, np.kron(grid, np.ones((3, 3))), cmap="gray", vmin=0, vmax=1)
 
 
+def meets_target(ev) -> bool:
+    """The issue's target for a set of samples: >= 80% confident, every class 5%-15%."""
+    return bool(ev["confident_share"] >= 0.8 and ev["min_class_share"] >= 0.05
+                and ev["max_class_share"] <= 0.15)
+
+
 def lr_scale(epoch: int, epochs: int, decay_start: int):
     """Learning-rate factor for a 0-based ``epoch``: 1 before ``decay_start`` (0: never), then
     linear towards 0 over the remaining epochs (``1 - (e - start + 1) / (epochs - start + 1)``)."""
@@ -240,8 +246,7 @@ def main(argv):
         z_code = sample_latent(jax.random.fold_in(key, 2), 10 * codes, c.latent_dim, codes,
                                jnp.arange(10 * codes) // 10)[0]
         save_grid(sample01(z_code), os.path.join(workdir, "samples_by_code.png"), 10)
-    ev["passed"] = bool(ev["confident_share"] >= 0.8 and ev["min_class_share"] >= 0.05
-                        and ev["max_class_share"] <= 0.15)
+    ev["passed"] = meets_target(ev)
     n_sets = int(c.get("eval_sets", 0))
     if n_sets:  # the same figures on other sets of samples: how much the final one varies
         sets = [evaluate_samples(judge, sample01(sample_latent(
@@ -255,8 +260,7 @@ def main(argv):
             "min_class_share": float(min(s["min_class_share"] for s in sets)),
             "max_class_share": float(max(s["max_class_share"] for s in sets)),
             "fd_mean": float(np.mean([s["fd"] for s in sets])),
-            "passed": int(sum(s["confident_share"] >= 0.8 and s["min_class_share"] >= 0.05
-                              and s["max_class_share"] <= 0.15 for s in sets))}
+            "passed": sum(meets_target(s) for s in sets)}
     ev.update(epochs=len(history), steps=int(state.step), train_time_s=train_time,
               wall_time_s=time.perf_counter() - t_all)
     write(ev)

@@ -190,12 +190,16 @@ def diff_augment(key, x, policy=("translation", "cutout")):
     return x
 
 
+def _step_key(state: GANState, which: int):
+    """The key for random draw ``which`` of step ``state.step`` (the same on a resumed run)."""
+    return jax.random.fold_in(jax.random.fold_in(state.rng, state.step), which)
+
+
 def _augment(state: GANState, x, which: int):
     """``x`` through the state's DiffAugment policy (unchanged without one)."""
     if not state.augment:
         return x
-    key = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), 10 + which)
-    return diff_augment(key, x, state.augment)
+    return diff_augment(_step_key(state, 10 + which), x, state.augment)
 
 
 def _bce(logits, target: float):
@@ -216,8 +220,7 @@ def sample_latent(key, n: int, latent_dim: int, num_codes: int = 0, codes=None):
 
 
 def _noise(state: GANState, n: int, which: int):
-    key = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), which)
-    return sample_latent(key, n, state.latent_dim, state.num_codes)
+    return sample_latent(_step_key(state, which), n, state.latent_dim, state.num_codes)
 
 
 def _split_logits(state: GANState, logits):
