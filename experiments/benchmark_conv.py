@@ -15,6 +15,7 @@ of ``--repeats`` rounds after a warm-up; rounds interleave configs and implement
 from other processes hits all of them alike. Ratios are indicative on a shared machine: the
 script prints ``uptime`` before and after.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -96,11 +97,15 @@ def torch_ops(cfg):
 
     def bwd(mask):
         return torch.ops.aten.convolution_backward(
-            gy, x, wt, None, [s, s], [p, p], [1, 1], transposed, [0, 0], g, mask)
+            gy, x, wt, None, [s, s], [p, p], [1, 1], transposed, [0, 0], g, mask
+        )
 
     with torch.no_grad():
-        return {"fwd": fwd, "dx": lambda: bwd([True, False, False]),
-                "dw": lambda: bwd([False, True, False])}
+        return {
+            "fwd": fwd,
+            "dx": lambda: bwd([True, False, False]),
+            "dw": lambda: bwd([False, True, False]),
+        }
 
 
 def torch_resnet_step(batch):
@@ -149,7 +154,8 @@ def run_torch(args, configs):
         for _ in range(2):
             step()
         results["resnet18_cifar train step"] = {
-            "step": statistics.median(timeit(step) for _ in range(args.e2e_repeats))}
+            "step": statistics.median(timeit(step) for _ in range(args.e2e_repeats))
+        }
     return results
 
 
@@ -177,14 +183,17 @@ def jax_ops(cfg, impl):
 
         def f(x, wt):
             return conv(x, wt, (1, 1), ((e, e), (e, e)), (s, s), (1, 1), fast_conv.NHWC_DN, 1)
+
     y = jax.eval_shape(f, x, wt)
     gy = jnp.asarray(rng.standard_normal(y.shape, np.float32))
     fwd = jax.jit(f)
     dx = jax.jit(lambda x, wt, gy: jax.vjp(lambda x_: f(x_, wt), x)[1](gy)[0])
     dw = jax.jit(lambda x, wt, gy: jax.vjp(lambda w_: f(x, w_), wt)[1](gy)[0])
-    return {"fwd": lambda: fwd(x, wt).block_until_ready(),
-            "dx": lambda: dx(x, wt, gy).block_until_ready(),
-            "dw": lambda: dw(x, wt, gy).block_until_ready()}
+    return {
+        "fwd": lambda: fwd(x, wt).block_until_ready(),
+        "dx": lambda: dx(x, wt, gy).block_until_ready(),
+        "dw": lambda: dw(x, wt, gy).block_until_ready(),
+    }
 
 
 def jax_resnet_step(batch, impl):
@@ -202,8 +211,10 @@ def jax_resnet_step(batch, impl):
     model = create_model("resnet18_cifar", num_classes=10, in_channels=1)
     state = create_train_state(model, optax.sgd(0.1, momentum=0.9), (batch, 32, 32, 1))
     rng = np.random.default_rng(0)
-    data = {"image": jnp.asarray(rng.standard_normal((batch, 32, 32, 1), np.float32)),
-            "label": jnp.asarray(rng.integers(0, 10, batch), jnp.int32)}
+    data = {
+        "image": jnp.asarray(rng.standard_normal((batch, 32, 32, 1), np.float32)),
+        "label": jnp.asarray(rng.integers(0, 10, batch), jnp.int32),
+    }
     train_step = make_train_step(donate=False)
     holder = {"state": state}
 
@@ -240,7 +251,8 @@ def run_jax(args, configs, impls):
             for i in impls:
                 samples[i].append(timeit(steps[i]))
         results["resnet18_cifar train step"] = {
-            f"step:{i}": statistics.median(v) for i, v in samples.items()}
+            f"step:{i}": statistics.median(v) for i, v in samples.items()
+        }
     return results
 
 
@@ -261,8 +273,9 @@ def table(jres, tres, impls):
             row = [name, o] + [fmt(v) for v in js]
             if tres:
                 t = tres.get(name, {}).get(o)
-                row += [fmt(t)] + [("-" if (t is None or v is None) else f"{v / t:.2f}")
-                                   for v in js]
+                row += [fmt(t)] + [
+                    ("-" if (t is None or v is None) else f"{v / t:.2f}") for v in js
+                ]
             lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 

@@ -24,6 +24,7 @@ mobilenet_v1) are skipped.
 
 Timings depend on the machine and on what else runs on it: take them on a quiet machine.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,18 +36,45 @@ import sys
 import time
 
 # one representative per family, at its default input size
-DEFAULT_MODELS = ("lenet5", "alexnet", "vgg16", "googlenet", "inception_v3", "resnet18",
-                  "resnet50", "densenet121", "xception", "mobilenet_v1", "mobilenet_v2",
-                  "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0",
-                  "convnext_tiny", "vit_b_16", "swin_t")
+DEFAULT_MODELS = (
+    "lenet5",
+    "alexnet",
+    "vgg16",
+    "googlenet",
+    "inception_v3",
+    "resnet18",
+    "resnet50",
+    "densenet121",
+    "xception",
+    "mobilenet_v1",
+    "mobilenet_v2",
+    "mobilenet_v3_small",
+    "mobilenet_v3_large",
+    "efficientnet_b0",
+    "convnext_tiny",
+    "vit_b_16",
+    "swin_t",
+)
 QUICK = (("lenet5", None), ("mobilenet_v3_small", 64))  # (name, side) for --quick
 QUICK_TORCH = (("resnet18", 64), ("mobilenet_v3_small", 64))  # --torch --quick
 
 # --torch: torchvision constructor name and default input side (no jaxcnn import there)
-TORCHVISION = {"alexnet": 224, "vgg16": 224, "googlenet": 224, "inception_v3": 299,
-               "resnet18": 224, "resnet50": 224, "densenet121": 224, "mobilenet_v2": 224,
-               "mobilenet_v3_small": 224, "mobilenet_v3_large": 224, "efficientnet_b0": 224,
-               "convnext_tiny": 224, "vit_b_16": 224, "swin_t": 224}
+TORCHVISION = {
+    "alexnet": 224,
+    "vgg16": 224,
+    "googlenet": 224,
+    "inception_v3": 299,
+    "resnet18": 224,
+    "resnet50": 224,
+    "densenet121": 224,
+    "mobilenet_v2": 224,
+    "mobilenet_v3_small": 224,
+    "mobilenet_v3_large": 224,
+    "efficientnet_b0": 224,
+    "convnext_tiny": 224,
+    "vit_b_16": 224,
+    "swin_t": 224,
+}
 for _b in range(1, 8):
     TORCHVISION[f"efficientnet_b{_b}"] = (240, 260, 300, 380, 456, 528, 600)[_b - 1]
 
@@ -67,8 +95,9 @@ def _median_seconds(run, warmup: int, repeats: int, budget: float) -> float:
 
 
 # ---------------------------------------------------------------- JAX (jaxcnn)
-def bench_jax(name: str, side: int | None, batches, warmup: int, repeats: int,
-              budget: float) -> dict:
+def bench_jax(
+    name: str, side: int | None, batches, warmup: int, repeats: int, budget: float
+) -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -104,12 +133,14 @@ def bench_jax(name: str, side: int | None, batches, warmup: int, repeats: int,
 
 def _jax_meta() -> dict:
     import jax
+
     return {"framework": f"jax {jax.__version__}", "device": str(jax.devices()[0].device_kind)}
 
 
 # ---------------------------------------------------------------- torch (torchvision)
-def bench_torch(name: str, side: int | None, batches, warmup: int, repeats: int,
-                budget: float) -> dict:
+def bench_torch(
+    name: str, side: int | None, batches, warmup: int, repeats: int, budget: float
+) -> dict:
     import torch
     import torchvision.models as tvm
 
@@ -119,30 +150,41 @@ def bench_torch(name: str, side: int | None, batches, warmup: int, repeats: int,
         kwargs["image_size"] = side
     model = getattr(tvm, name)(weights=None, **kwargs).eval()
     params = sum(p.numel() for p in model.parameters())
-    row = {"model": name, "family": "torchvision", "input": f"{side}x{side}x3",
-           "params": params, "compile_s": None, "gflops": None}
+    row = {
+        "model": name,
+        "family": "torchvision",
+        "input": f"{side}x{side}x3",
+        "params": params,
+        "compile_s": None,
+        "gflops": None,
+    }
     with torch.inference_mode():
         for b in batches:
             x = torch.randn(b, 3, side, side)
             if b == batches[0]:
                 try:
                     from torch.utils.flop_counter import FlopCounterMode
+
                     counter = FlopCounterMode(display=False)
                     with counter:
                         model(x)
                     row["gflops"] = counter.get_total_flops() / b / 1e9
                 except Exception:  # older torch
                     pass
-            row[f"ms_per_image_b{b}"] = _median_seconds(lambda: model(x), warmup, repeats,
-                                                        budget) / b * 1e3
+            row[f"ms_per_image_b{b}"] = (
+                _median_seconds(lambda: model(x), warmup, repeats, budget) / b * 1e3
+            )
     return row
 
 
 def _torch_meta() -> dict:
     import torch
     import torchvision
-    return {"framework": f"torch {torch.__version__}, torchvision {torchvision.__version__}",
-            "device": f"cpu, {torch.get_num_threads()} threads"}
+
+    return {
+        "framework": f"torch {torch.__version__}, torchvision {torchvision.__version__}",
+        "device": f"cpu, {torch.get_num_threads()} threads",
+    }
 
 
 # ---------------------------------------------------------------- output
@@ -150,23 +192,28 @@ def markdown(rows, batches) -> str:
     def num(v, fmt):
         return "-" if v is None else format(v, fmt)
 
-    head = (["model", "input", "params", "GFLOPs", "compile s"]
-            + [f"ms/image b={b}" for b in batches])
-    lines = ["| " + " | ".join(head) + " |",
-             "|---|---|" + "---:|" * (len(head) - 2)]
+    head = ["model", "input", "params", "GFLOPs", "compile s"] + [
+        f"ms/image b={b}" for b in batches
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
     for r in rows:
         g = r.get("gflops")
-        cells = [f"`{r['model']}`", r["input"], f"{r['params']:,}",
-                 num(g, ".3g" if g is not None and g < 1 else ".2f"),
-                 num(r.get("compile_s"), ".1f")]
+        cells = [
+            f"`{r['model']}`",
+            r["input"],
+            f"{r['params']:,}",
+            num(g, ".3g" if g is not None and g < 1 else ".2f"),
+            num(r.get("compile_s"), ".1f"),
+        ]
         cells += [num(r.get(f"ms_per_image_b{b}"), ".2f") for b in batches]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--models", help="comma-separated registered names (default: one per family)")
     p.add_argument("--all", action="store_true", help="every registered model")
     p.add_argument("--quick", action="store_true", help="two tiny models at small sizes")
@@ -175,8 +222,12 @@ def parse_args(argv=None):
     p.add_argument("--batches", default="1,8", help="batch sizes to time (default 1,8)")
     p.add_argument("--repeats", type=int, default=10, help="timed runs per batch size")
     p.add_argument("--warmup", type=int, default=2, help="untimed runs before timing")
-    p.add_argument("--budget", type=float, default=30.0,
-                   help="seconds of timing per model and batch size before stopping early")
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=30.0,
+        help="seconds of timing per model and batch size before stopping early",
+    )
     p.add_argument("--json", help="also write the rows and settings as JSON here")
     return p.parse_args(argv)
 
@@ -194,6 +245,7 @@ def main(argv=None) -> list[dict]:
             todo = [(n, args.size) for n in sorted(TORCHVISION)]
         else:
             from jaxcnn import models
+
             todo = [(n, args.size) for n in models.list_models()]
     else:
         todo = [(n, args.size) for n in DEFAULT_MODELS]
@@ -205,11 +257,19 @@ def main(argv=None) -> list[dict]:
         bench, meta = bench_torch, _torch_meta()
     else:
         bench, meta = bench_jax, _jax_meta()
-    meta.update(python=platform.python_version(), machine=platform.machine(),
-                cpus=os.cpu_count(), batches=batches, repeats=args.repeats,
-                warmup=args.warmup)
-    print(f"<!-- {meta['framework']} on {meta['device']}, {meta['cpus']} CPUs; median of "
-          f"{args.repeats} runs after {args.warmup} warm-up -->", flush=True)
+    meta.update(
+        python=platform.python_version(),
+        machine=platform.machine(),
+        cpus=os.cpu_count(),
+        batches=batches,
+        repeats=args.repeats,
+        warmup=args.warmup,
+    )
+    print(
+        f"<!-- {meta['framework']} on {meta['device']}, {meta['cpus']} CPUs; median of "
+        f"{args.repeats} runs after {args.warmup} warm-up -->",
+        flush=True,
+    )
     rows = []
     for name, side in todo:
         t = time.perf_counter()

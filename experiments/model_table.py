@@ -1,7 +1,8 @@
 """Print the README's model table from the registry (parameter counts via jax.eval_shape).
 
-    python -m experiments.model_table > /tmp/table.md
+python -m experiments.model_table > /tmp/table.md
 """
+
 from jaxcnn import models
 
 

@@ -7,6 +7,7 @@
 Writes checkpoints/, metrics.json and predictions.png (input / ground truth / prediction)
 to --workdir (default: runs/<config file name>).
 """
+
 import os
 import pathlib
 
@@ -28,8 +29,10 @@ def main(argv):
     name = pathlib.Path(flags.FLAGS["config"].config_filename).stem
     workdir = _WORKDIR.value or os.path.join("runs", name)
     r = fit_segmentation(_CONFIG.value, workdir, resume=_RESUME.value)
-    print(f"\n{_CONFIG.value.model}: held-out mean IoU {r['mean_iou']:.4f}, pixel accuracy "
-          f"{r['pixel_accuracy']:.4f} ({r['steps']} steps, {r['wall_time_s']:.0f}s wall)")
+    print(
+        f"\n{_CONFIG.value.model}: held-out mean IoU {r['mean_iou']:.4f}, pixel accuracy "
+        f"{r['pixel_accuracy']:.4f} ({r['steps']} steps, {r['wall_time_s']:.0f}s wall)"
+    )
     print(f"wrote {workdir}/metrics.json, predictions.png and checkpoints/")
 
 

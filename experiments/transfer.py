@@ -19,6 +19,7 @@ target examples compare, with the same step budget and optimizer (Adam, cosine d
 Writes a Markdown table (accuracy, trainable parameters, wall time per run) to stdout and to
 ``<workdir>/results.md``, the records to ``results.json`` and ``accuracy.png``.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,12 +35,17 @@ _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT, "experiment config
 _WORKDIR = flags.DEFINE_string("workdir", None, "output directory (default runs/<config name>)")
 _QUICK = flags.DEFINE_bool("quick", False, "only the config's quick_models (LeNet-5)")
 
-METHOD_NAMES = {"scratch": "from scratch", "feature_extractor": "feature extractor (frozen)",
-                "finetune": "fine-tune, layer-wise LR", "gradual_unfreezing": "gradual unfreezing",
-                "lora": "LoRA"}
+METHOD_NAMES = {
+    "scratch": "from scratch",
+    "feature_extractor": "feature extractor (frozen)",
+    "finetune": "fine-tune, layer-wise LR",
+    "gradual_unfreezing": "gradual unfreezing",
+    "lora": "LoRA",
+}
 
 
 # ----------------------------------------------------------------------------------- data
+
 
 def load_task(c):
     """Normalised arrays: source train/test (classes relabelled 0..k-1) and target pool/test."""
@@ -48,8 +54,9 @@ def load_task(c):
     from jaxcnn.data import load_dataset, preprocess, split
 
     ds = load_dataset(c.dataset, c.data_dir or None)
-    train, test = split(ds, int(c.test_split) if c.test_split >= 1 else float(c.test_split),
-                        seed=None)
+    train, test = split(
+        ds, int(c.test_split) if c.test_split >= 1 else float(c.test_split), seed=None
+    )
 
     def pick(d, classes):
         idx = np.flatnonzero(np.isin(d.labels, classes))
@@ -61,8 +68,12 @@ def load_task(c):
     tgt_pool, tgt_te = pick(train, c.target_classes), pick(test, c.target_classes)
     xs, ys, (mean, std) = preprocess(src_tr, tuple(c.input_size), c.channels)
     norm = lambda d: preprocess(d, tuple(c.input_size), c.channels, mean, std)[:2]  # noqa: E731
-    return {"source_train": (xs, ys), "source_test": norm(src_te),
-            "target_pool": norm(tgt_pool), "target_test": norm(tgt_te)}
+    return {
+        "source_train": (xs, ys),
+        "source_test": norm(src_te),
+        "target_pool": norm(tgt_pool),
+        "target_test": norm(tgt_te),
+    }
 
 
 def stream(n: int, batch_size: int, seed: int):
@@ -79,6 +90,7 @@ def stream(n: int, batch_size: int, seed: int):
 
 
 # ----------------------------------------------------------------------------------- training
+
 
 def train(state, x, y, steps, batch_size, seed, augment_shift, on_step=None):
     """``steps`` jitted steps on random batches of (x, y); returns the state."""
@@ -117,18 +129,28 @@ def pretrain(c, name, opts, data, workdir):
     k = len(c.source_classes)
     model = models.create_model(name, num_classes=k, **opts.kwargs)
     shape = (1, *xs.shape[1:])
-    meta = {"model": name, "kwargs": dict(opts.kwargs), "classes": list(c.source_classes),
-            "dataset": c.dataset, "epochs": opts.pretrain_epochs,
-            "batch_size": opts.pretrain_batch_size, "lr": opts.pretrain_lr, "seed": c.seed,
-            "input_size": list(c.input_size)}
+    meta = {
+        "model": name,
+        "kwargs": dict(opts.kwargs),
+        "classes": list(c.source_classes),
+        "dataset": c.dataset,
+        "epochs": opts.pretrain_epochs,
+        "batch_size": opts.pretrain_batch_size,
+        "lr": opts.pretrain_lr,
+        "seed": c.seed,
+        "input_size": list(c.input_size),
+    }
     path = pathlib.Path(workdir) / "pretrained" / f"{name}.msgpack"
     template = jax.eval_shape(lambda: model.init(jax.random.key(0), jax.numpy.zeros(shape)))
     if path.exists() and path.with_suffix(".json").exists():
         saved = json.loads(path.with_suffix(".json").read_text())
         if saved.get("meta") == meta:
             variables = serialization.from_bytes(template, path.read_bytes())
-            print(f"{name}: pretrained backbone loaded from {path} (source accuracy "
-                  f"{saved['source_accuracy']:.4f})", flush=True)
+            print(
+                f"{name}: pretrained backbone loaded from {path} (source accuracy "
+                f"{saved['source_accuracy']:.4f})",
+                flush=True,
+            )
             return model, variables
     steps = opts.pretrain_epochs * (len(ys) // opts.pretrain_batch_size)
     tx = optax.adam(optax.cosine_decay_schedule(opts.pretrain_lr, steps))
@@ -137,13 +159,17 @@ def pretrain(c, name, opts, data, workdir):
     state = train(state, xs, ys, steps, opts.pretrain_batch_size, c.seed, c.augment_shift)
     acc = accuracy(state, *data["source_test"])
     secs = time.perf_counter() - t0
-    print(f"{name}: pretrained on classes {list(c.source_classes)} ({len(ys)} images, {steps} "
-          f"steps, {secs:.0f}s): source test accuracy {acc:.4f}", flush=True)
+    print(
+        f"{name}: pretrained on classes {list(c.source_classes)} ({len(ys)} images, {steps} "
+        f"steps, {secs:.0f}s): source test accuracy {acc:.4f}",
+        flush=True,
+    )
     variables = jax.device_get(state.variables)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(serialization.to_bytes(variables))
-    path.with_suffix(".json").write_text(json.dumps(
-        {"meta": meta, "source_accuracy": acc, "pretrain_time_s": secs}, indent=1))
+    path.with_suffix(".json").write_text(
+        json.dumps({"meta": meta, "source_accuracy": acc, "pretrain_time_s": secs}, indent=1)
+    )
     return model, variables
 
 
@@ -164,8 +190,19 @@ def run_method(method, c, name, opts, pretrained, data, n, seed):
     model = models.create_model(name, num_classes=k, **opts.kwargs)
     shape = (1, *x.shape[1:])
     tx = optax.adam(optax.cosine_decay_schedule(opts.lr, opts.steps))
-    run = lambda state, on_step=None: train(state, x, y, opts.steps, opts.batch_size,  # noqa
-                                            seed, c.augment_shift, on_step)
+
+    def run(state, on_step=None):
+        return train(
+            state,
+            x,
+            y,
+            opts.steps,
+            opts.batch_size,  # noqa
+            seed,
+            c.augment_shift,
+            on_step,
+        )
+
     if method == "scratch":
         state = run(create_train_state(model, tx, shape, seed=seed))
         return accuracy(state, xt, yt), models.count_params(model, shape)
@@ -178,8 +215,14 @@ def run_method(method, c, name, opts, pretrained, data, n, seed):
         return transfer.linear_accuracy(head, ft, yt), transfer.count_params(head)
     if method == "finetune":
         labels = transfer.label_params(variables["params"], transfer.stage_rules(names))
-        state = transfer.create_state(model, variables, tx, labels, seed=seed,
-                                      lr_scales=transfer.layerwise_decay(names, c.layer_decay))
+        state = transfer.create_state(
+            model,
+            variables,
+            tx,
+            labels,
+            seed=seed,
+            lr_scales=transfer.layerwise_decay(names, c.layer_decay),
+        )
         state = run(state)
         return accuracy(state, xt, yt), transfer.count_trainable(state.params, labels)
     if method == "gradual_unfreezing":
@@ -191,11 +234,18 @@ def run_method(method, c, name, opts, pretrained, data, n, seed):
     if method == "lora":
         lora = transfer.LoRA(rank=c.lora_rank, alpha=c.lora_alpha, exclude=("head",))
         params = lora.init(jax.random.key(seed), variables["params"])
-        labels = transfer.label_params(params, [(".*/lora_[ab]", "lora"), ("head", "head"),
-                                                (".*", None)])
-        state = transfer.create_state(model, {**variables, "params": params}, tx, labels,
-                                      lr_scales={"lora": c.lora_lr_multiplier}, seed=seed,
-                                      apply_fn=lora.wrap(model.apply))
+        labels = transfer.label_params(
+            params, [(".*/lora_[ab]", "lora"), ("head", "head"), (".*", None)]
+        )
+        state = transfer.create_state(
+            model,
+            {**variables, "params": params},
+            tx,
+            labels,
+            lr_scales={"lora": c.lora_lr_multiplier},
+            seed=seed,
+            apply_fn=lora.wrap(model.apply),
+        )
         state = run(state)
         merged = state.replace(params=lora.merge(state.params), apply_fn=model.apply)
         return accuracy(merged, xt, yt), transfer.count_trainable(state.params, labels)
@@ -203,6 +253,7 @@ def run_method(method, c, name, opts, pretrained, data, n, seed):
 
 
 # ----------------------------------------------------------------------------------- report
+
 
 def _mean(records, key):
     import numpy as np
@@ -219,14 +270,19 @@ def table(records, models_run, counts) -> str:
         rows = [r for r in records if r["model"] == name]
         if not rows:
             continue
-        lines += [f"**{name}** (pretrained on source classes: test accuracy "
-                  f"{rows[0]['source_accuracy']:.4f})", "",
-                  "| method | trainable params | " + " | ".join(f"acc @{n}" for n in counts)
-                  + " | " + " | ".join(f"time @{n} (s)" for n in counts) + " |",
-                  "|---|---:|" + "---:|" * (2 * len(counts))]
+        lines += [
+            f"**{name}** (pretrained on source classes: test accuracy "
+            f"{rows[0]['source_accuracy']:.4f})",
+            "",
+            "| method | trainable params | "
+            + " | ".join(f"acc @{n}" for n in counts)
+            + " | "
+            + " | ".join(f"time @{n} (s)" for n in counts)
+            + " |",
+            "|---|---:|" + "---:|" * (2 * len(counts)),
+        ]
         for m in dict.fromkeys(r["method"] for r in rows):
-            runs = {n: [r for r in rows if r["method"] == m and r["labels"] == n]
-                    for n in counts}
+            runs = {n: [r for r in rows if r["method"] == m and r["labels"] == n] for n in counts}
             tp = sorted({r["trainable_params"] for rs in runs.values() for r in rs})
 
             def acc(rs):
@@ -235,10 +291,15 @@ def table(records, models_run, counts) -> str:
                 mean, std = _mean(rs, "accuracy")
                 return f"{mean:.3f}" + (f" ± {std:.3f}" if std is not None else "")
 
-            lines.append(f"| {METHOD_NAMES.get(m, m)} | {', '.join(f'{t:,}' for t in tp)} | "
-                         + " | ".join(acc(runs[n]) for n in counts) + " | "
-                         + " | ".join(f"{_mean(runs[n], 'time_s')[0]:.1f}" if runs[n] else "-"
-                                      for n in counts) + " |")
+            lines.append(
+                f"| {METHOD_NAMES.get(m, m)} | {', '.join(f'{t:,}' for t in tp)} | "
+                + " | ".join(acc(runs[n]) for n in counts)
+                + " | "
+                + " | ".join(
+                    f"{_mean(runs[n], 'time_s')[0]:.1f}" if runs[n] else "-" for n in counts
+                )
+                + " |"
+            )
         lines.append("")
     return "\n".join(lines)
 
@@ -249,14 +310,20 @@ def plot(records, models_run, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(models_run), figsize=(5.5 * len(models_run), 4),
-                             squeeze=False)
+    fig, axes = plt.subplots(1, len(models_run), figsize=(5.5 * len(models_run), 4), squeeze=False)
     for ax, name in zip(axes[0], models_run):
         rows = [r for r in records if r["model"] == name]
         for m in dict.fromkeys(r["method"] for r in rows):
             ns = sorted({r["labels"] for r in rows if r["method"] == m})
-            pts = [(n, _mean([r for r in rows if r["method"] == m and r["labels"] == n],
-                             "accuracy")[0]) for n in ns]
+            pts = [
+                (
+                    n,
+                    _mean([r for r in rows if r["method"] == m and r["labels"] == n], "accuracy")[
+                        0
+                    ],
+                )
+                for n in ns
+            ]
             ax.plot(*zip(*pts), marker="o", label=METHOD_NAMES.get(m, m))
         ax.set_xscale("log")
         ax.set_xlabel("labelled target examples")
@@ -280,42 +347,59 @@ def main(argv):
     if c.compilation_cache:  # runs differing only in data/seed reuse compiled steps
         import jax
 
-        jax.config.update("jax_compilation_cache_dir", os.path.join(workdir,
-                                                                   c.compilation_cache))
+        jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, c.compilation_cache))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     t_all = time.perf_counter()
     data = load_task(c)
-    print(f"source: {len(data['source_train'][1])} train / {len(data['source_test'][1])} test; "
-          f"target pool {len(data['target_pool'][1])}, target test "
-          f"{len(data['target_test'][1])}", flush=True)
+    print(
+        f"source: {len(data['source_train'][1])} train / {len(data['source_test'][1])} test; "
+        f"target pool {len(data['target_pool'][1])}, target test "
+        f"{len(data['target_test'][1])}",
+        flush=True,
+    )
     records = []
     for mname in models_run:
         opts = c.model_options[mname]
         model, pretrained = pretrain(c, mname, opts, data, workdir)
-        src_acc = json.loads((pathlib.Path(workdir) / "pretrained" /
-                              f"{mname}.json").read_text())["source_accuracy"]
+        src_acc = json.loads((pathlib.Path(workdir) / "pretrained" / f"{mname}.json").read_text())[
+            "source_accuracy"
+        ]
         for n in c.label_counts:
             for method in c.methods:
                 for seed in opts.get("seeds") or c.seeds:  # a labelled subset + init each
                     t0 = time.perf_counter()
-                    acc, trainable = run_method(method, c, mname, opts, pretrained, data, n,
-                                                seed)
-                    rec = {"model": mname, "method": method, "labels": n, "seed": seed,
-                           "accuracy": acc, "trainable_params": int(trainable),
-                           "time_s": time.perf_counter() - t0, "source_accuracy": src_acc}
+                    acc, trainable = run_method(method, c, mname, opts, pretrained, data, n, seed)
+                    rec = {
+                        "model": mname,
+                        "method": method,
+                        "labels": n,
+                        "seed": seed,
+                        "accuracy": acc,
+                        "trainable_params": int(trainable),
+                        "time_s": time.perf_counter() - t0,
+                        "source_accuracy": src_acc,
+                    }
                     records.append(rec)
-                    print(f"{mname:>16} {n:>5} labels  {METHOD_NAMES[method]:<28} seed {seed} "
-                          f"acc {acc:.4f}  trainable {trainable:>10,}  {rec['time_s']:.1f}s",
-                          flush=True)
+                    print(
+                        f"{mname:>16} {n:>5} labels  {METHOD_NAMES[method]:<28} seed {seed} "
+                        f"acc {acc:.4f}  trainable {trainable:>10,}  {rec['time_s']:.1f}s",
+                        flush=True,
+                    )
     total = time.perf_counter() - t_all
     md = table(records, models_run, list(c.label_counts))
-    md += (f"\nTotal wall time {total:.0f}s (data loading, pretraining unless cached, "
-           f"{len(records)} transfer runs).\n")
+    md += (
+        f"\nTotal wall time {total:.0f}s (data loading, pretraining unless cached, "
+        f"{len(records)} transfer runs).\n"
+    )
     print("\n" + md)
     (pathlib.Path(workdir) / "results.md").write_text(md)
     with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump({"config": c.to_dict(), "records": records, "total_time_s": total}, f,
-                  indent=1, default=list)
+        json.dump(
+            {"config": c.to_dict(), "records": records, "total_time_s": total},
+            f,
+            indent=1,
+            default=list,
+        )
     plot(records, models_run, os.path.join(workdir, "accuracy.png"))
     print(f"wrote {workdir}/results.md, results.json, accuracy.png")
 

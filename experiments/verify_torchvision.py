@@ -26,6 +26,7 @@ googlenet 8.2e-8 (0.12; aux1/aux2 7.5e-8/6.0e-8), inception_v3 4.3e-3 (3.3e3: ra
 statistics let activations grow; 1.3e-6 relative; aux 2.0e-5 of 21). The round trip is exact
 for all of them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,13 +34,17 @@ import os
 import sys
 
 # torchvision constructor options, jaxcnn create_model options, input side.
-TV_KWARGS = {"googlenet": {"aux_logits": True, "transform_input": False, "init_weights": True},
-             "inception_v3": {"aux_logits": True, "transform_input": False, "init_weights": True}}
+TV_KWARGS = {
+    "googlenet": {"aux_logits": True, "transform_input": False, "init_weights": True},
+    "inception_v3": {"aux_logits": True, "transform_input": False, "init_weights": True},
+}
 JAX_KWARGS = {"googlenet": {"aux_logits": True}}
 SIZE = {"inception_v3": 299}
 # Auxiliary heads: (jaxcnn name, torchvision attribute, torchvision module feeding it).
-AUX = {"googlenet": [("aux1", "aux1", "inception4a"), ("aux2", "aux2", "inception4d")],
-       "inception_v3": [("aux", "AuxLogits", "Mixed_6e")]}
+AUX = {
+    "googlenet": [("aux1", "aux1", "inception4a"), ("aux2", "aux2", "inception4d")],
+    "inception_v3": [("aux", "AuxLogits", "Mixed_6e")],
+}
 
 
 def dump(names, out_dir):
@@ -57,8 +62,9 @@ def dump(names, out_dir):
                     continue
                 if k.endswith("running_var"):
                     v.copy_(torch.rand(v.shape, generator=g) + 0.5)
-                elif k.endswith(("running_mean", "bias", "layer_scale",
-                                 "relative_position_bias_table")):
+                elif k.endswith(
+                    ("running_mean", "bias", "layer_scale", "relative_position_bias_table")
+                ):
                     v.copy_(torch.randn(v.shape, generator=g) * 0.1)
                 elif v.ndim == 2 and not v.abs().sum():
                     v.copy_(torch.randn(v.shape, generator=g) * 0.02)
@@ -71,7 +77,8 @@ def dump(names, out_dir):
             seen = {}
             for _, _, src in AUX.get(name, []):
                 getattr(model, src).register_forward_hook(
-                    lambda m, i, o, src=src: seen.__setitem__(src, o))
+                    lambda m, i, o, src=src: seen.__setitem__(src, o)
+                )
             y = model(x)
             for jname, attr, src in AUX.get(name, []):
                 seen[f"__aux_{jname}_in"] = seen[src].numpy()
@@ -89,11 +96,11 @@ def load_state_dict(npz) -> dict:
 
 
 def check(names, out_dir) -> int:
+    import importlib
+
     import jax
     import jax.numpy as jnp
     import numpy as np
-
-    import importlib
 
     from jaxcnn import models
     from jaxcnn.interop import from_torch_state_dict, to_torch_state_dict
@@ -112,9 +119,12 @@ def check(names, out_dir) -> int:
         back = to_torch_state_dict(model, variables, sd, input_shape=x.shape)
         same = list(back) == list(sd) and all(np.array_equal(back[k], sd[k]) for k in sd)
         exact &= same
-        print(f"{name}: max |diff| {diff:.2e} (max |logit| {np.abs(ref).max():.2e}), "
-              f"same argmax: {int(y.argmax()) == int(ref.argmax())}, "
-              f"to_torch_state_dict exact: {same}", flush=True)
+        print(
+            f"{name}: max |diff| {diff:.2e} (max |logit| {np.abs(ref).max():.2e}), "
+            f"same argmax: {int(y.argmax()) == int(ref.argmax())}, "
+            f"to_torch_state_dict exact: {same}",
+            flush=True,
+        )
         family = importlib.import_module(f"jaxcnn.models.{models.model_info(name).family}")
         for jname, _, _ in AUX.get(name, []):
             head = family.InceptionAux(model.num_classes)

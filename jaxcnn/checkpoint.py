@@ -7,6 +7,7 @@ the previous checkpoints untouched; leftovers of a crashed save are removed when
 opens. Retention combines two Orbax preservation policies: ``LatestN(keep)`` (so the newest
 checkpoint, the resume point, is never deleted) and ``BestN(keep_best)`` by an eval metric.
 """
+
 from __future__ import annotations
 
 import logging
@@ -35,21 +36,33 @@ class Checkpointer:
       async_save: write in a background thread (call :meth:`wait` or :meth:`close`).
     """
 
-    def __init__(self, directory: str | os.PathLike, keep: int = 3, keep_best: int = 1,
-                 best_metric: str = "accuracy", best_mode: str = "max",
-                 async_save: bool = False):
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        keep: int = 3,
+        keep_best: int = 1,
+        best_metric: str = "accuracy",
+        best_mode: str = "max",
+        async_save: bool = False,
+    ):
         if keep < 1:
-            raise ValueError(f"keep must be >= 1 (the newest checkpoint is the resume point), "
-                             f"got {keep}")
+            raise ValueError(
+                f"keep must be >= 1 (the newest checkpoint is the resume point), got {keep}"
+            )
         if best_mode not in ("max", "min"):
             raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
         self.directory = os.path.abspath(os.fspath(directory))
         self.best_metric, self.best_mode = best_metric, best_mode
         policies = [pp.LatestN(n=keep)]
         if keep_best:
-            policies.append(pp.BestN(get_metric_fn=lambda m: float(m[best_metric]),
-                                     reverse=best_mode == "min", n=keep_best,
-                                     keep_checkpoints_without_metrics=False))
+            policies.append(
+                pp.BestN(
+                    get_metric_fn=lambda m: float(m[best_metric]),
+                    reverse=best_mode == "min",
+                    n=keep_best,
+                    keep_checkpoints_without_metrics=False,
+                )
+            )
         options = ocp.CheckpointManagerOptions(
             preservation_policy=pp.AnyPreservationPolicy(policies),
             # best_fn makes Orbax write the metrics beside each checkpoint, so the best ones are
@@ -67,8 +80,9 @@ class Checkpointer:
         """Save ``state`` as checkpoint ``step``; ``metrics`` (floats) rank the best ones."""
         tree = serialization.to_state_dict(state)
         metrics = None if metrics is None else {k: float(v) for k, v in metrics.items()}
-        return self.manager.save(int(step), args=ocp.args.StandardSave(tree), metrics=metrics,
-                                 force=force)
+        return self.manager.save(
+            int(step), args=ocp.args.StandardSave(tree), metrics=metrics, force=force
+        )
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
@@ -110,8 +124,9 @@ class Checkpointer:
             raise FileNotFoundError(f"no checkpoint to restore in {self.directory}")
         if step is not None:
             if step not in steps:
-                raise FileNotFoundError(f"checkpoint step {step} not in {self.directory}; "
-                                        f"available: {steps}")
+                raise FileNotFoundError(
+                    f"checkpoint step {step} not in {self.directory}; available: {steps}"
+                )
             candidates = [step]
         else:
             candidates = steps[::-1]
@@ -122,10 +137,15 @@ class Checkpointer:
             try:
                 tree = self.manager.restore(s, args=ocp.args.StandardRestore(abstract))
             except Exception as e:  # corrupt or partial checkpoint: try an older one
-                log.warning("checkpoint %d in %s could not be restored (%s); trying an older one",
-                            s, self.directory, e)
+                log.warning(
+                    "checkpoint %d in %s could not be restored (%s); trying an older one",
+                    s,
+                    self.directory,
+                    e,
+                )
                 errors.append(f"step {s}: {type(e).__name__}: {e}")
                 continue
             return serialization.from_state_dict(template, tree), s
-        raise RuntimeError(f"no checkpoint in {self.directory} could be restored:\n"
-                           + "\n".join(errors))
+        raise RuntimeError(
+            f"no checkpoint in {self.directory} could be restored:\n" + "\n".join(errors)
+        )

@@ -1,4 +1,5 @@
 """Smoke test of experiments/benchmark_models.py on LeNet-5 (about a second)."""
+
 import json
 
 from experiments import benchmark_models
@@ -6,8 +7,20 @@ from experiments import benchmark_models
 
 def test_benchmark_table_and_json(tmp_path, capsys):
     path = tmp_path / "bench.json"
-    rows = benchmark_models.main(["--models", "lenet5", "--batches", "1", "--repeats", "1",
-                                  "--warmup", "0", "--json", str(path)])
+    rows = benchmark_models.main(
+        [
+            "--models",
+            "lenet5",
+            "--batches",
+            "1",
+            "--repeats",
+            "1",
+            "--warmup",
+            "0",
+            "--json",
+            str(path),
+        ]
+    )
     out = capsys.readouterr().out
     assert "| `lenet5` | 32x32x1 | 61,706 |" in out
     (row,) = rows

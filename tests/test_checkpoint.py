@@ -1,5 +1,5 @@
 """Checkpoints: latest N + best k kept, the newest never deleted, atomic, fallback on corruption."""
-import os
+
 import pathlib
 
 import chex
@@ -18,9 +18,13 @@ def state():
 
 
 def bump(state, s):
-    return state.replace(step=jnp.int32(s),
-                         params={**state.params, "head": {**state.params["head"],
-                                                          "bias": state.params["head"]["bias"] + s}})
+    return state.replace(
+        step=jnp.int32(s),
+        params={
+            **state.params,
+            "head": {**state.params["head"], "bias": state.params["head"]["bias"] + s},
+        },
+    )
 
 
 def test_keeps_latest_and_best_and_never_deletes_newest(tmp_path, state):

@@ -1,4 +1,5 @@
 """Data sources and pipeline: digits, IDX (real MNIST), image folders, TFDS (mock), batching."""
+
 import gzip
 
 import numpy as np
@@ -33,8 +34,7 @@ def test_mnist_idx_source(mnist_dir):
 
 
 def write_idx(path, arr, code=0x08):
-    header = bytes([0, 0, code, arr.ndim]) + b"".join(int(d).to_bytes(4, "big")
-                                                        for d in arr.shape)
+    header = bytes([0, 0, code, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
     payload = header + arr.astype(">u1" if code == 0x08 else ">i4").tobytes()
     if str(path).endswith(".gz"):
         path.write_bytes(gzip.compress(payload))
@@ -84,7 +84,8 @@ def test_image_folder_source(tmp_path):
         (tmp_path / c).mkdir()
         for i in range(3):
             Image.fromarray(rng.integers(0, 255, (10, 12, 3), dtype=np.uint8)).save(
-                tmp_path / c / f"{i}.png")
+                tmp_path / c / f"{i}.png"
+            )
     ds = data.load_dataset("folder", str(tmp_path))
     assert ds.images.shape == (6, 10, 12, 3) and ds.class_names == ("cat", "dog")
     assert list(ds.labels) == [0, 0, 0, 1, 1, 1]
@@ -107,11 +108,16 @@ def test_batches_static_shapes_mask_and_determinism():
     assert len(tr) == 2
     again = list(data.batches(x, y, 4, shuffle=True, seed=1, epoch=3, drop_remainder=True))
     np.testing.assert_array_equal(tr[1]["label"], again[1]["label"])
-    resumed = list(data.batches(x, y, 4, shuffle=True, seed=1, epoch=3, drop_remainder=True,
-                                start=1))
+    resumed = list(
+        data.batches(x, y, 4, shuffle=True, seed=1, epoch=3, drop_remainder=True, start=1)
+    )
     np.testing.assert_array_equal(resumed[0]["label"], tr[1]["label"])
-    other = np.concatenate([b["label"] for b in data.batches(
-        x, y, 4, shuffle=True, seed=1, epoch=4, drop_remainder=True)])
+    other = np.concatenate(
+        [
+            b["label"]
+            for b in data.batches(x, y, 4, shuffle=True, seed=1, epoch=4, drop_remainder=True)
+        ]
+    )
     assert not np.array_equal(other, np.concatenate([b["label"] for b in tr]))
     with pytest.raises(ValueError, match="larger than the 10 training examples"):
         list(data.batches(x, y, 16, drop_remainder=True))
@@ -124,6 +130,8 @@ def test_augment_batch_shifts_within_bounds():
     img = jnp.zeros((3, 8, 8, 1)).at[:, 4, 4, 0].set(1.0)
     out = data.augment_batch(jax.random.key(0), img, max_shift=2)
     for i in range(3):
-        (r,), (c,) = np.nonzero(np.asarray(out[i, :, :, 0]).sum(1)), \
-            np.nonzero(np.asarray(out[i, :, :, 0]).sum(0))
+        (r,), (c,) = (
+            np.nonzero(np.asarray(out[i, :, :, 0]).sum(1)),
+            np.nonzero(np.asarray(out[i, :, :, 0]).sum(0)),
+        )
         assert abs(r - 4) <= 2 and abs(c - 4) <= 2

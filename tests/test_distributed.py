@@ -6,6 +6,7 @@ XLA_FLAGS and ``jax.distributed`` must be set before JAX starts, so those checks
 a script in fresh processes (``python tests/test_distributed.py dp8|mp ...``) and compare what
 the workers write with a run in the pytest process.
 """
+
 from __future__ import annotations
 
 import json
@@ -56,8 +57,18 @@ class TinyBNNet(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=flat_uniform)
-        cba = lambda f, s, name: ConvBNAct(f, 3, s, norm=self.norm, use_bias=not self.norm,  # noqa
-                                           name=name, **kw)
+
+        def cba(f, s, name):
+            return ConvBNAct(
+                f,
+                3,
+                s,
+                norm=self.norm,
+                use_bias=not self.norm,  # noqa
+                name=name,
+                **kw,
+            )
+
         x = cba(8, 1, "stem")(x, train)
         x = cba(16, 2, "stage1")(x, train)
         x = nn.Dropout(self.dropout)(global_avg_pool(x), deterministic=not train)
@@ -79,8 +90,9 @@ def train_run(dp, steps=2, batch_size=32, dropout=0.25, ckpt_dir=None, n=64):
     state = dp.replicate(create_train_state(model, tx, (1, *x.shape[1:]), seed=0))
     step = make_train_step(mesh=dp)
     sums = None
-    for i, batch in enumerate(dp.batches(x, y, batch_size, shuffle=True, seed=0,
-                                         drop_remainder=True)):
+    for i, batch in enumerate(
+        dp.batches(x, y, batch_size, shuffle=True, seed=0, drop_remainder=True)
+    ):
         if i == steps:
             break
         state, m = step(state, batch)
@@ -96,12 +108,20 @@ def train_run(dp, steps=2, batch_size=32, dropout=0.25, ckpt_dir=None, n=64):
         ckpt = Checkpointer(ckpt_dir, keep=2, keep_best=0)
         ckpt.save(int(state.step), state)
         ckpt.close()
-    flat = lambda t: {jax.tree_util.keystr(k): np.asarray(v)  # noqa: E731
-                      for k, v in jax.tree_util.tree_leaves_with_path(jax.device_get(t))}
-    return {"params": flat(state.params), "batch_stats": flat(state.batch_stats),
-            "train": {k: float(v) for k, v in jax.device_get(sums).items()},
-            "eval": {k: float(v) for k, v in jax.device_get(acc).items() if k != "confusion"},
-            "step": int(state.step)}
+
+    def flat(t):
+        return {
+            jax.tree_util.keystr(k): np.asarray(v)  # noqa: E731
+            for k, v in jax.tree_util.tree_leaves_with_path(jax.device_get(t))
+        }
+
+    return {
+        "params": flat(state.params),
+        "batch_stats": flat(state.batch_stats),
+        "train": {k: float(v) for k, v in jax.device_get(sums).items()},
+        "eval": {k: float(v) for k, v in jax.device_get(acc).items() if k != "confusion"},
+        "step": int(state.step),
+    }
 
 
 def max_diff(a: dict, b: dict) -> float:
@@ -111,8 +131,11 @@ def max_diff(a: dict, b: dict) -> float:
 
 # -- workers (run as scripts) ---------------------------------------------------------------
 def _save(path, res):
-    np.savez(path, **{f"params{k}": v for k, v in res["params"].items()},
-             **{f"stats{k}": v for k, v in res["batch_stats"].items()})
+    np.savez(
+        path,
+        **{f"params{k}": v for k, v in res["params"].items()},
+        **{f"stats{k}": v for k, v in res["batch_stats"].items()},
+    )
     with open(str(path) + ".json", "w") as f:
         json.dump({k: res[k] for k in ("train", "eval", "step")}, f)
 
@@ -121,8 +144,11 @@ def _load(path):
     z = np.load(path)
     with open(str(path) + ".json") as f:
         meta = json.load(f)
-    return {"params": {k[6:]: z[k] for k in z.files if k.startswith("params")},
-            "batch_stats": {k[5:]: z[k] for k in z.files if k.startswith("stats")}, **meta}
+    return {
+        "params": {k[6:]: z[k] for k in z.files if k.startswith("params")},
+        "batch_stats": {k[5:]: z[k] for k in z.files if k.startswith("stats")},
+        **meta,
+    }
 
 
 def worker_dp8(out):
@@ -139,6 +165,7 @@ def worker_dp8(out):
     except ValueError as e:
         errors["step"] = str(e)
     from jaxcnn.train import fit
+
     try:  # fails in setup, before loading data or compiling anything
         fit({"dataset": "no_such_dataset", "batch_size": 12}, out + "_fit")
     except ValueError as e:
@@ -152,8 +179,9 @@ def worker_dp8(out):
 
 def worker_mp(pid, nproc, port, workdir):
     jax.config.update("jax_num_cpu_devices", 2)
-    assert mesh_lib.initialize_distributed(f"127.0.0.1:{port}", nproc, pid,
-                                           initialization_timeout=60)
+    assert mesh_lib.initialize_distributed(
+        f"127.0.0.1:{port}", nproc, pid, initialization_timeout=60
+    )
     mesh_lib.quiet_non_main_processes()
     dp = mesh_lib.setup({"batch_size": 32, "eval_batch_size": 16})
     assert dp.num_devices == 2 * nproc and jax.local_device_count() == 2
@@ -183,9 +211,14 @@ def test_data_parallel_8_devices_matches_1_device(tmp_path, reference):
     """2 steps of a conv+BN(+dropout) net, global batch 32, on 8 forced CPU devices and on 1:
     params, BN statistics and metrics agree to 1e-5 (synced BN: global-batch statistics)."""
     out = str(tmp_path / "dp")
-    proc = subprocess.run([sys.executable, __file__, "dp8", out], cwd=ROOT, timeout=240,
-                          env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=8"),
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, __file__, "dp8", out],
+        cwd=ROOT,
+        timeout=240,
+        env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=8"),
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r8, r1 = _load(out + "_8.npz"), reference
     assert r8["step"] == r1["step"] == 2
@@ -220,9 +253,15 @@ def test_two_processes_match_single_process(tmp_path, reference):
         for pid in range(2):
             log = open(tmp_path / f"p{pid}.log", "w+")
             logs.append(log)
-            procs.append(subprocess.Popen(
-                [sys.executable, __file__, "mp", str(pid), "2", str(port), str(tmp_path)],
-                cwd=ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, __file__, "mp", str(pid), "2", str(port), str(tmp_path)],
+                    cwd=ROOT,
+                    env=_env(),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
         for p in procs:
             p.wait(timeout=180)
     finally:
@@ -252,12 +291,13 @@ def test_two_processes_match_single_process(tmp_path, reference):
     from jaxcnn.checkpoint import Checkpointer
 
     x, _ = toy_data()
-    template = create_train_state(TinyBNNet(), optax.sgd(0.1, momentum=0.9),
-                                  (1, *x.shape[1:]))
+    template = create_train_state(TinyBNNet(), optax.sgd(0.1, momentum=0.9), (1, *x.shape[1:]))
     restored, step = Checkpointer(ckpt_dir, keep_best=0).restore(template)
     assert step == 2
-    leaves = {jax.tree_util.keystr(k): np.asarray(v)
-              for k, v in jax.tree_util.tree_leaves_with_path(restored.params)}
+    leaves = {
+        jax.tree_util.keystr(k): np.asarray(v)
+        for k, v in jax.tree_util.tree_leaves_with_path(restored.params)
+    }
     assert max_diff(leaves, ref["params"]) < TOL
 
 
@@ -265,7 +305,10 @@ def test_setup_checks_batch_sizes():
     dp = mesh_lib.setup({"batch_size": 64, "eval_batch_size": 256})
     assert dp.num_devices == jax.device_count() and dp.mesh.axis_names == ("data",)
     mesh, data, replicated = dp  # unpacks as a tuple
-    assert data.spec == jax.sharding.PartitionSpec("data") and replicated.spec == jax.sharding.PartitionSpec()
+    assert (
+        data.spec == jax.sharding.PartitionSpec("data")
+        and replicated.spec == jax.sharding.PartitionSpec()
+    )
     with pytest.raises(ValueError, match="batch_size=10 does not divide by the 4 devices"):
         mesh_lib.check_batch_size(10, 4)
     with pytest.raises(ValueError, match="grad_accum_steps=3"):
@@ -289,7 +332,7 @@ def test_grad_accumulation_equals_big_batch():
     acc = make_train_step(donate=False, grad_accum_steps=4)
     a, b = s0, s0
     for i in range(2):
-        batch = {"image": x[32 * i:32 * (i + 1)], "label": y[32 * i:32 * (i + 1)], "mask": mask}
+        batch = {"image": x[32 * i : 32 * (i + 1)], "label": y[32 * i : 32 * (i + 1)], "mask": mask}
         a, ma = one(a, batch)
         b, mb = acc(b, batch)
     chex.assert_trees_all_close(a.params, b.params, atol=TOL, rtol=0)
@@ -344,8 +387,9 @@ def test_grad_accumulation_batchnorm_caveat(bn_setup):
     diff = jax.tree.map(lambda p, q: float(jnp.max(jnp.abs(p - q))), big.params, k4.params)
     assert max(jax.tree.leaves(diff)) > 1e-4
     assert float(m4["count"]) == 16
-    moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), k4.batch_stats,
-                         s0.batch_stats)
+    moved = jax.tree.map(
+        lambda a, b: float(jnp.max(jnp.abs(a - b))), k4.batch_stats, s0.batch_stats
+    )
     assert min(jax.tree.leaves(moved)) > 0
     chex.assert_tree_all_finite(k4.batch_stats)
 
@@ -370,7 +414,9 @@ def test_remat_same_result(bn_setup):
     # what the forward pass keeps for the backward pass: every conv/BN/ReLU output without
     # remat, only the block inputs with per-block remat
     x = jnp.asarray(batch["image"])
-    full, kept = (saved_residual_bytes(m, s0.variables, x) for m in (Stack(), remat_blocks(Stack())))
+    full, kept = (
+        saved_residual_bytes(m, s0.variables, x) for m in (Stack(), remat_blocks(Stack()))
+    )
     assert kept < 0.5 * full, (kept, full)
     dots = make_train_step(donate=False, remat="dots")
     assert REMAT_IN_JAXPR.search(str(jax.make_jaxpr(dots)(s0, batch)))
@@ -397,8 +443,9 @@ def test_bfloat16_computes_in_bf16_keeps_float32_state():
     assert all(":bf16[" in ln.split("=")[0] for ln in convs + dots), convs + dots
     out, metrics = jax.eval_shape(step, s0, batch)
     for tree in (out.params, out.batch_stats, out.opt_state):
-        assert {a.dtype for a in jax.tree.leaves(tree) if jnp.issubdtype(a.dtype, jnp.floating)
-                } == {jnp.dtype(jnp.float32)}
+        assert {
+            a.dtype for a in jax.tree.leaves(tree) if jnp.issubdtype(a.dtype, jnp.floating)
+        } == {jnp.dtype(jnp.float32)}
     assert metrics["loss_sum"].dtype == jnp.float32
     with pytest.raises(ValueError, match="precision='float8'"):
         get_policy("float8")
@@ -410,8 +457,12 @@ def test_float16_loss_scaling_skips_non_finite_step():
     policy = get_policy("float16")
     assert policy.loss_scaling
     x, y = toy_data(8, size=8)
-    s0 = create_train_state(TinyBNNet(**policy.model_kwargs), optax.adam(1e-2), (1, 8, 8, 1),
-                            dynamic_scale=init_dynamic_scale(policy, initial_scale=2.0 ** 10))
+    s0 = create_train_state(
+        TinyBNNet(**policy.model_kwargs),
+        optax.adam(1e-2),
+        (1, 8, 8, 1),
+        dynamic_scale=init_dynamic_scale(policy, initial_scale=2.0**10),
+    )
     step = make_train_step(donate=False)
     bad = x.copy()
     bad[0, 0, 0, 0] = np.inf
@@ -419,11 +470,11 @@ def test_float16_loss_scaling_skips_non_finite_step():
     chex.assert_trees_all_equal(s1.params, s0.params)
     chex.assert_trees_all_equal(s1.batch_stats, s0.batch_stats)
     chex.assert_trees_all_equal(s1.opt_state, s0.opt_state)
-    assert float(s1.dynamic_scale.scale) == 2.0 ** 9 and int(s1.dynamic_scale.fin_steps) == 0
+    assert float(s1.dynamic_scale.scale) == 2.0**9 and int(s1.dynamic_scale.fin_steps) == 0
     s2, m2 = step(s1, {"image": x, "label": y})
     chex.assert_tree_all_finite((s2.params, s2.batch_stats, m2))
     assert float(jnp.max(jnp.abs(s2.params["head"]["kernel"] - s0.params["head"]["kernel"]))) > 0
-    assert float(s2.dynamic_scale.scale) == 2.0 ** 9 and int(s2.dynamic_scale.fin_steps) == 1
+    assert float(s2.dynamic_scale.scale) == 2.0**9 and int(s2.dynamic_scale.fin_steps) == 1
     assert s2.params["head"]["kernel"].dtype == jnp.float32
     assert step._cache_size() == 1
 
@@ -434,10 +485,22 @@ def test_fit_with_scale_out_keys(tmp_path):
     float32 state; a bad key value fails before any data is loaded."""
     from jaxcnn.train import fit
 
-    cfg = dict(model="lenet5_modern", dataset="digits", test_split=64, split_seed=0,
-               num_train=128, batch_size=32, eval_batch_size=64, epochs=1, learning_rate=3e-3,
-               precision="bfloat16", grad_accum_steps=2, remat="dots", num_devices=1,
-               progress=False)
+    cfg = dict(
+        model="lenet5_modern",
+        dataset="digits",
+        test_split=64,
+        split_seed=0,
+        num_train=128,
+        batch_size=32,
+        eval_batch_size=64,
+        epochs=1,
+        learning_rate=3e-3,
+        precision="bfloat16",
+        grad_accum_steps=2,
+        remat="dots",
+        num_devices=1,
+        progress=False,
+    )
     res = fit(cfg, str(tmp_path))
     assert res["compilations"]["train_step"] == 1 and res["steps"] == 4
     assert np.isfinite(res["test_loss"]) and 0 <= res["test_accuracy"] <= 1
@@ -449,8 +512,7 @@ def test_fit_with_scale_out_keys(tmp_path):
     with pytest.raises(ValueError, match="remat='sometimes'"):
         fit({**cfg, "remat": "sometimes", "dataset": "nope"}, str(tmp_path / "x"))
     with pytest.raises(ValueError, match="devices are present"):
-        fit({**cfg, "num_devices": jax.device_count() + 1, "dataset": "nope"},
-            str(tmp_path / "x"))
+        fit({**cfg, "num_devices": jax.device_count() + 1, "dataset": "nope"}, str(tmp_path / "x"))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """jaxcnn.layers.fast_conv: same values and gradients as lax.conv_general_dilated, switchable."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,8 +22,7 @@ def _rel(a, b):
     return float(jnp.max(jnp.abs(a - b)) / (jnp.max(jnp.abs(a)) + 1e-12))
 
 
-def _compare(x_shape, k, cout, strides, padding, lhs_dil=(1, 1), rhs_dil=(1, 1), groups=1,
-             seed=0):
+def _compare(x_shape, k, cout, strides, padding, lhs_dil=(1, 1), rhs_dil=(1, 1), groups=1, seed=0):
     rng = np.random.default_rng(seed)
     x = jnp.asarray(rng.standard_normal(x_shape, np.float32))
     w = jnp.asarray(rng.standard_normal(k + (x_shape[-1] // groups, cout), np.float32))
@@ -32,12 +32,19 @@ def _compare(x_shape, k, cout, strides, padding, lhs_dil=(1, 1), rhs_dil=(1, 1),
         y, vjp = jax.vjp(f, x, w)
         return (y,) + vjp(gy)
 
-    y = jax.eval_shape(lambda x, w: lax.conv_general_dilated(
-        x, w, strides, padding, lhs_dil, rhs_dil, DN, groups), x, w)
+    y = jax.eval_shape(
+        lambda x, w: lax.conv_general_dilated(x, w, strides, padding, lhs_dil, rhs_dil, DN, groups),
+        x,
+        w,
+    )
     gy = jnp.asarray(np.random.default_rng(seed + 1).standard_normal(y.shape, np.float32))
     # one compilation per case: both implementations in one jit
-    ref, got = jax.jit(lambda x, w, gy: (run(lax.conv_general_dilated, x, w, gy),
-                                         run(fc.get_conv_fn("fast"), x, w, gy)))(x, w, gy)
+    ref, got = jax.jit(
+        lambda x, w, gy: (
+            run(lax.conv_general_dilated, x, w, gy),
+            run(fc.get_conv_fn("fast"), x, w, gy),
+        )
+    )(x, w, gy)
     for name, a, b in zip(("value", "input grad", "kernel grad"), ref, got):
         assert a.shape == b.shape, name
         assert _rel(a, b) < 1e-4, (name, _rel(a, b))
@@ -61,25 +68,31 @@ def test_dense_matches_lax(k, s, p, d):
     _compare((2, 7, 6, 3), k, 4, s, p, rhs_dil=d)
 
 
-@pytest.mark.parametrize("k,s,p,d,mult", [
-    ((3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1), 1),
-    ((3, 3), (2, 2), ((1, 1), (1, 1)), (1, 1), 1),
-    ((5, 5), (2, 2), "SAME", (1, 1), 1),
-    ((3, 3), (1, 1), "SAME", (2, 2), 1),
-    ((1, 1), (1, 1), "VALID", (1, 1), 2),
-    ((3, 3), (2, 1), ((2, 0), (0, 1)), (1, 2), 2),
-])
+@pytest.mark.parametrize(
+    "k,s,p,d,mult",
+    [
+        ((3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1), 1),
+        ((3, 3), (2, 2), ((1, 1), (1, 1)), (1, 1), 1),
+        ((5, 5), (2, 2), "SAME", (1, 1), 1),
+        ((3, 3), (1, 1), "SAME", (2, 2), 1),
+        ((1, 1), (1, 1), "VALID", (1, 1), 2),
+        ((3, 3), (2, 1), ((2, 0), (0, 1)), (1, 2), 2),
+    ],
+)
 def test_depthwise_matches_lax(k, s, p, d, mult):
     _compare((2, 9, 8, 4), k, 4 * mult, s, p, rhs_dil=d, groups=4)
 
 
-@pytest.mark.parametrize("k,lhs_dil,p,d", [
-    ((2, 2), (2, 2), ((1, 1), (1, 1)), (1, 1)),   # U-Net 2x2/2
-    ((4, 4), (2, 2), ((2, 2), (2, 2)), (1, 1)),   # DCGAN 4x4/2 p1
-    ((3, 3), (2, 2), ((1, 2), (1, 2)), (1, 1)),   # output_padding 1
-    ((3, 3), (3, 2), ((0, 1), (2, 1)), (2, 1)),   # uneven, dilated
-    ((4, 4), (2, 2), ((0, 0), (-1, 0)), (1, 1)),  # negative padding (crop)
-])
+@pytest.mark.parametrize(
+    "k,lhs_dil,p,d",
+    [
+        ((2, 2), (2, 2), ((1, 1), (1, 1)), (1, 1)),  # U-Net 2x2/2
+        ((4, 4), (2, 2), ((2, 2), (2, 2)), (1, 1)),  # DCGAN 4x4/2 p1
+        ((3, 3), (2, 2), ((1, 2), (1, 2)), (1, 1)),  # output_padding 1
+        ((3, 3), (3, 2), ((0, 1), (2, 1)), (2, 1)),  # uneven, dilated
+        ((4, 4), (2, 2), ((0, 0), (-1, 0)), (1, 1)),  # negative padding (crop)
+    ],
+)
 def test_transposed_matches_lax(k, lhs_dil, p, d):
     _compare((2, 5, 6, 3), k, 4, (1, 1), p, lhs_dil=lhs_dil, rhs_dil=d)
 
@@ -91,14 +104,15 @@ def test_unhandled_cases_fall_back(groups, lhs_dil, s):
 
 def _primitives(fn, *args):
     return {e.primitive.name for e in jax.make_jaxpr(fn)(*args).eqns} | {
-        e.primitive.name for e in _all_eqns(jax.make_jaxpr(fn)(*args).jaxpr)}
+        e.primitive.name for e in _all_eqns(jax.make_jaxpr(fn)(*args).jaxpr)
+    }
 
 
 def _all_eqns(jaxpr):
     for e in jaxpr.eqns:
         yield e
         for v in e.params.values():
-            for sub in (v if isinstance(v, (list, tuple)) else [v]):
+            for sub in v if isinstance(v, (list, tuple)) else [v]:
                 inner = getattr(sub, "jaxpr", None)
                 if inner is not None:
                     yield from _all_eqns(getattr(inner, "jaxpr", inner))
@@ -112,12 +126,16 @@ def test_fast_path_is_taken_and_switch_works(monkeypatch):
     wt = jnp.ones((2, 2, 4, 3))
 
     def depthwise():
-        return lambda x, w: fc.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=DN,
-                                                    feature_group_count=4)
+        return lambda x, w: fc.conv_general_dilated(
+            x, w, (1, 1), "SAME", dimension_numbers=DN, feature_group_count=4
+        )
 
     def kernel_grad_transposed():
-        return jax.grad(lambda w: fc.conv_general_dilated(
-            x, w, (1, 1), ((1, 1), (1, 1)), lhs_dilation=(2, 2), dimension_numbers=DN).sum())
+        return jax.grad(
+            lambda w: fc.conv_general_dilated(
+                x, w, (1, 1), ((1, 1), (1, 1)), lhs_dilation=(2, 2), dimension_numbers=DN
+            ).sum()
+        )
 
     assert "conv_general_dilated" not in _primitives(depthwise(), x, w)
     assert "dot_general" in _primitives(kernel_grad_transposed(), wt)
@@ -137,12 +155,15 @@ def test_fast_path_is_taken_and_switch_works(monkeypatch):
         fc.get_conv_impl()
 
 
-@pytest.mark.parametrize("make", [
-    lambda: conv2d(6, 3, 2, dilation=1),
-    lambda: depthwise_conv(8, 3, 2),
-    lambda: ConvTranspose2d(5, 4, 2, 1),
-    lambda: ConvTranspose2d(5, 3, 2, 1, output_padding=1, dilation=2, use_bias=False),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: conv2d(6, 3, 2, dilation=1),
+        lambda: depthwise_conv(8, 3, 2),
+        lambda: ConvTranspose2d(5, 4, 2, 1),
+        lambda: ConvTranspose2d(5, 3, 2, 1, output_padding=1, dilation=2, use_bias=False),
+    ],
+)
 def test_layers_same_params_values_grads_both_impls(make):
     m = make()
     x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 6, 7, 8), np.float32))
@@ -156,6 +177,10 @@ def test_layers_same_params_values_grads_both_impls(make):
     assert jax.tree.structure(v0) == jax.tree.structure(v1)
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), v0, v1)
     assert abs(float(l0 - l1)) <= 1e-5 * abs(float(l0))
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, rtol=1e-4,
-                                                         atol=1e-4 * float(jnp.abs(a).max())),
-                 g0, g1)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(
+            b, a, rtol=1e-4, atol=1e-4 * float(jnp.abs(a).max())
+        ),
+        g0,
+        g1,
+    )

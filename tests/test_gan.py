@@ -1,4 +1,5 @@
 """DCGAN networks, the GAN train step and the generator evaluation (jaxcnn.train.gan*)."""
+
 import os
 import subprocess
 import sys
@@ -14,11 +15,25 @@ from jaxcnn import models
 from jaxcnn.checkpoint import Checkpointer
 from jaxcnn.data import default_mnist_dir
 from jaxcnn.models.dcgan import generator_widths
-from jaxcnn.train.gan import (create_gan_state, d_step, diff_augment, g_step, gan_train_step,
-                              make_gan_train_step, make_generate, sample_latent,
-                              top_k_mask, top_k_schedule)
-from jaxcnn.train.gan_eval import (Classifier, confidence_metrics, evaluate_samples,
-                                   frechet_distance, gaussian_frechet_distance)
+from jaxcnn.train.gan import (
+    create_gan_state,
+    d_step,
+    diff_augment,
+    g_step,
+    gan_train_step,
+    make_gan_train_step,
+    make_generate,
+    sample_latent,
+    top_k_mask,
+    top_k_schedule,
+)
+from jaxcnn.train.gan_eval import (
+    Classifier,
+    confidence_metrics,
+    evaluate_samples,
+    frechet_distance,
+    gaussian_frechet_distance,
+)
 
 SIZES = (28, 32, 64)
 
@@ -57,10 +72,16 @@ def test_param_counts_match_formula(size):
     assert models.count_params(d, (1, size, size, ch)) == d_ref
     # a narrower width follows the same formula
     g_ref, d_ref = _formula_counts(size, 16, 100, ch)
-    assert models.count_params(models.create_model(f"dcgan_generator_{size}", width=16),
-                               (1, 100)) == g_ref
-    assert models.count_params(models.create_model(f"dcgan_discriminator_{size}", width=16),
-                               (1, size, size, ch)) == d_ref
+    assert (
+        models.count_params(models.create_model(f"dcgan_generator_{size}", width=16), (1, 100))
+        == g_ref
+    )
+    assert (
+        models.count_params(
+            models.create_model(f"dcgan_discriminator_{size}", width=16), (1, size, size, ch)
+        )
+        == d_ref
+    )
 
 
 def test_known_reference_counts():
@@ -72,6 +93,7 @@ def test_known_reference_counts():
 def test_shapes_and_tanh_range(size):
     state = _gan(size, width=8)
     z = 3.0 * jax.random.normal(jax.random.key(1), (4, 100))
+    x_eval = None
     for train in (False, True):
         x = make_generate(train)(state, z)
         chex.assert_shape(x, (4, size, size, 1))
@@ -87,23 +109,27 @@ def test_shapes_and_tanh_range(size):
 def test_fast_generator_equals_transposed_conv(size):
     """subpixel=True (matmul first layer, phase-decomposed stride-2 layers) computes the same
     function with the same parameters as the plain transposed convolutions."""
-    fast = models.create_model(f"dcgan_generator_{size}", width=4, out_channels=1,
-                               latent_dim=16)
-    plain = models.create_model(f"dcgan_generator_{size}", width=4, out_channels=1,
-                                latent_dim=16, subpixel=False)
+    fast = models.create_model(f"dcgan_generator_{size}", width=4, out_channels=1, latent_dim=16)
+    plain = models.create_model(
+        f"dcgan_generator_{size}", width=4, out_channels=1, latent_dim=16, subpixel=False
+    )
     z = jax.random.normal(jax.random.key(0), (3, 16))
     v = jax.jit(fast.init)(jax.random.key(1), z)  # jit: eager dispatch of the phases is slow
     chex.assert_trees_all_equal_shapes(v, jax.jit(plain.init)(jax.random.key(1), z))
 
     def run(m, params, train):
         out = m.apply({**v, "params": params}, z, train=train, mutable=["batch_stats"])
-        return out, jax.grad(lambda p: jnp.sum(m.apply(
-            {**v, "params": p}, z, train=train, mutable=["batch_stats"])[0] ** 2))(params)
+        return out, jax.grad(
+            lambda p: jnp.sum(
+                m.apply({**v, "params": p}, z, train=train, mutable=["batch_stats"])[0] ** 2
+            )
+        )(params)
 
     run = jax.jit(run, static_argnums=(0, 2))
     for train in (False, True):
-        chex.assert_trees_all_close(run(fast, v["params"], train), run(plain, v["params"], train),
-                                    atol=1e-4, rtol=1e-4)
+        chex.assert_trees_all_close(
+            run(fast, v["params"], train), run(plain, v["params"], train), atol=1e-4, rtol=1e-4
+        )
 
 
 def _changed(a, b):
@@ -177,13 +203,18 @@ def test_lr_scale_multiplies_both_networks_updates():
     real = jax.random.uniform(jax.random.key(8), (8, 28, 28, 1), minval=-1, maxval=1)
     d = jax.jit(d_step)
     g = jax.jit(g_step, static_argnums=1)
-    for field, step in (("d_params", lambda st, sc: d(st, real, sc)),
-                        ("g_params", lambda st, sc: g(st, 8, None, sc))):
+    for field, step in (
+        ("d_params", lambda st, sc: d(st, real, sc)),
+        ("g_params", lambda st, sc: g(st, 8, None, sc)),
+    ):
         (full, _), (half, _), (frozen, _) = (step(state, sc) for sc in (None, 0.5, 0.0))
         before, a, b = (getattr(x, field) for x in (state, full, half))
         delta = jax.tree.map(lambda new, old: new - old, a, before)
-        chex.assert_trees_all_close(jax.tree.map(lambda new, old: new - old, b, before),
-                                    jax.tree.map(lambda d: 0.5 * d, delta), atol=1e-7)
+        chex.assert_trees_all_close(
+            jax.tree.map(lambda new, old: new - old, b, before),
+            jax.tree.map(lambda d: 0.5 * d, delta),
+            atol=1e-7,
+        )
         chex.assert_trees_all_equal(getattr(frozen, field), before)
 
 
@@ -203,8 +234,11 @@ def test_infogan_code_becomes_readable_and_shapes_are_checked():
     with pytest.raises(ValueError, match="num_classes=5"):
         create_gan_state(g, models.create_model("dcgan_discriminator_28", width=8), num_codes=4)
     with pytest.raises(ValueError, match="num_codes"):
-        create_gan_state(g, models.create_model("dcgan_discriminator_28", width=8,
-                                                num_classes=101), num_codes=100)
+        create_gan_state(
+            g,
+            models.create_model("dcgan_discriminator_28", width=8, num_classes=101),
+            num_codes=100,
+        )
     fast = lambda: optax.adam(2e-3, b1=0.5)  # noqa: E731
     state = create_gan_state(g, d, fast(), fast(), seed=0, num_codes=4)
     real = jax.random.uniform(jax.random.key(7), (16, 28, 28, 1), minval=-1, maxval=1)
@@ -230,11 +264,16 @@ def test_acgan_real_labels_add_the_class_loss_on_real_images():
     _, m0 = jax.jit(d_step)(state, real)
     _, m1 = jax.jit(d_step)(state, real, None, labels)
     # the extra term by hand: D in training mode on the real batch, Q's logits are outputs 1..3
-    out = d.apply({"params": state.d_params, "batch_stats": state.d_batch_stats}, real,
-                  train=True, mutable=["batch_stats"])[0]
+    out = d.apply(
+        {"params": state.d_params, "batch_stats": state.d_batch_stats},
+        real,
+        train=True,
+        mutable=["batch_stats"],
+    )[0]
     ce = -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(out[:, 1:]), labels[:, None], 1))
-    np.testing.assert_allclose(float(m1["d_loss"]) - float(m0["d_loss"]), 0.5 * float(ce),
-                               rtol=1e-4)
+    np.testing.assert_allclose(
+        float(m1["d_loss"]) - float(m0["d_loss"]), 0.5 * float(ce), rtol=1e-4
+    )
     # the jitted full step takes the labels as its fifth argument and trains Q on them
     fast = lambda: optax.adam(2e-3, b1=0.5)  # noqa: E731
     s = create_gan_state(g, d, fast(), fast(), seed=0, num_codes=3)
@@ -322,8 +361,9 @@ def test_gan_state_checkpoint_roundtrip(tmp_path):
     ck.close()
     assert step == 1 and int(restored.step) == 1
     chex.assert_trees_all_equal(jax.device_get(restored.g_params), jax.device_get(state.g_params))
-    chex.assert_trees_all_equal(jax.device_get(restored.d_opt_state),
-                                jax.device_get(state.d_opt_state))
+    chex.assert_trees_all_equal(
+        jax.device_get(restored.d_opt_state), jax.device_get(state.d_opt_state)
+    )
     chex.assert_trees_all_equal(restored.rng, state.rng)
 
 
@@ -336,7 +376,8 @@ def test_frechet_distance_hand_made():
     assert gaussian_frechet_distance(mu, sigma, mu, sigma) == pytest.approx(0.0, abs=1e-8)
     shift = np.array([1.0, -2.0, 0.5, 0.0, 3.0, 1.0])
     assert gaussian_frechet_distance(mu, sigma, mu + shift, sigma) == pytest.approx(
-        float(shift @ shift))  # = 15.25
+        float(shift @ shift)
+    )  # = 15.25
     # diagonal covariances: ||mu1 - mu2||^2 + sum (sqrt(a) - sqrt(b))^2
     d = gaussian_frechet_distance([0, 0], np.diag([1.0, 4.0]), [3, 4], np.diag([4.0, 9.0]))
     assert d == pytest.approx(25 + 1 + 1)
@@ -377,21 +418,42 @@ def test_classifier_features_and_baselines():
 
 @pytest.mark.slow
 def test_gan_experiment_runs_one_epoch(tmp_path):
-    if not (default_mnist_dir() / "t10k-images-idx3-ubyte.gz").exists() and \
-            not (default_mnist_dir() / "t10k-images-idx3-ubyte").exists():
+    if (
+        not (default_mnist_dir() / "t10k-images-idx3-ubyte.gz").exists()
+        and not (default_mnist_dir() / "t10k-images-idx3-ubyte").exists()
+    ):
         pytest.skip(f"MNIST test IDX files not found in {default_mnist_dir()}")
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run(
-        [sys.executable, "-m", "experiments.gan", "--config.epochs=1", "--config.width=8",
-         "--config.classifier_epochs=1", "--config.num_eval_samples=200",
-         "--config.eval_sets=2", "--config.d_learning_rate=4e-4",
-         "--config.info_codes=10", "--config.conditional=True",
-         "--config.augment=translation,cutout",
-         f"--workdir={tmp_path / 'gan'}"], cwd=repo, capture_output=True, text=True,
-        timeout=1200)
+        [
+            sys.executable,
+            "-m",
+            "experiments.gan",
+            "--config.epochs=1",
+            "--config.width=8",
+            "--config.classifier_epochs=1",
+            "--config.num_eval_samples=200",
+            "--config.eval_sets=2",
+            "--config.d_learning_rate=4e-4",
+            "--config.info_codes=10",
+            "--config.conditional=True",
+            "--config.augment=translation,cutout",
+            f"--workdir={tmp_path / 'gan'}",
+        ],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
-    for f in ("samples/epoch_001.png", "samples_final.png", "samples_by_class.png",
-              "samples_by_code.png", "metrics.json", "checkpoints"):
+    for f in (
+        "samples/epoch_001.png",
+        "samples_final.png",
+        "samples_by_class.png",
+        "samples_by_code.png",
+        "metrics.json",
+        "checkpoints",
+    ):
         assert (tmp_path / "gan" / f).exists(), f
     import json
 

@@ -1,5 +1,6 @@
 """jaxcnn.inspect: summary, output sizes, receptive fields (analytic and gradient-measured),
 BatchNorm folding, pictures, export and the command line."""
+
 import itertools
 import os
 
@@ -28,6 +29,7 @@ def fast_compile():
 
 # -- summary ---------------------------------------------------------------------------------
 
+
 def test_lenet5_summary_reproduces_the_lecture_table():
     s = ji.summary("lenet5")
     rows = {r.name: r for r in s.rows}
@@ -55,12 +57,14 @@ def test_summary_of_a_module_needs_a_shape_and_counts_children():
     s = ji.summary("resnet18", (32, 32, 3), flops=False)
     assert s.total_params == models.model_info("resnet18").params
     stage1 = s["stage1"]
-    assert stage1.params == sum(r.params for r in s.rows if r.path[:1] == ("stage1",)
-                                and r.depth == 2)
+    assert stage1.params == sum(
+        r.params for r in s.rows if r.path[:1] == ("stage1",) and r.depth == 2
+    )
     assert s["stage4"].output_shape.shape == (1, 1, 1, 512)
 
 
 # -- output sizes ----------------------------------------------------------------------------
+
 
 def test_output_size_calculator_agrees_with_actual_shapes():
     for n, k, s, p, d in itertools.product((7, 16, 33), (1, 3, 5), (1, 2, 3), (0, 1, 2), (1, 2)):
@@ -70,22 +74,41 @@ def test_output_size_calculator_agrees_with_actual_shapes():
             continue
         x = jax.ShapeDtypeStruct((1, n, n, 2), jnp.float32)
         w = jax.ShapeDtypeStruct((k, k, 2, 3), jnp.float32)
-        y = jax.eval_shape(lambda x, w: jax.lax.conv_general_dilated(
-            x, w, (s, s), [(p, p)] * 2, rhs_dilation=(d, d),
-            dimension_numbers=("NHWC", "HWIO", "NHWC")), x, w)
+        y = jax.eval_shape(
+            lambda x, w: jax.lax.conv_general_dilated(
+                x,
+                w,
+                (s, s),
+                [(p, p)] * 2,
+                rhs_dilation=(d, d),
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            ),
+            x,
+            w,
+        )
         assert y.shape[1:3] == (ji.conv_output_size(n, k, s, p, d),) * 2, (n, k, s, p, d)
         # pooling: same rule (floor mode), dilated windows through lax.reduce_window
         if p <= k // 2:
-            y = jax.eval_shape(lambda x: jax.lax.reduce_window(
-                x, -jnp.inf, jax.lax.max, (1, k, k, 1), (1, s, s, 1),
-                ((0, 0), (p, p), (p, p), (0, 0)), window_dilation=(1, d, d, 1)), x)
+            y = jax.eval_shape(
+                lambda x: jax.lax.reduce_window(
+                    x,
+                    -jnp.inf,
+                    jax.lax.max,
+                    (1, k, k, 1),
+                    (1, s, s, 1),
+                    ((0, 0), (p, p), (p, p), (0, 0)),
+                    window_dilation=(1, d, d, 1),
+                ),
+                x,
+            )
             assert y.shape[1:3] == (ji.pool_output_size(n, k, s, p, dilation=d),) * 2
         # transposed convolution (PyTorch's rule), output_padding < stride
         op = s - 1
         if p <= d * (k - 1):
             m = ConvTranspose2d(3, k, s, p, op, d)
-            y = jax.eval_shape(lambda: m.init_with_output(
-                jax.random.key(0), jnp.zeros((1, n, n, 2)))[0])
+            y = jax.eval_shape(
+                lambda: m.init_with_output(jax.random.key(0), jnp.zeros((1, n, n, 2)))[0]
+            )
             assert y.shape[1:3] == (ji.transposed_output_size(n, k, s, p, op, d),) * 2
     assert ji.same_output_size(224, 2) == 112 and ji.same_output_size(7, 2) == 4
     assert ji.pool_output_size(112, 3, 2, 0, ceil_mode=True) == 56
@@ -93,14 +116,18 @@ def test_output_size_calculator_agrees_with_actual_shapes():
 
 # -- receptive fields ------------------------------------------------------------------------
 
+
 class _Stack(nn.Module):
     convs: tuple  # (kernel, stride, dilation)
 
     @nn.compact
     def __call__(self, x, train=False):
         for i, (k, s, d) in enumerate(self.convs):
-            x = nn.relu(nn.Conv(4, (k, k), (s, s), padding=d * (k // 2), kernel_dilation=d,
-                                name=f"conv{i}")(x))
+            x = nn.relu(
+                nn.Conv(
+                    4, (k, k), (s, s), padding=d * (k // 2), kernel_dilation=d, name=f"conv{i}"
+                )(x)
+            )
         return x
 
 
@@ -132,8 +159,7 @@ def test_branches_take_the_largest_path():
 
 def test_resnet50_fields_derived_from_the_model():
     rf = ji.receptive_fields("resnet50", (64, 64, 3))
-    got = {k: int(rf.modules[k].size[0]) for k in ("stem", "stage1", "stage2", "stage3",
-                                                   "stage4")}
+    got = {k: int(rf.modules[k].size[0]) for k in ("stem", "stage1", "stage2", "stage3", "stage4")}
     # stem 7x7/2 -> maxpool 3/2 -> bottlenecks: the published ResNet-50 field is 427
     assert got == {"stem": 7, "stage1": 35, "stage2": 91, "stage3": 267, "stage4": 427}
     assert [int(rf.modules[k].jump[0]) for k in ("stage1", "stage4")] == [4, 32]
@@ -169,9 +195,18 @@ def test_erf_png(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,side", [("googlenet", 64), ("inception_v3", 299),
-                                       ("densenet121", 64), ("mobilenet_v2", 64),
-                                       ("unet", 64), ("swin_t", 64), ("resnext50_32x4d", 64)])
+@pytest.mark.parametrize(
+    "name,side",
+    [
+        ("googlenet", 64),
+        ("inception_v3", 299),
+        ("densenet121", 64),
+        ("mobilenet_v2", 64),
+        ("unet", 64),
+        ("swin_t", 64),
+        ("resnext50_32x4d", 64),
+    ],
+)
 def test_receptive_fields_of_registered_models(name, side):
     info = models.model_info(name)
     shape = (side, side, info.input_size[2])
@@ -186,6 +221,7 @@ def test_receptive_fields_of_registered_models(name, side):
 
 
 # -- BatchNorm folding -----------------------------------------------------------------------
+
 
 def _check_fold(name):
     shape = small_input_shape(name)
@@ -203,10 +239,25 @@ def test_fold_batchnorm_is_exact(name, fast_compile):
 
 # one (small) member of every family that uses BatchNorm
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [
-    "mobilenet_v1_025", "resnext50_32x4d", "densenet121", "googlenet", "inception_v3",
-    "vgg11_bn", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "xception", "unet_bn",
-    "dcgan_discriminator_32", "resnet18_cifar", "wide_resnet50_2"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "mobilenet_v1_025",
+        "resnext50_32x4d",
+        "densenet121",
+        "googlenet",
+        "inception_v3",
+        "vgg11_bn",
+        "mobilenet_v2",
+        "mobilenet_v3_small",
+        "efficientnet_b0",
+        "xception",
+        "unet_bn",
+        "dcgan_discriminator_32",
+        "resnet18_cifar",
+        "wide_resnet50_2",
+    ],
+)
 def test_fold_batchnorm_every_family(name, fast_compile):
     _check_fold(name)
 
@@ -227,6 +278,7 @@ def test_folded_model_details(fast_compile):
 
 # -- pictures --------------------------------------------------------------------------------
 
+
 def _is_png(path):
     with open(path, "rb") as f:
         return f.read(8) == b"\x89PNG\r\n\x1a\n"
@@ -238,6 +290,7 @@ def test_sample_images_and_user_file(tmp_path):
         assert img.shape == (32, 48, 3) and img.dtype == np.float32
     assert ji.sample_image("camera", (16, 16), channels=1).shape == (16, 16, 1)
     from PIL import Image
+
     path = tmp_path / "mine.png"
     Image.fromarray(np.full((10, 12, 3), 200, np.uint8)).save(path)
     img = ji.sample_image(str(path), (8, 8), normalize=False)
@@ -270,8 +323,11 @@ def test_vit_attention_map(tmp_path):
     assert _is_png(ji.plot_attention(m, v, img, str(tmp_path / "a.png")))
     cnn = models.create_model("lenet5")
     with pytest.raises(ValueError, match="no attention"):
-        ji.attention_map(cnn, random_variables(abstract_init(cnn, (1, 32, 32, 1))),
-                         np.zeros((32, 32, 1), np.float32))
+        ji.attention_map(
+            cnn,
+            random_variables(abstract_init(cnn, (1, 32, 32, 1))),
+            np.zeros((32, 32, 1), np.float32),
+        )
 
 
 @pytest.mark.slow
@@ -284,6 +340,7 @@ def test_swin_attention_map(tmp_path):
 
 # -- export ----------------------------------------------------------------------------------
 
+
 def test_export_roundtrip_equals_live_model(tmp_path):
     m = models.create_model("lenet5")
     v = random_variables(abstract_init(m, (1, 32, 32, 1)))
@@ -292,13 +349,13 @@ def test_export_roundtrip_equals_live_model(tmp_path):
     loaded = ji.load_exported(path)
     x = jnp.asarray(np.random.default_rng(0).normal(size=(3, 32, 32, 1)), jnp.float32)
     chex.assert_trees_all_close(loaded.call(x), m.apply(v, x), atol=1e-5)  # symbolic batch
-    exp2 = ji.export_model(m, v, (2, 32, 32, 1), pass_variables=True,
-                           batch_polymorphic=False)
+    exp2 = ji.export_model(m, v, (2, 32, 32, 1), pass_variables=True, batch_polymorphic=False)
     loaded2 = ji.load_exported(exp2.serialize())
     chex.assert_trees_all_close(loaded2.call(v, x[:2]), m.apply(v, x[:2]), atol=1e-5)
 
 
 # -- command line ----------------------------------------------------------------------------
+
 
 def test_cli_unknown_model_suggests_close_matches(capsys):
     assert cli_main(["resnet5"]) == 2
@@ -308,8 +365,19 @@ def test_cli_unknown_model_suggests_close_matches(capsys):
 
 def test_cli_lenet5_everything(tmp_path, capsys):
     out_dir = tmp_path / "pics"
-    rc = cli_main(["lenet5", "--no-flops", "--pictures", str(out_dir), "--fold-bn",
-                   "--export", str(tmp_path / "l.stablehlo"), "--erf-samples", "2"])
+    rc = cli_main(
+        [
+            "lenet5",
+            "--no-flops",
+            "--pictures",
+            str(out_dir),
+            "--fold-bn",
+            "--export",
+            str(tmp_path / "l.stablehlo"),
+            "--erf-samples",
+            "2",
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "Total params: 61,706" in out and "Model output: RF 32" in out

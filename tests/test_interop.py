@@ -1,6 +1,7 @@
 """jaxcnn.interop (torch state_dict <-> jaxcnn variables), without torch: state dicts are built
 here from jaxcnn variables in torch's layout (OIHW convs, (out, in) linears, BatchNorm
 weight/bias/running_mean/running_var/num_batches_tracked, keys in call order)."""
+
 import chex
 import flax.linen as nn
 import jax
@@ -14,16 +15,24 @@ from jaxcnn.inspect._common import random_variables, small_input_shape
 from jaxcnn.interop import from_torch_state_dict, to_torch_state_dict
 from jaxcnn.layers.conv import ConvTranspose2d
 
-TORCH_NAME = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
-              "var": "running_var", "cls_token": "class_token", "pos_embed": "pos_embedding"}
+TORCH_NAME = {
+    "kernel": "weight",
+    "scale": "weight",
+    "bias": "bias",
+    "mean": "running_mean",
+    "var": "running_var",
+    "cls_token": "class_token",
+    "pos_embed": "pos_embedding",
+}
 
 
 def torch_layout(variables, flat_maps=None) -> dict:
     """A torch-style state dict of ``variables`` (numpy), modules in creation order.
     ``flat_maps``: {dense module path: (H, W, C)} for dense layers fed by a flattened map."""
     flat_maps = flat_maps or {}
-    cols = {c: traverse_util.flatten_dict(dict(variables.get(c, {})))
-            for c in ("params", "batch_stats")}
+    cols = {
+        c: traverse_util.flatten_dict(dict(variables.get(c, {}))) for c in ("params", "batch_stats")
+    }
     modules = list(dict.fromkeys(p[:-1] for c in cols.values() for p in c))
     sd = {}
     for mp in modules:
@@ -105,8 +114,11 @@ def test_shape_mismatch_names_both_sides(resnet18):
 def test_missing_tensor_is_located(resnet18):
     _, shape, _, sd = resnet18
     sd = {k: v for k, v in sd.items() if k != "stage2.block0.bn1.running_mean"}
-    with pytest.raises(ValueError, match=r"no torch tensor for batch_stats/stage2/block0/bn1/mean "
-                                         r"\(128,\)") as e:
+    with pytest.raises(
+        ValueError,
+        match=r"no torch tensor for batch_stats/stage2/block0/bn1/mean "
+        r"\(128,\)",
+    ) as e:
         from_torch_state_dict("resnet18", sd, input_shape=shape)
     assert "left over" not in str(e.value)
 
@@ -114,8 +126,12 @@ def test_missing_tensor_is_located(resnet18):
 def test_extra_tensors_are_listed(resnet18):
     _, shape, _, sd = resnet18
     items = list(sd.items())
-    sd = dict(items[:10] + [("stem.extra.weight", np.ones((5, 3), np.float32))] + items[10:]
-              + [("fc2.bias", np.ones(7, np.float32))])
+    sd = dict(
+        items[:10]
+        + [("stem.extra.weight", np.ones((5, 3), np.float32))]
+        + items[10:]
+        + [("fc2.bias", np.ones(7, np.float32))]
+    )
     with pytest.raises(ValueError) as e:
         from_torch_state_dict("resnet18", sd, input_shape=shape)
     msg = str(e.value)
@@ -193,9 +209,12 @@ def test_blocks_registered_elsewhere_and_flattened_dense():
     chex.assert_trees_all_equal(got, variables)
     # The permutation is torch's: W @ map.flatten() in NCHW == map.flatten() in NHWC @ kernel.
     fmap = np.random.default_rng(0).normal(size=(1, 4, 4, 4)).astype(np.float32)
-    np.testing.assert_allclose(fmap.reshape(1, -1) @ np.asarray(got["params"]["fc"]["kernel"]),
-                               fmap.transpose(0, 3, 1, 2).reshape(1, -1) @ sd["fc.weight"].T,
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        fmap.reshape(1, -1) @ np.asarray(got["params"]["fc"]["kernel"]),
+        fmap.transpose(0, 3, 1, 2).reshape(1, -1) @ sd["fc.weight"].T,
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 class Up(nn.Module):
@@ -215,12 +234,15 @@ def test_transposed_conv_matches_torch_formula():
     full = np.zeros((3, 9, 9), np.float32)
     for ky in range(3):
         for kx in range(3):
-            full[:, ky:ky + 8:2, kx:kx + 8:2] += np.einsum("iyx,io->oyx", x, w[:, :, ky, kx])
+            full[:, ky : ky + 8 : 2, kx : kx + 8 : 2] += np.einsum(
+                "iyx,io->oyx", x, w[:, :, ky, kx]
+            )
     ref = full[:, 1:8, 1:8] + b[:, None, None]
     y = model.apply(variables, jnp.asarray(x.transpose(1, 2, 0)[None]))
     np.testing.assert_allclose(np.asarray(y[0]).transpose(2, 0, 1), ref, rtol=1e-5, atol=1e-5)
-    back = to_torch_state_dict(model, variables, {"up.weight": w.shape, "up.bias": (3,)},
-                               input_shape=(4, 4, 2))
+    back = to_torch_state_dict(
+        model, variables, {"up.weight": w.shape, "up.bias": (3,)}, input_shape=(4, 4, 2)
+    )
     np.testing.assert_array_equal(back["up.weight"], w)
 
 

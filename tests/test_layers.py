@@ -1,8 +1,8 @@
 """Layers reproduce the lectures' own numbers and the output-size rule."""
+
 import math
 
 import chex
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,8 +16,7 @@ def conv_single(image, kernel, padding=0, stride=1):
     """Apply one 2-D kernel (cross-correlation, as every CNN library) to one 2-D image."""
     x = jnp.asarray(image, jnp.float32)[None, :, :, None]
     k = jnp.asarray(kernel, jnp.float32)[:, :, None, None]
-    conv = layers.conv2d(1, kernel_size=k.shape[:2], stride=stride, padding=padding,
-                         use_bias=False)
+    conv = layers.conv2d(1, kernel_size=k.shape[:2], stride=stride, padding=padding, use_bias=False)
     y = conv.apply({"params": {"kernel": k}}, x)
     return np.asarray(y[0, :, :, 0])
 
@@ -37,20 +36,25 @@ def test_5x5_valid_conv_lecture_example():
 
 
 def test_sharpen_kernel_with_padding_1():
-    img = [[60, 113, 56, 139, 85], [73, 121, 54, 84, 128], [131, 99, 70, 129, 127],
-           [80, 57, 115, 69, 134], [104, 126, 123, 95, 130]]
+    img = [
+        [60, 113, 56, 139, 85],
+        [73, 121, 54, 84, 128],
+        [131, 99, 70, 129, 127],
+        [80, 57, 115, 69, 134],
+        [104, 126, 123, 95, 130],
+    ]
     out = conv_single(img, [[0, -1, 0], [-1, 5, -1], [0, -1, 0]], padding=1)
     assert out.shape == (5, 5)
     np.testing.assert_array_equal(out[0], [114, 328, -26, 470, 158])
 
 
 def test_min_pool_lecture_example():
-    x = jnp.array([[15, 24, 13, 19], [14, 63, 85, 33], [81, 74, 77, 12], [55, 93, 15, 69]],
-                  jnp.float32)[None, :, :, None]
+    x = jnp.array(
+        [[15, 24, 13, 19], [14, 63, 85, 33], [81, 74, 77, 12], [55, 93, 15, 69]], jnp.float32
+    )[None, :, :, None]
     np.testing.assert_array_equal(layers.min_pool(x, 2)[0, :, :, 0], [[14, 13], [55, 12]])
     np.testing.assert_array_equal(layers.max_pool(x, 2)[0, :, :, 0], [[63, 85], [93, 77]])
-    np.testing.assert_allclose(layers.avg_pool(x, 2)[0, :, :, 0],
-                               [[29.0, 37.5], [75.75, 43.25]])
+    np.testing.assert_allclose(layers.avg_pool(x, 2)[0, :, :, 0], [[29.0, 37.5], [75.75, 43.25]])
 
 
 def test_global_pools():
@@ -60,11 +64,23 @@ def test_global_pools():
     chex.assert_shape(layers.global_avg_pool(x, keepdims=True), (2, 1, 1, 3))
 
 
-@pytest.mark.parametrize("n,k,s,p,d", [
-    (32, 5, 1, 0, 1), (28, 5, 1, 2, 1), (224, 11, 4, 2, 1), (224, 7, 2, 3, 1), (17, 3, 2, 1, 1),
-    (15, 3, 1, 2, 2), (64, 3, 3, 0, 1), (10, 4, 2, 1, 1), (9, 3, 1, 4, 4), (7, 1, 1, 0, 1),
-    (55, 3, 2, 0, 1), (31, 5, 3, 2, 2),
-])
+@pytest.mark.parametrize(
+    "n,k,s,p,d",
+    [
+        (32, 5, 1, 0, 1),
+        (28, 5, 1, 2, 1),
+        (224, 11, 4, 2, 1),
+        (224, 7, 2, 3, 1),
+        (17, 3, 2, 1, 1),
+        (15, 3, 1, 2, 2),
+        (64, 3, 3, 0, 1),
+        (10, 4, 2, 1, 1),
+        (9, 3, 1, 4, 4),
+        (7, 1, 1, 0, 1),
+        (55, 3, 2, 0, 1),
+        (31, 5, 3, 2, 2),
+    ],
+)
 def test_output_size_rule_matches_conv(n, k, s, p, d):
     expected = math.floor((n - (k + (k - 1) * (d - 1)) + 2 * p) / s) + 1
     assert sizes.conv_output_size(n, k, s, p, d) == expected
@@ -74,10 +90,19 @@ def test_output_size_rule_matches_conv(n, k, s, p, d):
     assert y.shape[1:3] == (expected, expected)
 
 
-@pytest.mark.parametrize("n,k,s,p,ceil", [
-    (112, 3, 2, 0, True), (112, 3, 2, 0, False), (56, 3, 2, 1, False), (14, 2, 2, 0, False),
-    (7, 3, 2, 0, True), (28, 3, 1, 1, False), (13, 3, 2, 0, True), (147, 3, 2, 0, False),
-])
+@pytest.mark.parametrize(
+    "n,k,s,p,ceil",
+    [
+        (112, 3, 2, 0, True),
+        (112, 3, 2, 0, False),
+        (56, 3, 2, 1, False),
+        (14, 2, 2, 0, False),
+        (7, 3, 2, 0, True),
+        (28, 3, 1, 1, False),
+        (13, 3, 2, 0, True),
+        (147, 3, 2, 0, False),
+    ],
+)
 def test_output_size_rule_matches_pooling(n, k, s, p, ceil):
     expected = sizes.pool_output_size(n, k, s, p, ceil)
     x = jnp.ones((1, n, n, 2))
@@ -90,12 +115,15 @@ def test_ceil_mode_average_pool_matches_torch_divisor():
     # PyTorch AvgPool2d(2, 2, ceil_mode=True) on 3x3 ones: the edge windows are clipped, so
     # every output is 1 (the divisor ignores the ceil-mode overhang).
     x = jnp.ones((1, 3, 3, 1))
-    np.testing.assert_allclose(layers.avg_pool(x, 2, 2, ceil_mode=True)[0, :, :, 0],
-                               np.ones((2, 2)))
+    np.testing.assert_allclose(
+        layers.avg_pool(x, 2, 2, ceil_mode=True)[0, :, :, 0], np.ones((2, 2))
+    )
 
 
-@pytest.mark.parametrize("n,k,s,p,op", [(4, 2, 2, 0, 0), (7, 3, 2, 1, 1), (5, 4, 2, 1, 0),
-                                         (3, 3, 1, 0, 0), (8, 5, 3, 2, 2)])
+@pytest.mark.parametrize(
+    "n,k,s,p,op",
+    [(4, 2, 2, 0, 0), (7, 3, 2, 1, 1), (5, 4, 2, 1, 0), (3, 3, 1, 0, 0), (8, 5, 3, 2, 2)],
+)
 def test_transposed_conv_size_rule(n, k, s, p, op):
     expected = (n - 1) * s - 2 * p + k + op
     assert sizes.transposed_output_size(n, k, s, p, op) == expected
@@ -109,7 +137,10 @@ def test_transposed_conv_is_the_gradient_of_conv():
     k, s, p = 3, 2, 1
     x = jax.random.normal(jax.random.key(0), (1, 7, 7, 2))
     w = jax.random.normal(jax.random.key(1), (k, k, 2, 3))
-    conv = lambda x: layers.conv2d(3, k, s, p, use_bias=False).apply({"params": {"kernel": w}}, x)
+
+    def conv(x):
+        return layers.conv2d(3, k, s, p, use_bias=False).apply({"params": {"kernel": w}}, x)
+
     y, vjp = jax.vjp(conv, x)
     g = jax.random.normal(jax.random.key(2), y.shape)
     (dx,) = vjp(g)
@@ -136,8 +167,9 @@ def test_grouped_pointwise_and_dilated_convs():
     x = jnp.zeros((1, 12, 12, 8))
     assert count(layers.conv2d(16, 3, groups=4, use_bias=False), x.shape) == 3 * 3 * 2 * 16
     assert count(layers.pointwise_conv(5), x.shape) == 8 * 5 + 5
-    y = jax.eval_shape(lambda: layers.conv2d(4, 3, dilation=2).init_with_output(
-        jax.random.key(0), x)[0])
+    y = jax.eval_shape(
+        lambda: layers.conv2d(4, 3, dilation=2).init_with_output(jax.random.key(0), x)[0]
+    )
     assert y.shape == (1, 12, 12, 4)  # padding None keeps the size: dilation*(k-1)//2
 
 
@@ -162,7 +194,8 @@ def test_stochastic_pool_training_samples_in_proportion():
     x = jnp.array([[1.0, 3.0], [0.0, 4.0]])[None, :, :, None]
     pool = layers.StochasticPool(2)
     draws = jax.vmap(lambda k: pool.apply({}, x, train=True, rngs={"dropout": k})[0, 0, 0, 0])(
-        jax.random.split(jax.random.key(0), 4000))
+        jax.random.split(jax.random.key(0), 4000)
+    )
     draws = np.asarray(draws)
     assert set(np.unique(draws)) <= {1.0, 3.0, 4.0}  # never the zero, always a window value
     freq = [np.mean(draws == v) for v in (1.0, 3.0, 4.0)]
@@ -184,19 +217,23 @@ def test_squeeze_excite_and_drop_path():
     assert count(se, x.shape) == 8 * 2 + 2 + 2 * 8 + 8
     dp = layers.DropPath(0.5)
     chex.assert_trees_all_equal(dp.apply({}, x, deterministic=True), x)
-    y = dp.apply({}, jnp.ones((256, 1, 1, 1)), deterministic=False,
-                 rngs={"dropout": jax.random.key(0)})
+    y = dp.apply(
+        {}, jnp.ones((256, 1, 1, 1)), deterministic=False, rngs={"dropout": jax.random.key(0)}
+    )
     vals = set(np.unique(np.asarray(y)).tolist())
     assert vals == {0.0, 2.0}  # dropped or scaled by 1/keep
 
 
-@pytest.mark.parametrize("bad,match", [
-    (jnp.zeros((28, 28, 1)), "rank 4"),
-    (jnp.zeros((2, 28, 28, 3)), "1 input channel"),
-    (jnp.zeros((2, 20, 20, 1)), "at least 28x28"),
-    (jnp.zeros((2, 28, 28, 1), jnp.int32), "floating-point"),
-    (jnp.zeros((2, 1, 28, 28)), "NCHW"),
-])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (jnp.zeros((28, 28, 1)), "rank 4"),
+        (jnp.zeros((2, 28, 28, 3)), "1 input channel"),
+        (jnp.zeros((2, 20, 20, 1)), "at least 28x28"),
+        (jnp.zeros((2, 28, 28, 1), jnp.int32), "floating-point"),
+        (jnp.zeros((2, 1, 28, 28)), "NCHW"),
+    ],
+)
 def test_check_image_errors_name_expected_and_received(bad, match):
     with pytest.raises(ValueError, match=match):
         layers.check_image(bad, model="m", channels=1, min_size=28)

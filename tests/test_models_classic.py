@@ -5,6 +5,7 @@ shapes against torchvision 0.29 at the default and at odd input sizes (ceil-mode
 minimum input sizes, VGG's configurations and adaptive pooling. Whole models are only traced
 (``jax.eval_shape``); numerics run on the small auxiliary heads alone.
 """
+
 import math
 
 import chex
@@ -33,8 +34,13 @@ def _trace(model, shape, train_apply=False):
         v = model.init(RNGS, x)
         out = {"variables": v, "eval": model.apply(v, x, mutable=["batch_stats", "aux_logits"])}
         if train_apply:
-            out["train"] = model.apply(v, x, train=True, mutable=["batch_stats", "aux_logits"],
-                                       rngs={"dropout": jax.random.key(2)})
+            out["train"] = model.apply(
+                v,
+                x,
+                train=True,
+                mutable=["batch_stats", "aux_logits"],
+                rngs={"dropout": jax.random.key(2)},
+            )
         return out
 
     return jax.eval_shape(run)
@@ -43,8 +49,9 @@ def _trace(model, shape, train_apply=False):
 # ------------------------------------------------------------------------- auxiliary heads
 
 
-@pytest.mark.parametrize("name,heads,weight", [("googlenet", ("aux1", "aux2"), 0.3),
-                                               ("inception_v3", ("aux",), 0.4)])
+@pytest.mark.parametrize(
+    "name,heads,weight", [("googlenet", ("aux1", "aux2"), 0.3), ("inception_v3", ("aux",), 0.4)]
+)
 def test_aux_heads_built_at_init_sown_in_train_absent_in_eval(name, heads, weight):
     info = models.model_info(name)
     assert info.extra["aux_weight"] == weight
@@ -79,13 +86,18 @@ def test_aux_parameter_counts():
     g = models.model_info("googlenet")
     assert g.params == 6_624_904 and g.extra["params_with_aux"] == 13_004_888
     assert models.count_params("googlenet", aux_logits=True) == 13_004_888
-    v = models.abstract_variables(models.create_model("googlenet", aux_logits=True),
-                                  (1, 224, 224, 3))
+    v = models.abstract_variables(
+        models.create_model("googlenet", aux_logits=True), (1, 224, 224, 3)
+    )
     # each head: 1x1 conv 512|528->128 + BN, fc 2048->1024, head 1024->1000
     assert _n(v["params"]["aux1"]) == 512 * 128 + 256 + 2048 * 1024 + 1024 + 1024 * 1000 + 1000
     assert _n(v["params"]["aux2"]) == 528 * 128 + 256 + 2048 * 1024 + 1024 + 1024 * 1000 + 1000
-    assert "aux1" not in models.abstract_variables(models.create_model("googlenet"),
-                                                   (1, 224, 224, 3))["params"]
+    assert (
+        "aux1"
+        not in models.abstract_variables(models.create_model("googlenet"), (1, 224, 224, 3))[
+            "params"
+        ]
+    )
 
     i = models.model_info("inception_v3")
     assert i.params == 27_161_264 and i.extra["params_without_aux"] == 23_834_568
@@ -94,25 +106,34 @@ def test_aux_parameter_counts():
     assert models.count_params("inception_v3", num_classes=10) == 27_161_264 - 990 * (2049 + 769)
 
 
-@pytest.mark.parametrize("aux_cls,shape", [(googlenet_mod.InceptionAux, (2, 4, 4, 16)),
-                                           (inception_mod.InceptionAux, (2, 17, 17, 16))])
+@pytest.mark.parametrize(
+    "aux_cls,shape",
+    [(googlenet_mod.InceptionAux, (2, 4, 4, 16)), (inception_mod.InceptionAux, (2, 17, 17, 16))],
+)
 def test_aux_head_sows_its_output_in_training_only(aux_cls, shape):
     head = aux_cls(num_classes=3)
     x = jax.random.normal(jax.random.key(0), shape)
     v = head.init(RNGS, x)
     assert set(v) == {"params", "batch_stats"}
-    y, mut = head.apply(v, x, train=True, mutable=["batch_stats", "aux_logits"],
-                        rngs={"dropout": jax.random.key(1)})
+    y, mut = head.apply(
+        v, x, train=True, mutable=["batch_stats", "aux_logits"], rngs={"dropout": jax.random.key(1)}
+    )
     chex.assert_trees_all_equal(mut["aux_logits"]["logits"], (y,))
     chex.assert_tree_all_finite(y)
-    assert not jnp.allclose(mut["batch_stats"]["conv" if "conv" in v["params"] else "conv0"]
-                            ["bn"]["mean"], 0)
+    assert not jnp.allclose(
+        mut["batch_stats"]["conv" if "conv" in v["params"] else "conv0"]["bn"]["mean"], 0
+    )
     y_eval, mut_eval = head.apply(v, x, mutable=["aux_logits"])
     assert not mut_eval
     chex.assert_shape(y_eval, (2, 3))
     if aux_cls is googlenet_mod.InceptionAux:  # dropout 0.7 before the head, `dropout` stream
-        y2, _ = head.apply(v, x, train=True, mutable=["batch_stats", "aux_logits"],
-                           rngs={"dropout": jax.random.key(2)})
+        y2, _ = head.apply(
+            v,
+            x,
+            train=True,
+            mutable=["batch_stats", "aux_logits"],
+            rngs={"dropout": jax.random.key(2)},
+        )
         assert not jnp.allclose(y, y2)
 
 
@@ -146,9 +167,15 @@ def test_stage_shapes_match_torchvision(name, side):
 # ------------------------------------------------------------------------ minimum sizes
 
 
-@pytest.mark.parametrize("name,kwargs,side", [("alexnet", {}, 63), ("vgg11", {}, 32),
-                                              ("googlenet", {"aux_logits": True}, 15),
-                                              ("inception_v3", {"aux_logits": False}, 75)])
+@pytest.mark.parametrize(
+    "name,kwargs,side",
+    [
+        ("alexnet", {}, 63),
+        ("vgg11", {}, 32),
+        ("googlenet", {"aux_logits": True}, 15),
+        ("inception_v3", {"aux_logits": False}, 75),
+    ],
+)
 def test_true_minimum_size_works_and_one_less_is_rejected(name, kwargs, side):
     model = models.create_model(name, num_classes=4, **kwargs)
     logits, _ = _trace(model, (1, side, side, 3))["eval"]
@@ -169,8 +196,12 @@ def test_inception_aux_needs_299_for_init_and_training_only():
     assert jax.eval_shape(lambda v: model.apply(v, x), v).shape == (1, 1000)
     # ... but not in training, and features_only never builds the head
     with pytest.raises(ValueError, match="299"):
-        jax.eval_shape(lambda v: model.apply(v, x, train=True, mutable=["batch_stats"],
-                                             rngs={"dropout": jax.random.key(0)}), v)
+        jax.eval_shape(
+            lambda v: model.apply(
+                v, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)}
+            ),
+            v,
+        )
     feats = _trace(models.create_model("inception_v3", features_only=True), (1, 75, 75, 3))
     assert feats["eval"][0][-1].shape == (1, 1, 1, 2048)
 
@@ -180,8 +211,9 @@ def test_inception_aux_needs_299_for_init_and_training_only():
 
 @pytest.mark.parametrize("depth,convs", [(11, 8), (13, 10), (16, 13), (19, 16)])
 def test_vgg_configurations(depth, convs):
-    plain = flatten_dict(models.abstract_variables(models.create_model(f"vgg{depth}"),
-                                                   (1, 32, 32, 3))["params"])
+    plain = flatten_dict(
+        models.abstract_variables(models.create_model(f"vgg{depth}"), (1, 32, 32, 3))["params"]
+    )
     bn = models.abstract_variables(models.create_model(f"vgg{depth}_bn"), (1, 32, 32, 3))
     kernels = [k for k, a in plain.items() if k[-1] == "kernel" and a.ndim == 4]
     assert len(kernels) == convs and all(plain[k].shape[:2] == (3, 3) for k in kernels)
@@ -189,8 +221,16 @@ def test_vgg_configurations(depth, convs):
     assert len(jax.tree.leaves(bn["batch_stats"])) == 2 * convs
     # 32x32 input: 1x1 after five pools, adaptive pooling replicates it to 7x7 as torchvision
     assert plain[("fc1", "kernel")].shape == (512 * 7 * 7, 4096)
-    assert list(bn["params"]) == ["stage1", "stage2", "stage3", "stage4", "stage5", "fc1", "fc2",
-                                  "head"]
+    assert list(bn["params"]) == [
+        "stage1",
+        "stage2",
+        "stage3",
+        "stage4",
+        "stage5",
+        "fc1",
+        "fc2",
+        "head",
+    ]
 
 
 def test_alexnet_classifier_is_independent_of_input_size():

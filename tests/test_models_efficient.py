@@ -7,6 +7,7 @@ weights; ``count_params()`` adds the BatchNorm moving statistics) and torchvisio
 (``mobilenet_v2(width_mult=w)``, ``MobileNetV3(*_mobilenet_v3_conf(arch, width_mult=w))``,
 ``efficientnet_bN().features``), computed once with those libraries; nothing imports them here.
 """
+
 import math
 
 import chex
@@ -33,8 +34,12 @@ def counts(model, shape=SMALL):
 
 # ---------------------------------------------------------------- MobileNet v1 (Keras)
 # alpha: (trainable parameters, Keras count_params() incl. BN moving mean/variance)
-KERAS_V1 = {0.25: (470_072, 475_544), 0.5: (1_331_592, 1_342_536),
-            0.75: (2_585_560, 2_601_976), 1.0: (4_231_976, 4_253_864)}
+KERAS_V1 = {
+    0.25: (470_072, 475_544),
+    0.5: (1_331_592, 1_342_536),
+    0.75: (2_585_560, 2_601_976),
+    1.0: (4_231_976, 4_253_864),
+}
 
 
 @pytest.mark.parametrize("alpha", sorted(KERAS_V1))
@@ -42,8 +47,12 @@ def test_mobilenet_v1_width_multiplier_matches_keras(alpha):
     params, stats = counts(MobileNetV1(alpha=alpha))
     assert params == KERAS_V1[alpha][0]
     assert params + stats == KERAS_V1[alpha][1]  # Keras also counts the BN statistics
-    name = {0.25: "mobilenet_v1_025", 0.5: "mobilenet_v1_050", 0.75: "mobilenet_v1_075",
-            1.0: "mobilenet_v1"}[alpha]
+    name = {
+        0.25: "mobilenet_v1_025",
+        0.5: "mobilenet_v1_050",
+        0.75: "mobilenet_v1_075",
+        1.0: "mobilenet_v1",
+    }[alpha]
     info = models.model_info(name)
     assert info.params == params and info.extra["keras_count_params"] == params + stats
 
@@ -51,17 +60,31 @@ def test_mobilenet_v1_width_multiplier_matches_keras(alpha):
 def test_mobilenet_v1_channels_scale_without_rounding():
     v = models.abstract_variables(MobileNetV1(alpha=0.25, features_only=True), SMALL)
     chex.assert_shape(v["params"]["stem"]["conv"]["kernel"], (3, 3, 3, 8))  # int(32 * 0.25)
-    feats = jax.eval_shape(MobileNetV1(alpha=0.25, features_only=True).apply, v,
-                           jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32))
-    assert [f.shape for f in feats] == [(1, 32, 32, 16), (1, 16, 16, 32), (1, 8, 8, 64),
-                                        (1, 4, 4, 128), (1, 2, 2, 256)]
+    feats = jax.eval_shape(
+        MobileNetV1(alpha=0.25, features_only=True).apply,
+        v,
+        jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32),
+    )
+    assert [f.shape for f in feats] == [
+        (1, 32, 32, 16),
+        (1, 16, 16, 32),
+        (1, 8, 8, 64),
+        (1, 4, 4, 128),
+        (1, 2, 2, 256),
+    ]
 
 
 # ---------------------------------------------------------------- MobileNet v2/v3 widths
-@pytest.mark.parametrize("name,width,expected", [
-    ("mobilenet_v2", 0.5, 1_968_680), ("mobilenet_v2", 0.75, 2_636_424),
-    ("mobilenet_v2", 1.4, 6_108_776),
-    ("mobilenet_v3_large", 0.75, 3_377_576), ("mobilenet_v3_small", 0.75, 1_653_920)])
+@pytest.mark.parametrize(
+    "name,width,expected",
+    [
+        ("mobilenet_v2", 0.5, 1_968_680),
+        ("mobilenet_v2", 0.75, 2_636_424),
+        ("mobilenet_v2", 1.4, 6_108_776),
+        ("mobilenet_v3_large", 0.75, 3_377_576),
+        ("mobilenet_v3_small", 0.75, 1_653_920),
+    ],
+)
 def test_mobilenet_width_mult_matches_torchvision(name, width, expected):
     assert models.count_params(name, SMALL, width_mult=width) == expected
 
@@ -82,14 +105,26 @@ def test_mobilenet_v2_small_input_keeps_resolution():
 # ---------------------------------------------------------------- EfficientNet scaling
 # torchvision efficientnet_bN: blocks per stage (features[1..7]), conv_head channels, params
 TV_EFFICIENTNET = {
-    0: ((1, 2, 2, 3, 3, 4, 1), 1280, 5_288_548), 1: ((2, 3, 3, 4, 4, 5, 2), 1280, 7_794_184),
-    2: ((2, 3, 3, 4, 4, 5, 2), 1408, 9_109_994), 3: ((2, 3, 3, 5, 5, 6, 2), 1536, 12_233_232),
-    4: ((2, 4, 4, 6, 6, 8, 2), 1792, 19_341_616), 5: ((3, 5, 5, 7, 7, 9, 3), 2048, 30_389_784),
-    6: ((3, 6, 6, 8, 8, 11, 3), 2304, 43_040_704), 7: ((4, 7, 7, 10, 10, 13, 4), 2560, 66_347_960),
+    0: ((1, 2, 2, 3, 3, 4, 1), 1280, 5_288_548),
+    1: ((2, 3, 3, 4, 4, 5, 2), 1280, 7_794_184),
+    2: ((2, 3, 3, 4, 4, 5, 2), 1408, 9_109_994),
+    3: ((2, 3, 3, 5, 5, 6, 2), 1536, 12_233_232),
+    4: ((2, 4, 4, 6, 6, 8, 2), 1792, 19_341_616),
+    5: ((3, 5, 5, 7, 7, 9, 3), 2048, 30_389_784),
+    6: ((3, 6, 6, 8, 8, 11, 3), 2304, 43_040_704),
+    7: ((4, 7, 7, 10, 10, 13, 4), 2560, 66_347_960),
 }
 # the paper's compound coefficients (width, depth) of B0..B7
-COMPOUND = {0: (1.0, 1.0), 1: (1.0, 1.1), 2: (1.1, 1.2), 3: (1.2, 1.4), 4: (1.4, 1.8),
-            5: (1.6, 2.2), 6: (1.8, 2.6), 7: (2.0, 3.1)}
+COMPOUND = {
+    0: (1.0, 1.0),
+    1: (1.0, 1.1),
+    2: (1.1, 1.2),
+    3: (1.2, 1.4),
+    4: (1.4, 1.8),
+    5: (1.6, 2.2),
+    6: (1.8, 2.6),
+    7: (2.0, 3.1),
+}
 
 
 @pytest.mark.parametrize("b", range(8))
@@ -115,8 +150,7 @@ def _tiny_efficientnet(rate):
 
 
 def _tiny_convnext(rate):
-    return ConvNeXt(depths=(1, 1, 2, 1), dims=(8, 16, 32, 64), num_classes=3,
-                    drop_path_rate=rate)
+    return ConvNeXt(depths=(1, 1, 2, 1), dims=(8, 16, 32, 64), num_classes=3, drop_path_rate=rate)
 
 
 def _outputs(model, x, with_bn):
@@ -132,9 +166,11 @@ def _outputs(model, x, with_bn):
     return jax.jit(jax.vmap(one))(jax.random.split(jax.random.key(3), 2))
 
 
-@pytest.mark.parametrize("build,with_bn", [(_tiny_efficientnet, True),
-                                           (_tiny_convnext, False)],
-                         ids=["efficientnet", "convnext"])
+@pytest.mark.parametrize(
+    "build,with_bn",
+    [(_tiny_efficientnet, True), (_tiny_convnext, False)],
+    ids=["efficientnet", "convnext"],
+)
 def test_stochastic_depth_uses_dropout_stream_and_is_off_in_eval(build, with_bn):
     x = jax.random.normal(jax.random.key(0), (8, 32, 32, 3))
     (train, evals) = _outputs(build(0.8), x, with_bn)

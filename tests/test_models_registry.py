@@ -7,6 +7,7 @@
 - ``features_only`` returns the stages ``feature_info`` announces;
 - too small an image raises ``ValueError`` naming the minimum.
 """
+
 import math
 
 import chex
@@ -39,11 +40,15 @@ FAST = [n for n in REPRESENTATIVE if not models.model_info(n).slow]
 def _sweep(names):
     """Parametrize over ``names`` by default and over the remaining models under ``slow``."""
     rest = [n for n in ALL if n not in names]
-    return [pytest.param(n) for n in names] + [pytest.param(n, marks=pytest.mark.slow)
-                                               for n in rest]
+    return [pytest.param(n) for n in names] + [
+        pytest.param(n, marks=pytest.mark.slow) for n in rest
+    ]
+
+
 # models whose output is not a class vector (segmentation, generators, discriminators)
-NON_CLASSIFIERS = {n for n in ALL if models.model_info(n).extra.get("task", "classification")
-                   != "classification"}
+NON_CLASSIFIERS = {
+    n for n in ALL if models.model_info(n).extra.get("task", "classification") != "classification"
+}
 
 
 def small_input(name, batch=2):
@@ -73,8 +78,9 @@ def test_param_count_matches_reference(name):
     assert got == info.params, f"{name}: {got:,} parameters, reference {info.params:,}"
 
 
-@pytest.mark.parametrize("name", [p for p in _sweep(REPRESENTATIVE)
-                                  if p.values[0] not in NON_CLASSIFIERS])
+@pytest.mark.parametrize(
+    "name", [p for p in _sweep(REPRESENTATIVE) if p.values[0] not in NON_CLASSIFIERS]
+)
 def test_num_classes_changes_only_the_head(name):
     info = models.model_info(name)
     shape = (1, *info.input_size)
@@ -87,11 +93,14 @@ def test_num_classes_changes_only_the_head(name):
 
 
 def _forward_checks(name):
-    info = models.model_info(name)
+    models.model_info(name)
     shape = small_input(name)
     nc = 7
-    model = models.create_model(name, num_classes=nc) if name not in NON_CLASSIFIERS \
+    model = (
+        models.create_model(name, num_classes=nc)
+        if name not in NON_CLASSIFIERS
         else models.create_model(name)
+    )
     x = jax.random.normal(jax.random.key(0), shape)
 
     @jax.jit  # one compilation: init, eval, train, and eval asked to update the statistics
@@ -100,8 +109,13 @@ def _forward_checks(name):
         out = model.apply(variables, x, train=False)
         res = {"variables": variables, "out": out}
         if "batch_stats" in variables:
-            res["train"] = model.apply(variables, x, train=True, mutable=["batch_stats"],
-                                       rngs={"dropout": jax.random.key(3)})
+            res["train"] = model.apply(
+                variables,
+                x,
+                train=True,
+                mutable=["batch_stats"],
+                rngs={"dropout": jax.random.key(3)},
+            )
             res["eval_upd"] = model.apply(variables, x, train=False, mutable=["batch_stats"])[1]
         return res
 
@@ -113,8 +127,9 @@ def _forward_checks(name):
     if "batch_stats" in variables:
         out_t, upd = res["train"]
         chex.assert_tree_all_finite(out_t)
-        changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), variables["batch_stats"],
-                               upd["batch_stats"])
+        changed = jax.tree.map(
+            lambda a, b: bool(jnp.any(a != b)), variables["batch_stats"], upd["batch_stats"]
+        )
         assert all(jax.tree.leaves(changed)), f"{name}: some BatchNorm statistics did not update"
         # eval mode is a pure function of the variables: nothing to update
         chex.assert_trees_all_equal(res["eval_upd"]["batch_stats"], variables["batch_stats"])
@@ -131,24 +146,30 @@ def test_forward_small_batch_large_models(name):
     _forward_checks(name)
 
 
-@pytest.mark.parametrize("name", [p for p in _sweep(REPRESENTATIVE)
-                                  if models.model_info(p.values[0]).feature_info])
+@pytest.mark.parametrize(
+    "name", [p for p in _sweep(REPRESENTATIVE) if models.model_info(p.values[0]).feature_info]
+)
 def test_features_only_matches_feature_info(name):
     info = models.model_info(name)
     shape = (1, *info.input_size)
     model = models.create_model(name, features_only=True)
     feats = jax.eval_shape(
-        lambda: model.apply(model.init(jax.random.key(0), jnp.zeros(shape)), jnp.zeros(shape)))
+        lambda: model.apply(model.init(jax.random.key(0), jnp.zeros(shape)), jnp.zeros(shape))
+    )
     assert isinstance(feats, (list, tuple)) and len(feats) == len(info.feature_info)
     for f, fi in zip(feats, info.feature_info):
         assert f.shape[-1] == fi["channels"], (name, fi, f.shape)
         if f.ndim == 4:  # spatial map: side = input side / reduction (up to padding rounding)
             assert np.isclose(f.shape[1], shape[1] / fi["reduction"], rtol=0.3, atol=1), (
-                name, fi, f.shape)
+                name,
+                fi,
+                f.shape,
+            )
 
 
-@pytest.mark.parametrize("name", [p for p in _sweep(REPRESENTATIVE)
-                                  if models.model_info(p.values[0]).min_size > 1])
+@pytest.mark.parametrize(
+    "name", [p for p in _sweep(REPRESENTATIVE) if models.model_info(p.values[0]).min_size > 1]
+)
 def test_too_small_image_is_rejected(name):
     info = models.model_info(name)
     side = info.min_size - 1

@@ -1,6 +1,7 @@
 """ResNet family: what the registry sweep does not cover (stems, zero_init_residual, ResNeXt and
 Wide ResNet widths, projection shortcuts, names, options). Mostly abstract (``jax.eval_shape``)
 or on a tiny ResNet (``num_filters=8``) to stay fast."""
+
 import math
 
 import chex
@@ -30,8 +31,12 @@ def _tiny(block_cls=Bottleneck, stages=(1, 1, 1, 1), **kw):
 
 def test_cifar_stem_keeps_resolution_and_imagenet_stem_divides_by_4():
     cifar = _features(models.create_model("resnet18_cifar", features_only=True), (1, 32, 32, 3))
-    assert [f.shape for f in cifar] == [(1, 32, 32, 64), (1, 16, 16, 128), (1, 8, 8, 256),
-                                        (1, 4, 4, 512)]
+    assert [f.shape for f in cifar] == [
+        (1, 32, 32, 64),
+        (1, 16, 16, 128),
+        (1, 8, 8, 256),
+        (1, 4, 4, 512),
+    ]
     imnet = _features(models.create_model("resnet18", features_only=True), (1, 32, 32, 3))
     assert [f.shape[1] for f in imnet] == [8, 4, 2, 1]
     info = models.model_info("resnet18_cifar")
@@ -86,7 +91,8 @@ def test_resnext_and_wide_resnet_widths():
     def conv2(name):
         p = _abstract(models.create_model(name), shape)["params"]
         return p["stage1"]["block0"]["conv2"]["kernel"].shape, p["stage4"]["block0"]["conv2"][
-            "kernel"].shape
+            "kernel"
+        ].shape
 
     # grouped 3x3: 32 groups of 4 (stage1, width 128) / of 32 (stage4, width 1024)
     assert conv2("resnext50_32x4d") == ((3, 3, 4, 128), (3, 3, 32, 1024))
@@ -106,8 +112,12 @@ def test_stride_in_3x3_and_projection_shortcuts():
     m = _tiny(Bottleneck)
     x = jnp.zeros((1, 32, 32, 3))
     v = m.init(jax.random.key(0), x)
-    _, st = m.apply(v, x, capture_intermediates=lambda mdl, _: mdl.name in ("conv1", "conv2"),
-                    mutable=["intermediates"])
+    _, st = m.apply(
+        v,
+        x,
+        capture_intermediates=lambda mdl, _: mdl.name in ("conv1", "conv2"),
+        mutable=["intermediates"],
+    )
     s2 = st["intermediates"]["stage2"]["block0"]
     assert s2["conv1"]["__call__"][0].shape[1] == 8 and s2["conv2"]["__call__"][0].shape[1] == 4
 
@@ -153,9 +163,13 @@ def test_tiny_resnet_train_step_is_finite_and_jittable():
 
     @jax.jit
     def loss_fn(params):
-        out, upd = model.apply({"params": params, "batch_stats": v["batch_stats"]}, x,
-                               train=True, mutable=["batch_stats"])
-        return jnp.mean(out ** 2), upd
+        out, upd = model.apply(
+            {"params": params, "batch_stats": v["batch_stats"]},
+            x,
+            train=True,
+            mutable=["batch_stats"],
+        )
+        return jnp.mean(out**2), upd
 
     (loss, upd), grads = jax.value_and_grad(loss_fn, has_aux=True)(v["params"])
     chex.assert_tree_all_finite((loss, grads))

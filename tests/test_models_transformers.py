@@ -1,6 +1,7 @@
 """ViT and Swin beyond the registry sweep: position-embedding resampling, input-size errors,
 sown attention weights, attention rollout and its PNG, Swin's shifted-window mask and relative
 position index, stochastic depth. Small configs keep the default run short."""
+
 import math
 
 import chex
@@ -11,8 +12,12 @@ import pytest
 
 from jaxcnn import models
 from jaxcnn.inspect.attention import attention_rollout, collect_attention, save_attention_overlay
-from jaxcnn.layers.attention import (relative_position_index, shifted_window_mask,
-                                     window_partition, window_reverse)
+from jaxcnn.layers.attention import (
+    relative_position_index,
+    shifted_window_mask,
+    window_partition,
+    window_reverse,
+)
 from jaxcnn.models.vit import resample_pos_embed
 
 KEY = jax.random.key(0)
@@ -67,8 +72,9 @@ def test_resample_224_to_384_runs_with_same_param_count():
     chex.assert_trees_all_equal(rest(v384["params"]), rest(v224["params"]))
     chex.assert_shape(v384["params"]["pos_embed"], (1, 1 + 24 * 24, 192))
     # class token embedding kept as is
-    chex.assert_trees_all_equal(v384["params"]["pos_embed"][:, 0],
-                                v224["params"]["pos_embed"][:, 0])
+    chex.assert_trees_all_equal(
+        v384["params"]["pos_embed"][:, 0], v224["params"]["pos_embed"][:, 0]
+    )
     y = jax.jit(m384.apply)(v384, jax.random.normal(KEY, (1, 384, 384, 3)))
     chex.assert_shape(y, (1, 3))
     chex.assert_tree_all_finite(y)
@@ -171,8 +177,13 @@ def test_vit_features_only_and_dropout_stream(vit_and_vars):
 def run_train_and_eval(model, v, x):
     """Outputs in train and eval mode for two dropout keys (one compilation)."""
     keys = jax.random.split(jax.random.key(1), 2)
-    one = lambda k: (model.apply(v, x, train=True, rngs={"dropout": k}),  # noqa: E731
-                     model.apply(v, x, train=False, rngs={"dropout": k}))
+
+    def one(k):
+        return (
+            model.apply(v, x, train=True, rngs={"dropout": k}),  # noqa: E731
+            model.apply(v, x, train=False, rngs={"dropout": k}),
+        )
+
     return jax.jit(jax.vmap(one))(keys)
 
 
@@ -181,8 +192,10 @@ def _wrapped(r, size, shift):
     return r >= size - shift  # rolled coordinate came from the other side of the image
 
 
-@pytest.mark.parametrize("size,window,shift", [((8, 8), (4, 4), (2, 2)), ((6, 9), (3, 3), (1, 1)),
-                                               ((4, 8), (4, 4), (0, 2))])
+@pytest.mark.parametrize(
+    "size,window,shift",
+    [((8, 8), (4, 4), (2, 2)), ((6, 9), (3, 3), (1, 1)), ((4, 8), (4, 4), (0, 2))],
+)
 def test_shifted_window_mask_matches_brute_force(size, window, shift):
     h, w = size
     mask = shifted_window_mask(size, window, shift)
@@ -235,8 +248,12 @@ def test_swin_attention_masks_and_features():
     assert w0[masked].min() > 0  # the unshifted block does not
     four = tiny_swin(depths=(2, 1, 1, 1), num_heads=(3, 6, 12, 24), features_only=True)
     feats = jax.eval_shape(lambda: four.apply(four.init(KEY, x), x))
-    assert [f.shape for f in feats] == [(1, 16, 16, 24), (1, 8, 8, 48), (1, 4, 4, 96),
-                                        (1, 2, 2, 192)]
+    assert [f.shape for f in feats] == [
+        (1, 16, 16, 24),
+        (1, 8, 8, 48),
+        (1, 4, 4, 96),
+        (1, 2, 2, 192),
+    ]
 
 
 def test_swin_drop_path_train_vs_eval():

@@ -1,5 +1,6 @@
 """Segmentation: U-Net counts and shapes, losses and metrics on hand-made cases, digit
 canvases, one training step and a tiny run of the experiment loop."""
+
 import json
 
 import chex
@@ -27,12 +28,12 @@ def _double_conv(cin, c, bn=False):
 
 
 def _unet_formula(in_ch=1, classes=2, base=64, depth=4, bn=False):
-    widths = [base * 2 ** i for i in range(depth + 1)]
+    widths = [base * 2**i for i in range(depth + 1)]
     n = _double_conv(in_ch, widths[0], bn)
     n += sum(_double_conv(widths[i - 1], widths[i], bn) for i in range(1, depth + 1))
     for c in widths[:-1]:
-        n += 2 * 2 * (2 * c) * c + c          # up-conv 2x2 from 2c to c channels, with bias
-        n += _double_conv(2 * c, c, bn)       # after concatenating the skip: 2c -> c
+        n += 2 * 2 * (2 * c) * c + c  # up-conv 2x2 from 2c to c channels, with bias
+        n += _double_conv(2 * c, c, bn)  # after concatenating the skip: 2c -> c
     return n + widths[0] * classes + classes  # 1x1 head
 
 
@@ -42,8 +43,10 @@ def test_unet_default_param_count_matches_the_layer_formula():
     assert _unet_formula(in_ch=3, bn=True) == 31_037_698  # milesial/Pytorch-UNet prints this
     x = (1, 64, 64, 1)
     assert models.count_params(models.create_model("unet"), x) == _unet_formula()
-    assert models.count_params(models.create_model("unet", padding="valid"),
-                               (1, 188, 188, 1)) == _unet_formula()
+    assert (
+        models.count_params(models.create_model("unet", padding="valid"), (1, 188, 188, 1))
+        == _unet_formula()
+    )
     assert models.count_params(models.create_model("unet_bn"), x) == _unet_formula(bn=True)
     small = models.create_model("unet_small", base_width=16, depth=4)
     assert models.count_params(small, x) == _unet_formula(1, 11, 16, 4, bn=True)
@@ -66,8 +69,7 @@ def test_valid_padding_gives_the_papers_572_to_388():
 def test_same_padding_keeps_size_and_rejects_non_multiples():
     model = models.create_model("unet_small", base_width=4, depth=2)
     v = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 16, 16, 1)))
-    chex.assert_shape(jax.eval_shape(model.apply, v, jnp.zeros((2, 24, 24, 1))),
-                      (2, 24, 24, 11))
+    chex.assert_shape(jax.eval_shape(model.apply, v, jnp.zeros((2, 24, 24, 1))), (2, 24, 24, 11))
     with pytest.raises(ValueError, match="4"):
         jax.eval_shape(model.apply, v, jnp.zeros((1, 18, 18, 1)))
 
@@ -79,21 +81,16 @@ def test_upconv_equals_transposed_convolution():
     x = jax.random.normal(jax.random.key(1), (2, 5, 6, 7))
     v = jax.jit(ConvTranspose2d(3).init)(jax.random.key(0), x)
     v = jax.tree.map(lambda a: a + 0.1, v)  # a non-zero bias too
-    chex.assert_trees_all_close(jax.jit(UpConv2x2(3).apply)(v, x),
-                                jax.jit(ConvTranspose2d(3).apply)(v, x), atol=1e-5)
+    chex.assert_trees_all_close(
+        jax.jit(UpConv2x2(3).apply)(v, x), jax.jit(ConvTranspose2d(3).apply)(v, x), atol=1e-5
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Metrics and losses on hand-made cases
 
-TRUTH = np.array([[0, 0, 1, 1],
-                  [0, 0, 1, 1],
-                  [2, 2, 0, 0],
-                  [2, 2, 0, 0]])
-PRED = np.array([[0, 0, 1, 0],
-                 [0, 1, 1, 0],
-                 [2, 0, 0, 0],
-                 [2, 2, 0, 0]])
+TRUTH = np.array([[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 0, 0], [2, 2, 0, 0]])
+PRED = np.array([[0, 0, 1, 0], [0, 1, 1, 0], [2, 0, 0, 0], [2, 2, 0, 0]])
 # by hand: class 0: 8 true, 10 predicted, 7 both -> 7 / 11; class 1: 4 true, 3 predicted,
 # 2 both -> 2 / 5; class 2: 4 true, 3 predicted, 3 both -> 3 / 4; class 3 absent from both.
 IOU = [7 / 11, 2 / 5, 3 / 4]
@@ -147,9 +144,11 @@ def test_pixel_cross_entropy_weights():
     assert float(seg.pixel_cross_entropy(logits, labels)) == pytest.approx(np.mean(ce), 1e-5)
     w = np.array([[[1.0, 3.0]]])
     assert float(seg.pixel_cross_entropy(logits, labels, w)) == pytest.approx(
-        (ce[0] + 3 * ce[1]) / 4, 1e-5)
-    assert float(seg.pixel_cross_entropy(logits, labels, class_weights=[1.0, 3.0])) == \
-        pytest.approx((ce[0] + 3 * ce[1]) / 4, 1e-5)
+        (ce[0] + 3 * ce[1]) / 4, 1e-5
+    )
+    assert float(
+        seg.pixel_cross_entropy(logits, labels, class_weights=[1.0, 3.0])
+    ) == pytest.approx((ce[0] + 3 * ce[1]) / 4, 1e-5)
     assert float(seg.pixel_cross_entropy(logits, labels, np.array([0.0]))) == 0.0
 
 
@@ -186,8 +185,7 @@ def test_held_out_canvases_use_only_held_out_digits(digits):
     images, labels, _ = digits
     (trx, tr_y), (tex, te_y) = canvas.split_digits(images, labels)
     assert len(trx) + len(tex) == len(images) == 1797 and len(tex) == 359
-    x, y = canvas.make_canvases(tex, te_y, 20, np.random.default_rng(1), min_digits=1,
-                                max_digits=1)
+    x, y = canvas.make_canvases(tex, te_y, 20, np.random.default_rng(1), min_digits=1, max_digits=1)
     held = {canvas._ink_box(d).tobytes() for d in tex}
     train = {canvas._ink_box(d).tobytes() for d in trx}
     for img in x[..., 0]:
@@ -233,16 +231,28 @@ def test_one_training_step_with_the_generic_step():
     assert m["count"] == 4 * 16 * 16
     assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
     assert not np.allclose(before["head"]["kernel"], np.asarray(state.params["head"]["kernel"]))
-    ev = seg.evaluate_segmentation(seg.make_seg_eval_step(11), state, np.asarray(x)[:3],
-                                   np.asarray(y)[:3], batch_size=2)  # one padded batch
+    ev = seg.evaluate_segmentation(
+        seg.make_seg_eval_step(11), state, np.asarray(x)[:3], np.asarray(y)[:3], batch_size=2
+    )  # one padded batch
     assert ev["confusion"].sum() == 3 * 16 * 16
     assert ev["iou_per_class"][5] is None  # class 5 absent everywhere
 
 
 def _tiny_config(**kw):
-    c = dict(model="unet_small", model_kwargs={"base_width": 4, "depth": 2}, source="digits",
-             num_test=6, canvas_size=32, max_digits=1, batch_size=4, eval_batch_size=4,
-             steps=4, eval_every=2, progress=False, num_pictures=2)
+    c = dict(
+        model="unet_small",
+        model_kwargs={"base_width": 4, "depth": 2},
+        source="digits",
+        num_test=6,
+        canvas_size=32,
+        max_digits=1,
+        batch_size=4,
+        eval_batch_size=4,
+        steps=4,
+        eval_every=2,
+        progress=False,
+        num_pictures=2,
+    )
     c.update(kw)
     return c
 

@@ -1,6 +1,6 @@
 """Training loop: static shapes (one compilation), resume == uninterrupted, outputs written."""
+
 import json
-import os
 
 import chex
 import jax
@@ -11,15 +11,26 @@ import optax
 import pytest
 
 from jaxcnn import models
-from jaxcnn.train import (create_train_state, cross_entropy, fit, make_eval_step,
-                          make_train_step)
+from jaxcnn.train import create_train_state, cross_entropy, fit, make_eval_step, make_train_step
 
 
 def small_config(**kw):
-    c = ml_collections.ConfigDict(dict(
-        model="lenet5_modern", dataset="digits", test_split=0.2, split_seed=0, num_train=300,
-        batch_size=32, eval_batch_size=64, epochs=3, learning_rate=2e-3, augment_shift=1,
-        progress=False, checkpoint_every_steps=4))
+    c = ml_collections.ConfigDict(
+        dict(
+            model="lenet5_modern",
+            dataset="digits",
+            test_split=0.2,
+            split_seed=0,
+            num_train=300,
+            batch_size=32,
+            eval_batch_size=64,
+            epochs=3,
+            learning_rate=2e-3,
+            augment_shift=1,
+            progress=False,
+            checkpoint_every_steps=4,
+        )
+    )
     c.update(kw)
     return c
 
@@ -53,8 +64,12 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path):
 
 
 def test_early_stopping(tmp_path):
-    res = fit(small_config(epochs=30, early_stopping_patience=1, learning_rate=0.0,
-                           checkpoint_every_steps=0), str(tmp_path))
+    res = fit(
+        small_config(
+            epochs=30, early_stopping_patience=1, learning_rate=0.0, checkpoint_every_steps=0
+        ),
+        str(tmp_path),
+    )
     assert res["stopped_early"] and res["epochs_run"] == 2  # lr 0: never improves after epoch 1
 
 
@@ -87,11 +102,13 @@ def test_masked_examples_do_not_contribute():
     x = jax.random.normal(jax.random.key(0), (8, 32, 32, 1))
     y = jnp.arange(8)
     full = eval_step(state, {"image": x[:5], "label": y[:5], "mask": jnp.ones(5)})
-    padded = eval_step(state, {"image": x, "label": y,
-                               "mask": jnp.array([1, 1, 1, 1, 1, 0, 0, 0.0])})
+    padded = eval_step(
+        state, {"image": x, "label": y, "mask": jnp.array([1, 1, 1, 1, 1, 0, 0, 0.0])}
+    )
     chex.assert_trees_all_close(full, padded, atol=1e-5)
-    assert cross_entropy(jnp.zeros((2, 3)), jnp.array([0, 1]), jnp.array([1.0, 0.0])) == \
-        pytest.approx(np.log(3), rel=1e-6)
+    assert cross_entropy(
+        jnp.zeros((2, 3)), jnp.array([0, 1]), jnp.array([1.0, 0.0])
+    ) == pytest.approx(np.log(3), rel=1e-6)
 
 
 @pytest.mark.slow

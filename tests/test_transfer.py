@@ -1,5 +1,6 @@
 """jaxcnn.transfer: labels, freezing with fixed BatchNorm statistics, per-layer rates, gradual
 unfreezing, head replacement, features + linear probes, LoRA."""
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -72,8 +73,10 @@ def _init(model, seed=0, shape=SHAPE):
 
 def _batch(n=8, shape=SHAPE, classes=10, seed=0):
     k1, k2 = jax.random.split(jax.random.key(seed))
-    return {"image": jax.random.normal(k1, (n, *shape[1:])),
-            "label": jax.random.randint(k2, (n,), 0, classes)}
+    return {
+        "image": jax.random.normal(k1, (n, *shape[1:])),
+        "label": jax.random.randint(k2, (n,), 0, classes),
+    }
 
 
 def _flat(tree):
@@ -90,6 +93,7 @@ def _same_bits(a, b):
 
 
 # ---------------------------------------------------------------- labels, stages, counts
+
 
 def test_stages_in_creation_order():
     lenet = models.create_model("lenet5_modern")
@@ -108,8 +112,9 @@ def test_stages_in_creation_order():
 
 def test_label_rules_first_match_prefix_and_errors():
     params = _init(TinyResNet())["params"]
-    labels = transfer.label_params(params, [("head", "head"), (".*/bn", "bn"),
-                                            ("stage2", "s2"), (".*", None)])
+    labels = transfer.label_params(
+        params, [("head", "head"), (".*/bn", "bn"), ("stage2", "s2"), (".*", None)]
+    )
     flat = _flat(labels)
     assert flat["head/kernel"] == "head"
     assert flat["stage2/block0/conv1/bn/scale"] == "bn"  # first match wins over "stage2"
@@ -133,8 +138,9 @@ def test_count_trainable_lenet_new_head():
         assert "trainable" in transfer.describe(new["params"], labels)
 
 
-@pytest.mark.parametrize("name,shape", [("resnet18", (1, 224, 224, 3)),
-                                        ("resnet18_cifar", (1, 32, 32, 3))])
+@pytest.mark.parametrize(
+    "name,shape", [("resnet18", (1, 224, 224, 3)), ("resnet18_cifar", (1, 32, 32, 3))]
+)
 def test_resnet18_frozen_backbone_new_10_class_head_has_5130_trainable(name, shape):
     if name not in models.list_models():
         pytest.skip(f"{name} is not registered yet")
@@ -144,6 +150,7 @@ def test_resnet18_frozen_backbone_new_10_class_head_has_5130_trainable(name, sha
 
 
 # ---------------------------------------------------------------- freezing + frozen BN
+
 
 def test_frozen_params_and_batchnorm_stats_are_bit_identical():
     model = TinyResNet()
@@ -168,20 +175,24 @@ def test_frozen_params_and_batchnorm_stats_are_bit_identical():
     # Control: without the wrapper, the frozen parts' BatchNorm statistics would drift.
     _, drift = model.apply(v, _batch()["image"], train=True, mutable=["batch_stats"])
     assert not _same_bits(s0["stem/bn/mean"], _flat(drift["batch_stats"])["stem/bn/mean"])
-    assert not _same_bits(s0["stage1/block0/conv1/bn/mean"],
-                          _flat(drift["batch_stats"])["stage1/block0/conv1/bn/mean"])
+    assert not _same_bits(
+        s0["stage1/block0/conv1/bn/mean"],
+        _flat(drift["batch_stats"])["stage1/block0/conv1/bn/mean"],
+    )
 
 
 def test_frozen_bn_modules_follow_param_labels():
     v = _init(TinyResNet())
-    labels = transfer.label_params(v["params"], [("stage2/block1", "t"), ("head", "t"),
-                                                 (".*", None)])
+    labels = transfer.label_params(
+        v["params"], [("stage2/block1", "t"), ("head", "t"), (".*", None)]
+    )
     frozen = transfer.frozen_bn_modules(labels, v["batch_stats"])
     assert ("stem", "bn") in frozen and ("stage2", "block0", "conv2", "bn") in frozen
     assert ("stage2", "block1", "conv1", "bn") not in frozen
 
 
 # ---------------------------------------------------------------- per-layer rates
+
 
 def _toy():
     params = {"stem": {"w": jnp.ones(3)}, "stage1": {"w": jnp.ones(2)}, "head": {"w": jnp.ones(4)}}
@@ -224,11 +235,13 @@ def test_layerwise_decay_with_adam_and_a_schedule():
 
 # ---------------------------------------------------------------- gradual unfreezing
 
+
 def test_gradual_unfreezing_compiles_once_per_phase_and_starts_fresh():
     model = TinyResNet()
     v = _init(model)
-    unfreeze = transfer.GradualUnfreezing([(0, ["head"]), (2, ["stage2"]), (4, [".*"])],
-                                          optax.adam(1e-2), model.apply, v)
+    unfreeze = transfer.GradualUnfreezing(
+        [(0, ["head"]), (2, ["stage2"]), (4, [".*"])], optax.adam(1e-2), model.apply, v
+    )
     state = unfreeze.init_state(model, v)
     step = make_train_step()
     p0, s0 = _snap(v["params"]), _snap(v["batch_stats"])
@@ -240,24 +253,32 @@ def test_gradual_unfreezing_compiles_once_per_phase_and_starts_fresh():
             inner = state.opt_state.inner_states
             assert int(inner["phase0"].inner_state[0].count) == 2
             assert int(inner["phase1"].inner_state[0].count) == 0
-            assert not np.any(np.asarray(inner["phase1"].inner_state[0].mu["stage2"]["block0"]
-                                         ["conv1"]["conv"]["kernel"]))
-            assert _same_bits(inner["phase0"].inner_state[0].mu["head"]["kernel"],
-                              before.inner_states["phase0"].inner_state[0].mu["head"]["kernel"])
+            assert not np.any(
+                np.asarray(
+                    inner["phase1"].inner_state[0].mu["stage2"]["block0"]["conv1"]["conv"]["kernel"]
+                )
+            )
+            assert _same_bits(
+                inner["phase0"].inner_state[0].mu["head"]["kernel"],
+                before.inner_states["phase0"].inner_state[0].mu["head"]["kernel"],
+            )
         state, _ = step(state, _batch(seed=t))
         history.append((_snap(state.params), _snap(state.batch_stats)))
     assert step._cache_size() == 3  # one compilation per phase
     for t, (p, s) in enumerate(history):
         assert _same_bits(p["stem/conv/kernel"], p0["stem/conv/kernel"]) == (t < 4)
-        assert _same_bits(p["stage2/block0/conv1/conv/kernel"],
-                          p0["stage2/block0/conv1/conv/kernel"]) == (t < 2)
-        assert _same_bits(s["stage1/block0/conv1/bn/mean"],
-                          s0["stage1/block0/conv1/bn/mean"]) == (t < 4)
+        assert _same_bits(
+            p["stage2/block0/conv1/conv/kernel"], p0["stage2/block0/conv1/conv/kernel"]
+        ) == (t < 2)
+        assert _same_bits(s["stage1/block0/conv1/bn/mean"], s0["stage1/block0/conv1/bn/mean"]) == (
+            t < 4
+        )
     with pytest.raises(ValueError, match="begin at 0"):
         transfer.GradualUnfreezing([(1, ["head"])], optax.adam(1e-2), model.apply, v)
 
 
 # ---------------------------------------------------------------- heads and features
+
 
 def test_replace_head_keeps_every_other_leaf():
     v = _init(TinyResNet(num_classes=10), seed=1)
@@ -269,8 +290,10 @@ def test_replace_head_keeps_every_other_leaf():
             assert new_p[k].shape[-1] == 3
         else:
             assert new_p[k] is old_p[k], k
-    assert all(a is b for a, b in zip(jax.tree.leaves(new["batch_stats"]),
-                                      jax.tree.leaves(v["batch_stats"])))
+    assert all(
+        a is b
+        for a, b in zip(jax.tree.leaves(new["batch_stats"]), jax.tree.leaves(v["batch_stats"]))
+    )
     assert transfer.stages(new["params"]) == ["stem", "stage1", "stage2", "head"]
     out = TinyResNet(num_classes=3).apply(new, jnp.ones(SHAPE))
     assert out.shape == (1, 3)
@@ -295,16 +318,19 @@ def test_extract_features_and_linear_head():
     assert transfer.linear_accuracy(head, f2, y) >= 0.9
     params = {**v["params"], "head": head}
     logits = model.apply({**v, "params": params}, x)
-    np.testing.assert_allclose(logits, f2 @ np.asarray(head["kernel"]) + np.asarray(head["bias"]),
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        logits, f2 @ np.asarray(head["kernel"]) + np.asarray(head["bias"]), atol=1e-4
+    )
 
 
 # ---------------------------------------------------------------- LoRA
 
+
 def test_lora_conv_and_dense_merge_gives_equal_outputs():
-    for model, shape, targets in [(TinyResNet(), SHAPE, ("stage2", "stem")),
-                                  (models.create_model("lenet5_modern"), (2, 28, 28, 1),
-                                   ("c3", "f6"))]:
+    for model, shape, targets in [
+        (TinyResNet(), SHAPE, ("stage2", "stem")),
+        (models.create_model("lenet5_modern"), (2, 28, 28, 1), ("c3", "f6")),
+    ]:
         v = _init(model, shape=shape)
         lora = transfer.LoRA(targets=targets, rank=2, alpha=4.0)
         params = lora.init(jax.random.key(0), v["params"])
@@ -313,8 +339,13 @@ def test_lora_conv_and_dense_merge_gives_equal_outputs():
         # b = 0 at initialisation: the adapted model starts as the base model.
         np.testing.assert_array_equal(apply({**v, "params": params}, x), model.apply(v, x))
         params = jax.tree_util.tree_map_with_path(
-            lambda kp, a: jax.random.normal(jax.random.key(len(kp)), a.shape) * 0.1
-            if transfer.path_str(kp).endswith("lora_b") else a, params)
+            lambda kp, a: (
+                jax.random.normal(jax.random.key(len(kp)), a.shape) * 0.1
+                if transfer.path_str(kp).endswith("lora_b")
+                else a
+            ),
+            params,
+        )
         merged = lora.merge(params)
         assert jax.tree.structure(merged) == jax.tree.structure(v["params"])
         out_lora = apply({**v, "params": params}, x)
@@ -338,8 +369,9 @@ def test_lora_trains_only_adapters_and_head():
     labels = transfer.label_params(params, lora.rules(train=["head"]))
     n_head = 8 * 10 + 10
     assert transfer.count_trainable(params, labels) == lora.count(params) + n_head
-    state = transfer.create_state(model, {**v, "params": params}, optax.adam(1e-2), labels,
-                                  apply_fn=lora.wrap(model.apply))
+    state = transfer.create_state(
+        model, {**v, "params": params}, optax.adam(1e-2), labels, apply_fn=lora.wrap(model.apply)
+    )
     step = make_train_step()
     for i in range(2):
         state, _ = step(state, _batch(seed=i))
@@ -347,7 +379,9 @@ def test_lora_trains_only_adapters_and_head():
     for k in before:
         trains = k.endswith("lora_b") or k.endswith("lora_a") or k.startswith("head")
         assert _same_bits(before[k], after[k]) != trains, k
-    assert all(_same_bits(a, b) for a, b in zip(jax.tree.leaves(v["batch_stats"]),
-                                                jax.tree.leaves(state.batch_stats)))
+    assert all(
+        _same_bits(a, b)
+        for a, b in zip(jax.tree.leaves(v["batch_stats"]), jax.tree.leaves(state.batch_stats))
+    )
     with pytest.raises(ValueError, match="no kernel matches"):
         transfer.LoRA(targets=("nothing",)).init(jax.random.key(0), v["params"])

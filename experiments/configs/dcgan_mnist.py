@@ -51,6 +51,7 @@ Other settings measured (same recipe unless named; confident share of the evalua
 Told which digit to draw, the same networks meet the target with a margin: see
 dcgan_mnist_conditional.py (AC-GAN, 94.6% after 20 epochs).
 """
+
 import ml_collections
 
 

@@ -6,6 +6,7 @@
 Expected: >= 98% test accuracy on the 360 held-out digits in well under 2 minutes on 2 cores
 (see README for the measured figure).
 """
+
 import ml_collections
 
 

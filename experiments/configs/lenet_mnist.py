@@ -8,6 +8,7 @@ With a network, the same model trains on full MNIST through TFDS:
     python -m experiments.train --config experiments/configs/lenet_mnist.py \
         --config.dataset=tfds:mnist --config.test_split=10000 --config.split_seed=-1
 """
+
 import ml_collections
 
 

@@ -16,11 +16,11 @@ TFDS instead of the IDX files is one change: ``--config.dataset=tfds:mnist`` (wi
 Measured (``--quick``, LeNet-5, mean ± std over 3 seeds; test accuracy on digits 5-9 of the
 last 2,000 images; wall time per run on 2 contended cores, compilation included):
 
-| method (LeNet-5, 3 seeds) | trainable params | acc @50 | acc @200 | acc @1000 | time/run @50 (s) | @200 | @1000 |
+| method (LeNet-5, 3 seeds) | trainable | @50 | @200 | @1000 | s/run @50 | @200 | @1000 |
 |---|---:|---:|---:|---:|---:|---:|---:|
 | from scratch | 61,281 | 0.913 ± 0.025 | 0.976 ± 0.007 | 0.987 ± 0.001 | 71.5 | 27.4 | 20.7 |
-| feature extractor (frozen) | 425 | 0.808 ± 0.021 | 0.896 ± 0.017 | 0.948 ± 0.005 | 18.3 | 3.8 | 4.5 |
-| fine-tune, layer-wise LR | 61,281 | **0.933 ± 0.011** | **0.979 ± 0.003** | 0.987 ± 0.003 | 63.4 | 19.9 | 21.0 |
+| feature extractor | 425 | 0.808 ± 0.021 | 0.896 ± 0.017 | 0.948 ± 0.005 | 18.3 | 3.8 | 4.5 |
+| fine-tune | 61,281 | 0.933 ± 0.011 | 0.979 ± 0.003 | 0.987 ± 0.003 | 63.4 | 19.9 | 21.0 |
 | gradual unfreezing | 61,281 | 0.930 ± 0.002 | 0.972 ± 0.003 | 0.981 ± 0.008 | 48.5 | 12.1 | 13.8 |
 | LoRA (rank 4) | 4,109 | **0.933 ± 0.012** | 0.974 ± 0.004 | 0.983 ± 0.000 | 57.7 | 20.2 | 23.4 |
 
@@ -30,11 +30,13 @@ ResNet-18 (``--config.models="('resnet18_cifar',)"``, seed 0, 60 steps per run),
 scratch 0.860/0.948/0.965, feature extractor 0.864/0.942/0.970, fine-tune 0.943/0.967/0.979,
 gradual unfreezing 0.754/0.824/0.902, LoRA 0.858/0.888/0.895 (59 min shared; README discusses).
 """
+
 import ml_collections
 
 
-def _model(pretrain_epochs, pretrain_batch_size, pretrain_lr, steps, batch_size, lr, seeds=(),
-           **kwargs):
+def _model(
+    pretrain_epochs, pretrain_batch_size, pretrain_lr, steps, batch_size, lr, seeds=(), **kwargs
+):
     m = ml_collections.ConfigDict()
     m.seeds = seeds  # transfer seeds for this backbone (empty: the config's ``seeds``)
     m.kwargs = kwargs  # create_model keyword arguments
@@ -59,12 +61,15 @@ def get_config():
     c.label_counts = (50, 200, 1000)  # labelled target examples (nested subsets)
     c.models = ("lenet5_modern", "resnet18_cifar")
     c.quick_models = ("lenet5_modern",)  # --quick
-    c.model_options = ml_collections.ConfigDict({
-        "lenet5_modern": _model(6, 64, 2e-3, steps=300, batch_size=32, lr=2e-3),
-        # one seed and 60 steps: a batch-32 ResNet-18 step takes ~1.3 s on 2 cores
-        "resnet18_cifar": _model(2, 128, 1e-3, steps=60, batch_size=32, lr=1e-3, seeds=(0,),
-                                 in_channels=1),
-    })
+    c.model_options = ml_collections.ConfigDict(
+        {
+            "lenet5_modern": _model(6, 64, 2e-3, steps=300, batch_size=32, lr=2e-3),
+            # one seed and 60 steps: a batch-32 ResNet-18 step takes ~1.3 s on 2 cores
+            "resnet18_cifar": _model(
+                2, 128, 1e-3, steps=60, batch_size=32, lr=1e-3, seeds=(0,), in_channels=1
+            ),
+        }
+    )
     c.methods = ("scratch", "feature_extractor", "finetune", "gradual_unfreezing", "lora")
     c.layer_decay = 0.8  # fine-tuning: lr x decay^(stages from the head)
     c.unfreeze_at = (0.0, 1 / 3, 2 / 3)  # fractions of the steps: head; + last stage; all

@@ -21,15 +21,25 @@ Oxford-IIIT Pet (``tfds.load("oxford_iiit_pet")``, needs a network or a prepared
 :func:`pets_dataset` resizes image and trimap and maps the trimap's 1/2/3 (pet, background,
 border) to classes 0/1/2.
 """
+
 from __future__ import annotations
 
 import pathlib
 
 import numpy as np
 
-__all__ = ["NUM_CLASSES", "load_digit_source", "split_digits", "make_canvases",
-           "canvas_batch", "canvas_batches", "digit_canvas_data", "colorize", "pets_dataset",
-           "pets_preprocess"]
+__all__ = [
+    "NUM_CLASSES",
+    "load_digit_source",
+    "split_digits",
+    "make_canvases",
+    "canvas_batch",
+    "canvas_batches",
+    "digit_canvas_data",
+    "colorize",
+    "pets_dataset",
+    "pets_preprocess",
+]
 
 NUM_CLASSES = 11  # background + 10 digits
 
@@ -76,12 +86,20 @@ def _ink_box(img, level: float = 0.05):
     cols = np.flatnonzero(img.max(0) > level)
     if len(rows) == 0:
         return img[:1, :1]
-    return img[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    return img[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
 
 
-def make_canvases(images, labels, n: int, rng: np.random.Generator, size: int = 64,
-                  min_digits: int = 1, max_digits: int = 3, threshold: float = 0.5,
-                  max_tries: int = 50):
+def make_canvases(
+    images,
+    labels,
+    n: int,
+    rng: np.random.Generator,
+    size: int = 64,
+    min_digits: int = 1,
+    max_digits: int = 3,
+    threshold: float = 0.5,
+    max_tries: int = 50,
+):
     """``n`` canvases: float32 images ``(n, size, size, 1)`` in ``[0, 1]`` and int32 labels
     ``(n, size, size)`` (0 background, ``1 + digit`` where the digit's intensity > threshold).
 
@@ -103,14 +121,18 @@ def make_canvases(images, labels, n: int, rng: np.random.Generator, size: int = 
             h, w = patch.shape
             for _ in range(max_tries):
                 top, left = rng.integers(0, size - h + 1), rng.integers(0, size - w + 1)
-                if all(top >= b + bh or top + h <= b or left >= c + bw or left + w <= c
-                       for b, c, bh, bw in boxes):
+                if all(
+                    top >= b + bh or top + h <= b or left >= c + bw or left + w <= c
+                    for b, c, bh, bw in boxes
+                ):
                     break
             else:
                 continue
             boxes.append((top, left, h, w))
-            x[i, top:top + h, left:left + w] = np.maximum(x[i, top:top + h, left:left + w], patch)
-            region = y[i, top:top + h, left:left + w]
+            x[i, top : top + h, left : left + w] = np.maximum(
+                x[i, top : top + h, left : left + w], patch
+            )
+            region = y[i, top : top + h, left : left + w]
             region[patch > threshold] = labels[j] + 1
     return x[..., None], y
 
@@ -118,8 +140,7 @@ def make_canvases(images, labels, n: int, rng: np.random.Generator, size: int = 
 def canvas_batch(images, labels, batch_size: int, seed: int, step: int, **kwargs):
     """The training batch of ``step``: fresh canvases drawn with ``default_rng([seed, step])``,
     so a resumed run sees exactly the batches an uninterrupted one would."""
-    return make_canvases(images, labels, batch_size, np.random.default_rng([seed, step]),
-                         **kwargs)
+    return make_canvases(images, labels, batch_size, np.random.default_rng([seed, step]), **kwargs)
 
 
 def canvas_batches(images, labels, batch_size: int, seed: int = 0, start: int = 0, **kwargs):
@@ -131,8 +152,14 @@ def canvas_batches(images, labels, batch_size: int, seed: int = 0, start: int = 
         step += 1
 
 
-def digit_canvas_data(num_test: int = 1000, data_dir: str | None = None, source: str = "auto",
-                      num_train_digits: int | None = None, seed: int = 0, **kwargs):
+def digit_canvas_data(
+    num_test: int = 1000,
+    data_dir: str | None = None,
+    source: str = "auto",
+    num_train_digits: int | None = None,
+    seed: int = 0,
+    **kwargs,
+):
     """The digit-canvas task in one call: the source digits split first (training digits,
     held-out digits), then ``num_test`` fixed held-out canvases composed only of held-out
     digits (drawn with ``default_rng([seed, 2**31])``, a stream no training step uses).
@@ -142,7 +169,7 @@ def digit_canvas_data(num_test: int = 1000, data_dir: str | None = None, source:
     """
     images, labels, name = load_digit_source(data_dir, source)
     train, held_out = split_digits(images, labels, num_train_digits)
-    x, y = make_canvases(*held_out, num_test, np.random.default_rng([seed, 2 ** 31]), **kwargs)
+    x, y = make_canvases(*held_out, num_test, np.random.default_rng([seed, 2**31]), **kwargs)
     return {"train_digits": train, "test": (x, y), "source": name}
 
 
@@ -151,29 +178,34 @@ def colorize(labels, num_classes: int = NUM_CLASSES):
     import matplotlib
 
     cmap = matplotlib.colormaps["tab10"]
-    palette = np.concatenate([[[0.0, 0.0, 0.0]],
-                              [cmap(i % 10)[:3] for i in range(num_classes - 1)]]).astype(
-        np.float32)
+    palette = np.concatenate(
+        [[[0.0, 0.0, 0.0]], [cmap(i % 10)[:3] for i in range(num_classes - 1)]]
+    ).astype(np.float32)
     return palette[np.asarray(labels)]
 
 
 # ----------------------------------------------------------------------------------------------
 # Oxford-IIIT Pet (TFDS): 37 breeds, trimaps 1 = pet, 2 = background, 3 = border.
 
+
 def pets_preprocess(example, image_size: int = 128):
     """One TFDS example -> ``(image float32 [0, 1] (S, S, 3), mask int32 (S, S))``, classes
     0 pet, 1 background, 2 border (nearest-neighbour resizing for the mask)."""
     import tensorflow as tf
 
-    image = tf.image.resize(tf.cast(example["image"], tf.float32) / 255.0,
-                            (image_size, image_size))
-    mask = tf.image.resize(example["segmentation_mask"], (image_size, image_size),
-                           method="nearest")
+    image = tf.image.resize(tf.cast(example["image"], tf.float32) / 255.0, (image_size, image_size))
+    mask = tf.image.resize(example["segmentation_mask"], (image_size, image_size), method="nearest")
     return image, tf.cast(mask[..., 0], tf.int32) - 1
 
 
-def pets_dataset(split: str = "train", image_size: int = 128, batch_size: int = 16,
-                 shuffle: bool = True, data_dir: str | None = None, seed: int = 0):
+def pets_dataset(
+    split: str = "train",
+    image_size: int = 128,
+    batch_size: int = 16,
+    shuffle: bool = True,
+    data_dir: str | None = None,
+    seed: int = 0,
+):
     """Batched ``tf.data`` pipeline of Oxford-IIIT Pet (``tfds.load("oxford_iiit_pet")``);
     iterate with ``tfds.as_numpy``. Needs a network the first time (or a prepared
     ``data_dir``); 3 classes (see :func:`pets_preprocess`). Not exercised by the offline

@@ -1,4 +1,5 @@
 """LeCun's IDX format (MNIST, Fashion-MNIST, EMNIST), plain or gzip-compressed."""
+
 from __future__ import annotations
 
 import gzip
@@ -35,7 +36,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     header = 4 + 4 * ndim
     if len(data) < header:
         raise ValueError(f"{path}: truncated IDX header")
-    dims = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     dtype = np.dtype(_DTYPES[code])
     expected = int(np.prod(dims)) * dtype.itemsize
     if len(data) - header != expected:
@@ -43,17 +44,28 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
             f"{path}: IDX header promises shape {dims} ({expected:,} bytes of data) but the file "
             f"holds {len(data) - header:,} bytes; the file is truncated or corrupt"
         )
-    return np.frombuffer(data, dtype=dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+    return (
+        np.frombuffer(data, dtype=dtype, offset=header)
+        .reshape(dims)
+        .astype(dtype.newbyteorder("="))
+    )
 
 
 def _find(folder: pathlib.Path, stem: str) -> pathlib.Path | None:
-    for cand in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
+    for cand in (
+        stem,
+        stem + ".gz",
+        stem.replace("-idx", ".idx"),
+        stem.replace("-idx", ".idx") + ".gz",
+    ):
         if (folder / cand).exists():
             return folder / cand
     return None
 
 
-def load_idx_folder(folder: str | os.PathLike, prefix: str = "t10k") -> tuple[np.ndarray, np.ndarray]:
+def load_idx_folder(
+    folder: str | os.PathLike, prefix: str = "t10k"
+) -> tuple[np.ndarray, np.ndarray]:
     """Images ``(N, 28, 28)`` uint8 and labels ``(N,)`` from ``{prefix}-images-idx3-ubyte[.gz]``
     and ``{prefix}-labels-idx1-ubyte[.gz]`` in ``folder`` (``prefix``: ``t10k`` or ``train``)."""
     folder = pathlib.Path(folder)
@@ -67,7 +79,8 @@ def load_idx_folder(folder: str | os.PathLike, prefix: str = "t10k") -> tuple[np
     if img_path is None or lbl_path is None:
         present = sorted(p.name for p in folder.iterdir())
         raise FileNotFoundError(
-            f"{folder}: expected {prefix}-images-idx3-ubyte[.gz] and {prefix}-labels-idx1-ubyte[.gz],"
+            f"{folder}: expected {prefix}-images-idx3-ubyte[.gz] and "
+            f"{prefix}-labels-idx1-ubyte[.gz],"
             f" found {present}"
         )
     images, labels = read_idx(img_path), read_idx(lbl_path)

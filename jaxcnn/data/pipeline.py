@@ -4,6 +4,7 @@ Static shapes everywhere: training batches drop the incomplete last batch (the d
 reshuffled every epoch, so every example is seen); evaluation batches pad the last batch and
 carry a ``mask`` of 0/1 weights, so no step is ever compiled twice.
 """
+
 from __future__ import annotations
 
 import collections
@@ -19,8 +20,9 @@ from jaxcnn.data.sources import Dataset
 __all__ = ["split", "preprocess", "batches", "num_batches", "prefetch_to_device", "augment_batch"]
 
 
-def split(ds: Dataset, test: float | int = 0.2, seed: int | None = 0,
-          num_train: int | None = None) -> tuple[Dataset, Dataset]:
+def split(
+    ds: Dataset, test: float | int = 0.2, seed: int | None = 0, num_train: int | None = None
+) -> tuple[Dataset, Dataset]:
     """Train/test split. ``test`` is a fraction or a count; ``seed=None`` keeps the order (the
     *last* examples are the test set, e.g. MNIST-test's first 8,000 / last 2,000)."""
     n = len(ds)
@@ -28,7 +30,7 @@ def split(ds: Dataset, test: float | int = 0.2, seed: int | None = 0,
     if not 0 < n_test < n:
         raise ValueError(f"test split of {test!r} leaves no train or test data out of {n}")
     order = np.arange(n) if seed is None else np.random.default_rng(seed).permutation(n)
-    train_idx, test_idx = order[: n - n_test], order[n - n_test:]
+    train_idx, test_idx = order[: n - n_test], order[n - n_test :]
     if num_train is not None:
         train_idx = train_idx[:num_train]
     return ds.subset(train_idx), ds.subset(test_idx)
@@ -44,13 +46,19 @@ def _fit_size(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if 0 <= th - h <= 4 and 0 <= tw - w <= 4:
         ph, pw = th - h, tw - w
         return np.pad(x, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)))
-    out = jax.image.resize(jnp.asarray(x, jnp.float32), (x.shape[0], th, tw, x.shape[3]),
-                           "linear", antialias=True)
+    out = jax.image.resize(
+        jnp.asarray(x, jnp.float32), (x.shape[0], th, tw, x.shape[3]), "linear", antialias=True
+    )
     return np.asarray(out)
 
 
-def preprocess(ds: Dataset, size: tuple[int, int] | None = None, channels: int | None = None,
-               mean=None, std=None) -> tuple[np.ndarray, np.ndarray, tuple]:
+def preprocess(
+    ds: Dataset,
+    size: tuple[int, int] | None = None,
+    channels: int | None = None,
+    mean=None,
+    std=None,
+) -> tuple[np.ndarray, np.ndarray, tuple]:
     """Scale to [0, 1], fit to ``size``, match ``channels`` (gray -> RGB by repetition) and
     standardise with ``mean``/``std`` (per channel; computed from ``ds`` when not given — pass
     the training set's statistics to the test set). Returns ``(images float32, labels,
@@ -62,8 +70,9 @@ def preprocess(ds: Dataset, size: tuple[int, int] | None = None, channels: int |
         elif channels == 1:
             x = x.mean(axis=-1, keepdims=True)
         else:
-            raise ValueError(f"dataset {ds.name!r} has {x.shape[-1]} channels; the model expects "
-                             f"{channels}")
+            raise ValueError(
+                f"dataset {ds.name!r} has {x.shape[-1]} channels; the model expects {channels}"
+            )
     if size is not None:
         x = _fit_size(x, tuple(size))
     if mean is None:
@@ -77,9 +86,17 @@ def num_batches(n: int, batch_size: int, drop_remainder: bool) -> int:
     return n // batch_size if drop_remainder else -(-n // batch_size)
 
 
-def batches(images: np.ndarray, labels: np.ndarray, batch_size: int, *, shuffle: bool = False,
-            seed: int = 0, epoch: int = 0, drop_remainder: bool = False,
-            start: int = 0) -> Iterator[dict]:
+def batches(
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    seed: int = 0,
+    epoch: int = 0,
+    drop_remainder: bool = False,
+    start: int = 0,
+) -> Iterator[dict]:
     """Yield ``{"image", "label", "mask"}`` numpy batches of exactly ``batch_size``.
 
     The order of an epoch depends only on ``(seed, epoch)``, so a resumed run sees the same
@@ -93,10 +110,10 @@ def batches(images: np.ndarray, labels: np.ndarray, batch_size: int, *, shuffle:
         raise ValueError(f"batch_size {batch_size} is larger than the {n} training examples")
     order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
     for b in range(start, num_batches(n, batch_size, drop_remainder)):
-        idx = order[b * batch_size:(b + 1) * batch_size]
+        idx = order[b * batch_size : (b + 1) * batch_size]
         mask = np.ones(batch_size, np.float32)
         if len(idx) < batch_size:
-            mask[len(idx):] = 0
+            mask[len(idx) :] = 0
             idx = np.concatenate([idx, np.zeros(batch_size - len(idx), idx.dtype)])
         yield {"image": images[idx], "label": labels[idx].astype(np.int32), "mask": mask}
 

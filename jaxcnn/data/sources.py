@@ -11,6 +11,7 @@
 Every source returns a :class:`Dataset`: uint8 or float images NHWC and int32 labels, in a
 deterministic order; splitting and preprocessing are in :mod:`jaxcnn.data.pipeline`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -41,8 +42,10 @@ class Dataset:
         if self.images.ndim == 3:
             self.images = self.images[..., None]
         if self.images.ndim != 4 or len(self.images) != len(self.labels):
-            raise ValueError(f"dataset {self.name!r}: images {self.images.shape} and labels "
-                             f"{self.labels.shape} do not pair up (expected (N,H,W[,C]) and (N,))")
+            raise ValueError(
+                f"dataset {self.name!r}: images {self.images.shape} and labels "
+                f"{self.labels.shape} do not pair up (expected (N,H,W[,C]) and (N,))"
+            )
         self.labels = np.asarray(self.labels, np.int32)
 
     def __len__(self) -> int:
@@ -71,15 +74,22 @@ def _digits() -> Dataset:
 
     d = load_digits()
     images = d.images.astype(np.float32)  # (1797, 8, 8), values 0..16
-    return Dataset(images, d.target, 10, max_value=16.0, name="digits",
-                   class_names=tuple(str(i) for i in range(10)))
+    return Dataset(
+        images,
+        d.target,
+        10,
+        max_value=16.0,
+        name="digits",
+        class_names=tuple(str(i) for i in range(10)),
+    )
 
 
 def _mnist_idx(data_dir) -> Dataset:
     folder = pathlib.Path(data_dir) if data_dir else default_mnist_dir()
     images, labels = load_idx_folder(folder)
-    return Dataset(images, labels, 10, 255.0, name="mnist_idx",
-                   class_names=tuple(str(i) for i in range(10)))
+    return Dataset(
+        images, labels, 10, 255.0, name="mnist_idx", class_names=tuple(str(i) for i in range(10))
+    )
 
 
 def _folder(data_dir) -> Dataset:
@@ -107,16 +117,23 @@ def _folder(data_dir) -> Dataset:
             labels.append(i)
     if not images:
         raise ValueError(f"{root}: no images found in the class folders {classes}")
-    return Dataset(np.stack(images), np.array(labels), len(classes), 255.0, name=f"folder:{root}",
-                   class_names=tuple(classes))
+    return Dataset(
+        np.stack(images),
+        np.array(labels),
+        len(classes),
+        255.0,
+        name=f"folder:{root}",
+        class_names=tuple(classes),
+    )
 
 
 def _tfds(name: str, data_dir, split: str = "train+test") -> Dataset:
     import tensorflow_datasets as tfds
 
     try:
-        ds, info = tfds.load(name, split=split, as_supervised=True, data_dir=data_dir or None,
-                             with_info=True)
+        ds, info = tfds.load(
+            name, split=split, as_supervised=True, data_dir=data_dir or None, with_info=True
+        )
     except Exception as e:  # DatasetNotFoundError, download failures offline, ...
         raise RuntimeError(
             f"TFDS dataset {name!r} could not be loaded ({type(e).__name__}: {e}). Without a "
@@ -129,8 +146,14 @@ def _tfds(name: str, data_dir, split: str = "train+test") -> Dataset:
         ys.append(y)
     images, labels = np.concatenate(xs), np.concatenate(ys)
     label_feature = info.features["label"]
-    return Dataset(np.asarray(images), np.asarray(labels), label_feature.num_classes, 255.0,
-                   name=f"tfds:{name}", class_names=tuple(label_feature.names))
+    return Dataset(
+        np.asarray(images),
+        np.asarray(labels),
+        label_feature.num_classes,
+        255.0,
+        name=f"tfds:{name}",
+        class_names=tuple(label_feature.names),
+    )
 
 
 def load_dataset(name: str, data_dir: str | None = None, tfds_split: str = "train+test") -> Dataset:
@@ -146,5 +169,7 @@ def load_dataset(name: str, data_dir: str | None = None, tfds_split: str = "trai
     import difflib
 
     close = difflib.get_close_matches(name, ["digits", "mnist_idx", "folder"], n=3)
-    raise ValueError(f"unknown dataset {name!r}; expected one of {SOURCES}"
-                     + (f" (did you mean {', '.join(close)}?)" if close else ""))
+    raise ValueError(
+        f"unknown dataset {name!r}; expected one of {SOURCES}"
+        + (f" (did you mean {', '.join(close)}?)" if close else "")
+    )

@@ -16,25 +16,67 @@
 - ``export_model`` / ``save_exported`` / ``load_exported``: ``jax.export`` to StableHLO.
 - Command line: ``python -m jaxcnn.inspect resnet50 --help``.
 """
+
 from jaxcnn.inspect._common import random_variables, small_input_shape
 from jaxcnn.inspect.erf import EffectiveRF, effective_receptive_field
 from jaxcnn.inspect.export import export_model, load_exported, save_exported
-from jaxcnn.inspect.fold_bn import (FoldedModel, FoldReport, find_conv_bn_pairs, fold_batchnorm,
-                                    fold_report, time_forward)
-from jaxcnn.inspect.pictures import (attention_map, capture_outputs, default_layers,
-                                     plot_attention, plot_feature_maps, plot_filters,
-                                     sample_image)
+from jaxcnn.inspect.fold_bn import (
+    FoldedModel,
+    FoldReport,
+    find_conv_bn_pairs,
+    fold_batchnorm,
+    fold_report,
+    time_forward,
+)
+from jaxcnn.inspect.pictures import (
+    attention_map,
+    capture_outputs,
+    default_layers,
+    plot_attention,
+    plot_feature_maps,
+    plot_filters,
+    sample_image,
+)
 from jaxcnn.inspect.receptive_field import FieldAt, ReceptiveFields, RFRow, receptive_fields
 from jaxcnn.inspect.summary import Summary, SummaryRow, summary, xla_flops
-from jaxcnn.layers.sizes import (conv_output_size, pool_output_size, same_output_size,
-                                 transposed_output_size)
+from jaxcnn.layers.sizes import (
+    conv_output_size,
+    pool_output_size,
+    same_output_size,
+    transposed_output_size,
+)
 
 __all__ = [
-    "attention_map", "capture_outputs", "conv_output_size", "default_layers",
-    "effective_receptive_field", "EffectiveRF", "export_model", "FieldAt", "find_conv_bn_pairs",
-    "fold_batchnorm", "fold_report", "FoldedModel", "FoldReport", "load_exported",
-    "plot_attention", "plot_feature_maps", "plot_filters", "pool_output_size", "random_variables",
-    "receptive_fields", "ReceptiveFields", "RFRow", "same_output_size", "sample_image",
-    "save_exported", "small_input_shape", "summary", "Summary", "SummaryRow", "time_forward",
-    "transposed_output_size", "xla_flops",
+    "attention_map",
+    "capture_outputs",
+    "conv_output_size",
+    "default_layers",
+    "effective_receptive_field",
+    "EffectiveRF",
+    "export_model",
+    "FieldAt",
+    "find_conv_bn_pairs",
+    "fold_batchnorm",
+    "fold_report",
+    "FoldedModel",
+    "FoldReport",
+    "load_exported",
+    "plot_attention",
+    "plot_feature_maps",
+    "plot_filters",
+    "pool_output_size",
+    "random_variables",
+    "receptive_fields",
+    "ReceptiveFields",
+    "RFRow",
+    "same_output_size",
+    "sample_image",
+    "save_exported",
+    "small_input_shape",
+    "summary",
+    "Summary",
+    "SummaryRow",
+    "time_forward",
+    "transposed_output_size",
+    "xla_flops",
 ]

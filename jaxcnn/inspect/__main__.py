@@ -14,6 +14,7 @@ write pictures, fold its BatchNorms and export it::
 Weights are random (``init``-like draws) unless the model is given variables through the
 Python API: the pictures show what an untrained network computes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,38 +23,67 @@ import time
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m jaxcnn.inspect", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m jaxcnn.inspect",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("model", help="registered model name (see jaxcnn.list_models())")
-    p.add_argument("--input-size", nargs=3, type=int, metavar=("H", "W", "C"),
-                   help="input size (default: the model's registered size)")
+    p.add_argument(
+        "--input-size",
+        nargs=3,
+        type=int,
+        metavar=("H", "W", "C"),
+        help="input size (default: the model's registered size)",
+    )
     p.add_argument("--batch", type=int, default=1, help="batch size for shapes/FLOPs")
     p.add_argument("--num-classes", type=int, help="build the model with this many classes")
     p.add_argument("--depth", type=int, help="summary rows down to this nesting depth")
     p.add_argument("--no-flops", action="store_true", help="skip the per-layer FLOPs (faster)")
     p.add_argument("--no-summary", action="store_true", help="do not print the summary")
-    p.add_argument("--rf", action="store_true", help="print the receptive-field table (default "
-                   "unless --no-rf)")
+    p.add_argument(
+        "--rf", action="store_true", help="print the receptive-field table (default unless --no-rf)"
+    )
     p.add_argument("--no-rf", action="store_true", help="do not print receptive fields")
-    p.add_argument("--rf-depth", type=int, default=1,
-                   help="module-output receptive fields down to this depth (default 1)")
-    p.add_argument("--pictures", metavar="DIR", help="write feature_maps.png, filters.png, "
-                   "erf.png (and attention.png for ViT/Swin) into DIR")
+    p.add_argument(
+        "--rf-depth",
+        type=int,
+        default=1,
+        help="module-output receptive fields down to this depth (default 1)",
+    )
+    p.add_argument(
+        "--pictures",
+        metavar="DIR",
+        help="write feature_maps.png, filters.png, "
+        "erf.png (and attention.png for ViT/Swin) into DIR",
+    )
     p.add_argument("--feature-maps", metavar="OUT.png", help="write feature maps of --layer")
-    p.add_argument("--layer", action="append", metavar="NAME",
-                   help="module path for --feature-maps (repeatable; default: a few spread "
-                        "over the depth)")
-    p.add_argument("--image", default="astronaut",
-                   help="camera, astronaut, coffee, chelsea, rocket or an image file")
+    p.add_argument(
+        "--layer",
+        action="append",
+        metavar="NAME",
+        help="module path for --feature-maps (repeatable; default: a few spread over the depth)",
+    )
+    p.add_argument(
+        "--image",
+        default="astronaut",
+        help="camera, astronaut, coffee, chelsea, rocket or an image file",
+    )
     p.add_argument("--max-channels", type=int, default=16)
     p.add_argument("--filters", metavar="OUT.png", help="write the first conv's filters")
     p.add_argument("--erf", metavar="OUT.png", help="write the effective receptive field")
-    p.add_argument("--erf-layer", metavar="NAME", help="conv/pool row or module path (default: "
-                   "the last conv/pool with a local field)")
+    p.add_argument(
+        "--erf-layer",
+        metavar="NAME",
+        help="conv/pool row or module path (default: the last conv/pool with a local field)",
+    )
     p.add_argument("--erf-samples", type=int, default=16)
     p.add_argument("--attention", metavar="OUT.png", help="write the attention rollout (ViT)")
-    p.add_argument("--fold-bn", action="store_true",
-                   help="fold conv->BatchNorm pairs; report parameters and timing")
+    p.add_argument(
+        "--fold-bn",
+        action="store_true",
+        help="fold conv->BatchNorm pairs; report parameters and timing",
+    )
     p.add_argument("--export", metavar="OUT.stablehlo", help="write the serialized StableHLO")
     p.add_argument("--seed", type=int, default=0)
     return p
@@ -61,8 +91,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    from jaxcnn import models
     from jaxcnn import inspect as ji
+    from jaxcnn import models
     from jaxcnn.inspect._common import abstract_init, random_variables
 
     try:
@@ -103,12 +133,12 @@ def main(argv=None) -> int:
 
     if args.pictures:
         import os
+
         os.makedirs(args.pictures, exist_ok=True)
         join = lambda f: os.path.join(args.pictures, f)  # noqa: E731
         args.feature_maps = args.feature_maps or join("feature_maps.png")
         args.filters = args.filters or join("filters.png")
-        if rf is None or any(r.size[0] is not None and r.axes[0] is not None
-                             for r in rf.rows):
+        if rf is None or any(r.size[0] is not None and r.axes[0] is not None for r in rf.rows):
             args.erf = args.erf or join("erf.png")
         if args.attention is None and (rf is None or rf.output.size[0] is None):
             args.attention = join("attention.png")
@@ -117,9 +147,15 @@ def main(argv=None) -> int:
         image = ji.sample_image(args.image, size[:2], size[2])
     if args.feature_maps:
         layers = args.layer or ji.default_layers(model, (1, *size))
-        ji.plot_feature_maps(model, weights(), image, layers, args.feature_maps,
-                             args.max_channels, title=f"{args.model}: feature maps "
-                             f"(random weights) of {args.image}")
+        ji.plot_feature_maps(
+            model,
+            weights(),
+            image,
+            layers,
+            args.feature_maps,
+            args.max_channels,
+            title=f"{args.model}: feature maps (random weights) of {args.image}",
+        )
         print(f"feature maps of {', '.join(layers)} -> {args.feature_maps}")
     if args.filters:
         ji.plot_filters(model, weights(), args.filters, input_shape=(1, *size))
@@ -128,8 +164,9 @@ def main(argv=None) -> int:
         if rf is None:
             rf = ji.receptive_fields(model, (1, *size))
             rf.model_name = args.model
-        e = ji.effective_receptive_field(model, args.erf_layer, rf=rf,
-                                         num_samples=args.erf_samples, seed=args.seed)
+        e = ji.effective_receptive_field(
+            model, args.erf_layer, rf=rf, num_samples=args.erf_samples, seed=args.seed
+        )
         e.save_png(args.erf)
         print(f"{e}\n  -> {args.erf}")
     if args.attention:
@@ -148,8 +185,10 @@ def main(argv=None) -> int:
         t = time.perf_counter()
         exp = ji.export_model(model, weights(), (args.batch, *size))
         ji.save_exported(exp, args.export)
-        print(f"StableHLO ({', '.join(exp.platforms)}; input {exp.in_avals[0].str_short()}) "
-              f"-> {args.export} ({time.perf_counter() - t:.1f} s)")
+        print(
+            f"StableHLO ({', '.join(exp.platforms)}; input {exp.in_avals[0].str_short()}) "
+            f"-> {args.export} ({time.perf_counter() - t:.1f} s)"
+        )
     return 0
 
 

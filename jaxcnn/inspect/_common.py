@@ -1,5 +1,6 @@
 """Shared plumbing of the inspection tools: resolving a model name or module, input shapes,
 variables, and recording every module call with ``flax.linen.intercept_methods``."""
+
 from __future__ import annotations
 
 import contextlib
@@ -12,9 +13,20 @@ import jax.numpy as jnp
 
 from jaxcnn import models
 
-__all__ = ["Call", "resolve", "small_input_shape", "init_variables", "abstract_init",
-           "random_variables", "record_calls", "xla_convs", "path_str", "subtree", "count",
-           "fmt_int"]
+__all__ = [
+    "Call",
+    "resolve",
+    "small_input_shape",
+    "init_variables",
+    "abstract_init",
+    "random_variables",
+    "record_calls",
+    "xla_convs",
+    "path_str",
+    "subtree",
+    "count",
+    "fmt_int",
+]
 
 
 @contextlib.contextmanager
@@ -47,6 +59,7 @@ def fmt_int(n) -> str:
 def count(tree) -> int:
     """Number of scalars in a pytree of arrays or ``ShapeDtypeStruct``s."""
     import math
+
     return sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
 
 
@@ -74,11 +87,14 @@ def resolve(model, input_shape=None, **create_kwargs):
     elif create_kwargs:
         raise TypeError(f"keyword arguments {sorted(create_kwargs)} only apply to a model name")
     if not isinstance(model, nn.Module):
-        raise TypeError(f"expected a registered model name or a flax.linen.Module, got "
-                        f"{type(model).__name__}")
+        raise TypeError(
+            f"expected a registered model name or a flax.linen.Module, got {type(model).__name__}"
+        )
     if input_shape is None:
-        raise ValueError("input_shape is needed when a module is given instead of a name, "
-                         "e.g. input_shape=(224, 224, 3)")
+        raise ValueError(
+            "input_shape is needed when a module is given instead of a name, "
+            "e.g. input_shape=(224, 224, 3)"
+        )
     input_shape = tuple(int(s) for s in input_shape)
     if len(input_shape) == 3:
         input_shape = (1, *input_shape)
@@ -192,8 +208,14 @@ class Call:
         return type(self.module).__name__
 
 
-def record_calls(model: nn.Module, input_shape, variables=None, train: bool = False,
-                 keep_values: bool = False, **kwargs):
+def record_calls(
+    model: nn.Module,
+    input_shape,
+    variables=None,
+    train: bool = False,
+    keep_values: bool = False,
+    **kwargs,
+):
     """Trace ``model`` (abstractly) and return ``(calls, variables)``: one :class:`Call` per
     module path, in the order the calls start (parents before children).
 
@@ -210,8 +232,14 @@ def record_calls(model: nn.Module, input_shape, variables=None, train: bool = Fa
         path = tuple(mod.scope.path) if mod.scope is not None else ()
         call = calls.get(path)
         if call is None:
-            call = Call(order[0], path, mod, context.method_name,
-                        jax.tree.map(_spec, args), jax.tree.map(_spec, kw))
+            call = Call(
+                order[0],
+                path,
+                mod,
+                context.method_name,
+                jax.tree.map(_spec, args),
+                jax.tree.map(_spec, kw),
+            )
             calls[path] = call
             order[0] += 1
             first = True

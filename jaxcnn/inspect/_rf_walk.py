@@ -6,6 +6,7 @@ A state maps each input spatial axis (0: H, 1: W) to an entry ``(tensor_axis, Ax
 longer be told). ``tensor_axis`` is ``None`` for a single position (collapsed); ``n`` is the number
 of positions along it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -96,16 +97,21 @@ def _merge(states: Sequence[_State], include_context: bool = False) -> _State | 
 
 def _remap(state: _State, fn) -> _State:
     """Apply ``fn(i, entry) -> entry`` to every tracked input axis."""
-    return _State(tuple(None if e is None else fn(i, e) for i, e in enumerate(state.axes)),
-                  state.context)
+    return _State(
+        tuple(None if e is None else fn(i, e) for i, e in enumerate(state.axes)), state.context
+    )
 
 
 def _fix_n(state: _State | None, shape) -> _State | None:
     if state is None:
         return None
     holders = _holders(state)
-    return _remap(state, lambda i, e: (e[0], e[1], shape[e[0]])
-                  if e[0] is not None and len(holders[e[0]]) == 1 else e)
+    return _remap(
+        state,
+        lambda i, e: (
+            (e[0], e[1], shape[e[0]]) if e[0] is not None and len(holders[e[0]]) == 1 else e
+        ),
+    )
 
 
 def _global(state: _State | None) -> _State | None:
@@ -134,8 +140,9 @@ class RFRow:
     @property
     def rf(self) -> int | None:
         """The field's side when square (``None`` if global or not square)."""
-        return int(self.size[0]) if self.size[0] is not None and self.size[0] == self.size[1] \
-            else None
+        return (
+            int(self.size[0]) if self.size[0] is not None and self.size[0] == self.size[1] else None
+        )
 
 
 class FieldAt(NamedTuple):
@@ -210,7 +217,7 @@ class _Walker:
         if name == "name":
             tag = p.get("name", "")
             if tag.startswith(TAG):
-                idx = int(tag[len(TAG):])
+                idx = int(tag[len(TAG) :])
                 path = self.calls[idx][0]
                 if path not in self.modules:
                     self.modules[path] = _entry_summary(ins[0])
@@ -222,14 +229,24 @@ class _Walker:
             inner = getattr(j, "jaxpr", j)
             return self.run(inner, ins, stack, loc + (key,))
         if name == "cond":
-            outs = [self.run(b.jaxpr, ins[1:], stack, loc + (("branches", k),))
-                    for k, b in enumerate(p["branches"])]
+            outs = [
+                self.run(b.jaxpr, ins[1:], stack, loc + (("branches", k),))
+                for k, b in enumerate(p["branches"])
+            ]
             return [_merge(list(o), self.include_context) for o in zip(*outs)]
         handler = getattr(self, "p_" + name, None)
         if handler is None and name.startswith("reduce_window"):
             handler = self.p_reduce_window
-        if handler is None and name in ("reduce_sum", "reduce_max", "reduce_min", "reduce_prod",
-                                        "reduce_and", "reduce_or", "argmax", "argmin"):
+        if handler is None and name in (
+            "reduce_sum",
+            "reduce_max",
+            "reduce_min",
+            "reduce_prod",
+            "reduce_and",
+            "reduce_or",
+            "argmax",
+            "argmin",
+        ):
             handler = self.p_reduce
         if handler is not None:
             return handler(eqn, ins, stack, loc)
@@ -248,10 +265,22 @@ class _Walker:
                 ishape = getattr(v.aval, "shape", None)
                 if ishape == shape:
                     same.append(s)
-                elif shape is not None and ishape is not None and len(ishape) == len(shape) \
-                        and all(a in (1, b) for a, b in zip(ishape, shape)):
-                    same.append(_remap(s, lambda i, e, ishape=ishape: e if e[0] is None or
-                                       ishape[e[0]] == shape[e[0]] else (None, e[1], 1)))
+                elif (
+                    shape is not None
+                    and ishape is not None
+                    and len(ishape) == len(shape)
+                    and all(a in (1, b) for a, b in zip(ishape, shape))
+                ):
+                    same.append(
+                        _remap(
+                            s,
+                            lambda i, e, ishape=ishape: (
+                                e
+                                if e[0] is None or ishape[e[0]] == shape[e[0]]
+                                else (None, e[1], 1)
+                            ),
+                        )
+                    )
                 else:
                     other.append(s)
             if same:
@@ -275,11 +304,29 @@ class _Walker:
             e = state.axes[i] if state is not None else None
             t = e[0] if e is not None else None
             w = windows.get(t, (1, 1, 0, 1))
-            kernel.append(w[0]); stride.append(w[1]); pad.append(w[2]); dil.append(w[3])
+            kernel.append(w[0])
+            stride.append(w[1])
+            pad.append(w[2])
+            dil.append(w[3])
             out_hw.append(out_shape[t] if t is not None else 1)
-        self.rows.append(RFRow(path_str(path), op, tuple(kernel), tuple(stride), tuple(dil),
-                               tuple(pad), tuple(out_hw), size, jump, start, ctx, loc, axes,
-                               self.calls_by_path().get(path, "")))
+        self.rows.append(
+            RFRow(
+                path_str(path),
+                op,
+                tuple(kernel),
+                tuple(stride),
+                tuple(dil),
+                tuple(pad),
+                tuple(out_hw),
+                size,
+                jump,
+                start,
+                ctx,
+                loc,
+                axes,
+                self.calls_by_path().get(path, ""),
+            )
+        )
 
     def calls_by_path(self):
         if not hasattr(self, "_cbp"):
@@ -322,17 +369,29 @@ class _Walker:
         windows = {}
         for i in range(nsp):
             axis_map[lhs_spec[2 + i]] = out_spec[2 + i]
-            windows[lhs_spec[2 + i]] = (kshape[rhs_spec[2 + i]], p["window_strides"][i],
-                                        pad[i][0], rd[i], ld[i])
+            windows[lhs_spec[2 + i]] = (
+                kshape[rhs_spec[2 + i]],
+                p["window_strides"][i],
+                pad[i][0],
+                rd[i],
+                ld[i],
+            )
         # a spatial field sitting on the feature axis would be mixed by the contraction
         if any(e is not None and e[0] == lhs_spec[1] for e in lhs.axes):
             lhs = _global(lhs)
         out = self._spatial(lhs, axis_map, windows)
         op = "conv_transpose" if any(x > 1 for x in ld) else "conv"
-        win_out = {axis_map[t]: (w[0], Fraction(w[1], w[4]), w[2], w[3])
-                   for t, w in windows.items()}
-        self._row(op, stack, loc, _fix_n(out, eqn.outvars[0].aval.shape), win_out,
-                  eqn.outvars[0].aval.shape)
+        win_out = {
+            axis_map[t]: (w[0], Fraction(w[1], w[4]), w[2], w[3]) for t, w in windows.items()
+        }
+        self._row(
+            op,
+            stack,
+            loc,
+            _fix_n(out, eqn.outvars[0].aval.shape),
+            win_out,
+            eqn.outvars[0].aval.shape,
+        )
         return [out]
 
     def p_reduce_window(self, eqn, ins, stack, loc):
@@ -343,19 +402,29 @@ class _Walker:
         nd = len(shape)
         bd = p.get("base_dilation") or (1,) * nd
         wd = p.get("window_dilation") or (1,) * nd
-        windows = {t: (p["window_dimensions"][t], p["window_strides"][t], p["padding"][t][0],
-                       wd[t], bd[t]) for t in range(nd)}
+        windows = {
+            t: (p["window_dimensions"][t], p["window_strides"][t], p["padding"][t][0], wd[t], bd[t])
+            for t in range(nd)
+        }
         out = self._spatial(state, {t: t for t in range(nd)}, windows)
-        kind = {"reduce_window_max": "max_pool", "reduce_window_sum": "avg_pool",
-                "reduce_window_min": "min_pool"}.get(eqn.primitive.name, "pool")
+        kind = {
+            "reduce_window_max": "max_pool",
+            "reduce_window_sum": "avg_pool",
+            "reduce_window_min": "min_pool",
+        }.get(eqn.primitive.name, "pool")
         oshape = eqn.outvars[0].aval.shape
-        self._row(kind, stack, loc, _fix_n(out, oshape),
-                  {t: (w[0], w[1], w[2], w[3]) for t, w in windows.items()}, oshape)
+        self._row(
+            kind,
+            stack,
+            loc,
+            _fix_n(out, oshape),
+            {t: (w[0], w[1], w[2], w[3]) for t, w in windows.items()},
+            oshape,
+        )
         return [out] * len(eqn.outvars)
 
     def p_reduce(self, eqn, ins, stack, loc):
         axes = tuple(eqn.params["axes"])
-        shape = eqn.invars[0].aval.shape
 
         def f(i, e):
             t, rf, n = e
@@ -415,9 +484,13 @@ class _Walker:
             i, j = i + 1, j + 1
             while pa != pb:
                 if pa < pb:
-                    gi.append(ai[i]); pa *= a[ai[i]]; i += 1
+                    gi.append(ai[i])
+                    pa *= a[ai[i]]
+                    i += 1
                 else:
-                    gj.append(bj[j]); pb *= b[bj[j]]; j += 1
+                    gj.append(bj[j])
+                    pb *= b[bj[j]]
+                    j += 1
             groups.append((gi, gj))
         new = list(state.axes)
         # size-1 axes: keep them on a size-1 output axis at the same prefix product if any
@@ -430,8 +503,9 @@ class _Walker:
         used = set()
         for t in holders:
             if a[t] == 1:
-                cand = [k for k in range(len(b)) if b[k] == 1 and pre_b[k] == pre_a[t]
-                        and k not in used]
+                cand = [
+                    k for k in range(len(b)) if b[k] == 1 and pre_b[k] == pre_a[t] and k not in used
+                ]
                 for in_ax in holders[t]:
                     e = state.axes[in_ax]
                     new[in_ax] = (cand[0], e[1], e[2]) if cand else (None, e[1], 1)
@@ -451,15 +525,19 @@ class _Walker:
                         r *= a[t]
                     in_ax = holders[gi[0]][0]
                     _, rf, n = state.axes[in_ax]
-                    start = None if rf.start is None else \
-                        rf.start - Fraction(r - 1, 2) * rf.jump / r
+                    start = (
+                        None if rf.start is None else rf.start - Fraction(r - 1, 2) * rf.jump / r
+                    )
                     new[in_ax] = (gj[0], AxisRF(rf.size, rf.jump / r, start), n * r)
                 else:
                     for t in tracked:
                         for in_ax in holders[t]:
                             new[in_ax] = (gj[0], *state.axes[in_ax][1:])
-            elif len(gi) == 1 and len(holders[gi[0]]) == len(gj) == 2 and all(
-                    state.axes[k][2] == b[o] for k, o in zip(holders[gi[0]], gj)):
+            elif (
+                len(gi) == 1
+                and len(holders[gi[0]]) == len(gj) == 2
+                and all(state.axes[k][2] == b[o] for k, o in zip(holders[gi[0]], gj))
+            ):
                 for in_ax, o in zip(sorted(holders[gi[0]]), gj):  # un-merge tokens -> H, W
                     new[in_ax] = (o, *state.axes[in_ax][1:])
             else:
@@ -505,14 +583,19 @@ class _Walker:
     def p_concatenate(self, eqn, ins, stack, loc):
         dim = eqn.params["dimension"]
         st = _merge(ins, self.include_context)
-        return [_remap(st, lambda i, e: e if e[0] != dim else
-                       (e[0], AxisRF(e[1].size, e[1].jump, None), e[2]))]
+        return [
+            _remap(
+                st,
+                lambda i, e: e if e[0] != dim else (e[0], AxisRF(e[1].size, e[1].jump, None), e[2]),
+            )
+        ]
 
     def p_split(self, eqn, ins, stack, loc):
         axis, sizes = eqn.params["axis"], eqn.params["sizes"]
         holders = _holders(ins[0])
         outs, off = [], 0
         for s in sizes:
+
             def f(i, e, off=off):
                 t, rf, n = e
                 if t != axis or off == 0:
@@ -521,19 +604,27 @@ class _Walker:
                     return None
                 start = None if rf.start is None else rf.start + off * rf.jump
                 return (t, AxisRF(rf.size, rf.jump, start), n)
+
             outs.append(_remap(ins[0], f))
             off += s
         return outs
 
     def p_rev(self, eqn, ins, stack, loc):
         dims = eqn.params["dimensions"]
-        return [_remap(ins[0], lambda i, e: e if e[0] not in dims else
-                       (e[0], AxisRF(e[1].size, e[1].jump, None), e[2]))]
+        return [
+            _remap(
+                ins[0],
+                lambda i, e: (
+                    e if e[0] not in dims else (e[0], AxisRF(e[1].size, e[1].jump, None), e[2])
+                ),
+            )
+        ]
 
     def _along_axis(self, eqn, ins, axis):
         outs = self.fallback(eqn, ins)
-        return [None if o is None else _remap(o, lambda i, e: None if e[0] == axis else e)
-                for o in outs]
+        return [
+            None if o is None else _remap(o, lambda i, e: None if e[0] == axis else e) for o in outs
+        ]
 
     def p_sort(self, eqn, ins, stack, loc):
         return self._along_axis(eqn, ins, eqn.params["dimension"])
@@ -546,8 +637,10 @@ class _Walker:
     def p_dot_general(self, eqn, ins, stack, loc):
         (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
         shapes = [v.aval.shape for v in eqn.invars[:2]]
-        free = [[t for t in range(len(s)) if t not in c and t not in b]
-                for s, c, b in zip(shapes, (lc, rc), (lb, rb))]
+        free = [
+            [t for t in range(len(s)) if t not in c and t not in b]
+            for s, c, b in zip(shapes, (lc, rc), (lb, rb))
+        ]
         offsets = (len(lb), len(lb) + len(free[0]))
         contribs = []
         for k, (st, c, b) in enumerate(zip(ins[:2], (lc, rc), (lb, rb))):
@@ -569,11 +662,17 @@ class _Walker:
         if len(contribs) == 2:  # both operands carry a field: positions must agree
             axes = []
             for ea, eb in zip(contribs[0].axes, contribs[1].axes):
-                if ea is not None and eb is not None and ea[0] is not None and \
-                        eb[0] is not None and ea[0] != eb[0]:
+                if (
+                    ea is not None
+                    and eb is not None
+                    and ea[0] is not None
+                    and eb[0] is not None
+                    and ea[0] != eb[0]
+                ):
                     axes.append(None)
                 else:
-                    axes.append(_merge([_State((ea,)), _State((eb,))],
-                                       self.include_context).axes[0])
+                    axes.append(
+                        _merge([_State((ea,)), _State((eb,))], self.include_context).axes[0]
+                    )
             return [_State(tuple(axes), contribs[0].context or contribs[1].context)]
         return contribs

@@ -16,6 +16,7 @@
 
 Rollout assumes a class token at position 0 followed by a row-major patch grid (``vit_*``).
 """
+
 from __future__ import annotations
 
 import os
@@ -40,8 +41,9 @@ def collect_attention(model, variables, images, **apply_kwargs) -> list:
     ``block10``), each ``(batch, heads, tokens, tokens)``.
     """
     variables = {k: v for k, v in dict(variables).items() if k != "intermediates"}
-    run = jax.jit(lambda v, x: model.apply(v, x, train=False, mutable=["intermediates"],
-                                           **apply_kwargs))
+    run = jax.jit(
+        lambda v, x: model.apply(v, x, train=False, mutable=["intermediates"], **apply_kwargs)
+    )
     _, state = run(variables, images)
     found = []
 
@@ -54,14 +56,20 @@ def collect_attention(model, variables, images, **apply_kwargs) -> list:
 
     walk(state.get("intermediates", {}), ())
     if not found:
-        raise ValueError(f"{type(model).__name__} sowed no attention weights; it has no "
-                         "MultiHeadSelfAttention layers")
+        raise ValueError(
+            f"{type(model).__name__} sowed no attention weights; it has no "
+            "MultiHeadSelfAttention layers"
+        )
     found.sort(key=lambda pv: _natural_key(pv[0]))
     return [v for _, v in found]
 
 
-def attention_rollout(attentions: Sequence[Any], discard_ratio: float = 0.0,
-                      head_fusion: str = "mean", grid: Sequence[int] | None = None) -> np.ndarray:
+def attention_rollout(
+    attentions: Sequence[Any],
+    discard_ratio: float = 0.0,
+    head_fusion: str = "mean",
+    grid: Sequence[int] | None = None,
+) -> np.ndarray:
     """Class-token attention rollout over the patch grid.
 
     Args:
@@ -75,8 +83,9 @@ def attention_rollout(attentions: Sequence[Any], discard_ratio: float = 0.0,
     if not attentions:
         raise ValueError("attention_rollout: no attention layers given")
     if head_fusion not in ("mean", "max", "min"):
-        raise ValueError(f"attention_rollout: head_fusion must be 'mean', 'max' or 'min', "
-                         f"got {head_fusion!r}")
+        raise ValueError(
+            f"attention_rollout: head_fusion must be 'mean', 'max' or 'min', got {head_fusion!r}"
+        )
     if not 0.0 <= discard_ratio < 1.0:
         raise ValueError(f"attention_rollout: discard_ratio must be in [0, 1), got {discard_ratio}")
     layers = [np.asarray(a, np.float64) for a in attentions]
@@ -84,12 +93,16 @@ def attention_rollout(attentions: Sequence[Any], discard_ratio: float = 0.0,
     layers = [a if batched else a[None] for a in layers]
     b, _, t, t2 = layers[0].shape
     if t != t2 or any(a.shape[0] != b or a.shape[2:] != (t, t) for a in layers):
-        raise ValueError(f"attention_rollout: expected (batch, heads, T, T) arrays of one shape, "
-                         f"got {[a.shape for a in layers]}")
+        raise ValueError(
+            f"attention_rollout: expected (batch, heads, T, T) arrays of one shape, "
+            f"got {[a.shape for a in layers]}"
+        )
     gh, gw = grid if grid is not None else (int(round((t - 1) ** 0.5)),) * 2
     if gh * gw != t - 1:
-        raise ValueError(f"attention_rollout: {t - 1} patch tokens do not form a {gh}x{gw} grid; "
-                         "pass grid=(gh, gw)")
+        raise ValueError(
+            f"attention_rollout: {t - 1} patch tokens do not form a {gh}x{gw} grid; "
+            "pass grid=(gh, gw)"
+        )
     eye = np.eye(t)
     result = np.broadcast_to(eye, (b, t, t)).copy()
     for a in layers:
@@ -111,8 +124,9 @@ def attention_rollout(attentions: Sequence[Any], discard_ratio: float = 0.0,
     return mask if batched else mask[0]
 
 
-def save_attention_overlay(image, rollout, path, alpha: float = 0.5, cmap: str = "jet",
-                           title: str | None = None) -> str:
+def save_attention_overlay(
+    image, rollout, path, alpha: float = 0.5, cmap: str = "jet", title: str | None = None
+) -> str:
     """Write a PNG of ``rollout`` (a (gh, gw) map) stretched over ``image`` (H, W[, C]).
 
     The image may be float (any range: min-max scaled for display) or uint8. Returns ``path``.
@@ -126,8 +140,9 @@ def save_attention_overlay(image, rollout, path, alpha: float = 0.5, cmap: str =
     if img.ndim == 3 and img.shape[-1] == 1:
         img = img[..., 0]
     if img.ndim not in (2, 3):
-        raise ValueError(f"save_attention_overlay: expected an (H, W) or (H, W, C) image, got "
-                         f"shape {img.shape}")
+        raise ValueError(
+            f"save_attention_overlay: expected an (H, W) or (H, W, C) image, got shape {img.shape}"
+        )
     if img.dtype != np.uint8:
         img = img.astype(np.float64)
         lo, hi = img.min(), img.max()

@@ -10,6 +10,7 @@ gradient: equals the theoretical field, clipped to the image, as long as no path
 *effective* extent (side of the smallest centred square holding 95% of the gradient mass, and
 the mass's standard deviation: the field is Gaussian-like and much smaller than the theory).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -97,14 +98,19 @@ class EffectiveRF:
 
     def __str__(self) -> str:
         rf = self.theoretical.size
-        rf_s = "global" if rf[0] is None else (
-            f"{int(rf[0])}" if rf[0] == rf[1] else f"{int(rf[0])}x{int(rf[1])}")
+        rf_s = (
+            "global"
+            if rf[0] is None
+            else (f"{int(rf[0])}" if rf[0] == rf[1] else f"{int(rf[0])}x{int(rf[1])}")
+        )
         h, w = self.grad.shape
-        return (f"{self.model_name} {self.layer} unit {self.unit}: theoretical RF {rf_s} "
-                f"(inside the {h}x{w} input: {self.theoretical_extent[0]}x"
-                f"{self.theoretical_extent[1]}), nonzero gradient extent "
-                f"{self.nonzero_extent[0]}x{self.nonzero_extent[1]}, effective (95% of the mass) "
-                f"{self.side95}x{self.side95}, sigma {self.sigma[0]:.1f}x{self.sigma[1]:.1f} px")
+        return (
+            f"{self.model_name} {self.layer} unit {self.unit}: theoretical RF {rf_s} "
+            f"(inside the {h}x{w} input: {self.theoretical_extent[0]}x"
+            f"{self.theoretical_extent[1]}), nonzero gradient extent "
+            f"{self.nonzero_extent[0]}x{self.nonzero_extent[1]}, effective (95% of the mass) "
+            f"{self.side95}x{self.side95}, sigma {self.sigma[0]:.1f}x{self.sigma[1]:.1f} px"
+        )
 
     def save_png(self, path: str, log: bool = False) -> str:
         """Heat map of the gradient with the theoretical (dashed), nonzero and 95% boxes."""
@@ -115,34 +121,54 @@ class EffectiveRF:
         ax = fig.add_subplot()
         img = np.log10(self.grad + 1e-12 * self.grad.max()) if log else self.grad
         im = ax.imshow(img, cmap="inferno", interpolation="nearest")
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04,
-                     label="log10 |gradient|" if log else "|gradient| (mean)")
+        fig.colorbar(
+            im,
+            ax=ax,
+            fraction=0.046,
+            pad=0.04,
+            label="log10 |gradient|" if log else "|gradient| (mean)",
+        )
 
         def rect(box, **kw):
             (h0, h1), (w0, w1) = box
-            ax.add_patch(Rectangle((w0 - 0.5, h0 - 0.5), w1 - w0 + 1, h1 - h0 + 1, fill=False,
-                                   **kw))
+            ax.add_patch(
+                Rectangle((w0 - 0.5, h0 - 0.5), w1 - w0 + 1, h1 - h0 + 1, fill=False, **kw)
+            )
 
         rect(self.theoretical_box, ec="cyan", ls="--", lw=1.5, label="theoretical")
         rect(self.nonzero_box, ec="white", lw=1, label="nonzero")
         ch, cw = (round(c) for c in self.center)
         half = self.side95 // 2
-        rect(((ch - half, ch - half + self.side95 - 1), (cw - half, cw - half + self.side95 - 1)),
-             ec="lime", lw=1.5, label="95% mass")
+        rect(
+            ((ch - half, ch - half + self.side95 - 1), (cw - half, cw - half + self.side95 - 1)),
+            ec="lime",
+            lw=1.5,
+            label="95% mass",
+        )
         ax.legend(loc="lower right", fontsize=7, framealpha=0.6)
-        ax.set_title(f"{self.model_name} {self.layer}\nERF 95%: {self.side95} px, nonzero "
-                     f"{self.nonzero_extent[0]}x{self.nonzero_extent[1]}, theory "
-                     f"{self.theoretical_extent[0]}x{self.theoretical_extent[1]}", fontsize=9)
+        ax.set_title(
+            f"{self.model_name} {self.layer}\nERF 95%: {self.side95} px, nonzero "
+            f"{self.nonzero_extent[0]}x{self.nonzero_extent[1]}, theory "
+            f"{self.theoretical_extent[0]}x{self.theoretical_extent[1]}",
+            fontsize=9,
+        )
         fig.tight_layout()
         fig.savefig(path, dpi=120)
         return path
 
 
-def effective_receptive_field(model, layer: str | None = None,
-                              input_shape: Sequence[int] | None = None, *, variables=None,
-                              rf: ReceptiveFields | None = None, num_samples: int = 8,
-                              num_inits: int = 1, seed: int = 0,
-                              **create_kwargs) -> EffectiveRF:
+def effective_receptive_field(
+    model,
+    layer: str | None = None,
+    input_shape: Sequence[int] | None = None,
+    *,
+    variables=None,
+    rf: ReceptiveFields | None = None,
+    num_samples: int = 8,
+    num_inits: int = 1,
+    seed: int = 0,
+    **create_kwargs,
+) -> EffectiveRF:
     """Measure the effective receptive field of one central unit of ``layer``.
 
     Args:
@@ -167,8 +193,10 @@ def effective_receptive_field(model, layer: str | None = None,
         layer = local[-1].name
     field, loc = rf.field(layer)
     if field.axes[0] is None or field.axes[1] is None:
-        raise ValueError(f"{layer!r} has no spatial positions (its field is global or "
-                         f"collapsed); pick a convolution or pooling layer")
+        raise ValueError(
+            f"{layer!r} has no spatial positions (its field is global or "
+            f"collapsed); pick a convolution or pooling layer"
+        )
     jaxpr = rf.closed_jaxpr
     th, tw = field.axes
     # the unit: the centre of the layer's map
@@ -207,11 +235,14 @@ def effective_receptive_field(model, layer: str | None = None,
     ys, xs = np.arange(H), np.arange(W)
     mh, mw = mass.sum(1), mass.sum(0)
     cy, cx = float((mh * ys).sum()), float((mw * xs).sum())
-    sigma = (float(np.sqrt((mh * (ys - cy) ** 2).sum())),
-             float(np.sqrt((mw * (xs - cx) ** 2).sum())))
+    sigma = (
+        float(np.sqrt((mh * (ys - cy) ** 2).sum())),
+        float(np.sqrt((mw * (xs - cx) ** 2).sum())),
+    )
     side95 = _side95(mass, round(cy), round(cx))
-    return EffectiveRF(rf.model_name, layer, (ui, uj), grad, field, tbox, nzbox, side95, sigma,
-                       (cy, cx))
+    return EffectiveRF(
+        rf.model_name, layer, (ui, uj), grad, field, tbox, nzbox, side95, sigma, (cy, cx)
+    )
 
 
 def _axis_len(closed, loc, axis) -> int:
@@ -228,8 +259,7 @@ def _axis_len(closed, loc, axis) -> int:
 def _side95(mass: np.ndarray, cy: int, cx: int, q: float = 0.95) -> int:
     H, W = mass.shape
     for half in range(max(H, W)):
-        box = mass[max(0, cy - half):cy + half + 1, max(0, cx - half):cx + half + 1]
+        box = mass[max(0, cy - half) : cy + half + 1, max(0, cx - half) : cx + half + 1]
         if box.sum() >= q - 1e-9:
             return 2 * half + 1
     return max(H, W)
-

@@ -6,6 +6,7 @@ in as constants (default: one self-contained artifact) or passed as the first ar
 (``pass_variables=True``: the artifact takes ``(variables, x)``, the weights travel separately).
 The batch dimension is symbolic by default, so one artifact serves any batch size.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,9 +21,16 @@ from jaxcnn.inspect._common import resolve
 __all__ = ["export_model", "save_exported", "load_exported"]
 
 
-def export_model(model, variables=None, input_shape: Sequence[int] | None = None, *,
-                 batch_polymorphic: bool = True, pass_variables: bool = False,
-                 platforms: Sequence[str] | None = None, **create_kwargs) -> jax.export.Exported:
+def export_model(
+    model,
+    variables=None,
+    input_shape: Sequence[int] | None = None,
+    *,
+    batch_polymorphic: bool = True,
+    pass_variables: bool = False,
+    platforms: Sequence[str] | None = None,
+    **create_kwargs,
+) -> jax.export.Exported:
     """``jax.export`` of ``x -> model.apply(variables, x, train=False)``.
 
     Args:
@@ -36,6 +44,7 @@ def export_model(model, variables=None, input_shape: Sequence[int] | None = None
     module, shape, _ = resolve(model, input_shape, **create_kwargs)
     if variables is None:
         from jaxcnn.inspect._common import init_variables
+
         variables = init_variables(module, shape)
     if not isinstance(module, nn.Module) and not hasattr(module, "apply"):
         raise TypeError("export_model needs a flax module")

@@ -13,6 +13,7 @@ had no bias adds the folded one (stored as ``bias`` beside its kernel). Its vari
 original tree with the kernels rescaled, the biases added and the folded BatchNorms' parameters
 and statistics removed. It is inference-only: training mode raises.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,8 +27,16 @@ import numpy as np
 
 from jaxcnn.inspect._common import count, path_str, record_calls, resolve
 
-__all__ = ["ConvBNPair", "FoldedModel", "FoldReport", "find_conv_bn_pairs", "fold_batchnorm",
-           "time_forward", "fold_report"]
+__all__ = [
+    "ConvBNPair",
+    "FoldedModel",
+    "FoldReport",
+    "find_conv_bn_pairs",
+    "fold_batchnorm",
+    "time_forward",
+    "fold_report",
+]
+
 
 class ConvBNPair(NamedTuple):
     conv_path: tuple  # the linear module call whose output feeds the BatchNorm
@@ -58,8 +67,11 @@ def _linear_params(call, variables):
     if len(leaves) == 2 and [n for n in names if n != kname][0] != kname[:-1] + ("bias",):
         return None
     out = call.out_spec
-    if len(kernel.shape) < 2 or not isinstance(out, jax.ShapeDtypeStruct) or \
-            out.shape[-1] != kernel.shape[-1]:
+    if (
+        len(kernel.shape) < 2
+        or not isinstance(out, jax.ShapeDtypeStruct)
+        or out.shape[-1] != kernel.shape[-1]
+    ):
         return None
     if isinstance(call.module, nn.ConvTranspose) and call.module.transpose_kernel:
         return None  # the kernel's last axis is then its input
@@ -88,8 +100,9 @@ def find_conv_bn_pairs(model: nn.Module, input_shape, variables=None) -> list[Co
         if axis is None or axis % ndim != ndim - 1:
             continue  # folding scales the kernel's output axis: the feature axis must be last
         (conv, (kpath, has_bias)) = src
-        pairs.append(ConvBNPair(conv.path, c.path, m.epsilon, m.use_scale, m.use_bias, kpath,
-                                has_bias))
+        pairs.append(
+            ConvBNPair(conv.path, c.path, m.epsilon, m.use_scale, m.use_bias, kpath, has_bias)
+        )
     return pairs
 
 
@@ -148,12 +161,15 @@ def _folding_interceptor(conv_paths, bn_paths):
             return next_fun(*args, **kwargs)
         path = tuple(mod.scope.path)
         if path in bn_paths:
-            use_ra = nn.merge_param("use_running_average", mod.use_running_average,
-                                    kwargs.get("use_running_average"))
+            use_ra = nn.merge_param(
+                "use_running_average", mod.use_running_average, kwargs.get("use_running_average")
+            )
             if not use_ra:
-                raise ValueError(f"the BatchNorm-folded model is for inference only "
-                                 f"({path_str(path)} was asked for batch statistics: "
-                                 f"call it with train=False)")
+                raise ValueError(
+                    f"the BatchNorm-folded model is for inference only "
+                    f"({path_str(path)} was asked for batch statistics: "
+                    f"call it with train=False)"
+                )
             return args[0]
         out = next_fun(*args, **kwargs)
         if path in conv_paths:
@@ -163,8 +179,9 @@ def _folding_interceptor(conv_paths, bn_paths):
     return interceptor
 
 
-def fold_batchnorm(model, variables=None, input_shape: Sequence[int] | None = None,
-                   **create_kwargs) -> tuple[FoldedModel, dict]:
+def fold_batchnorm(
+    model, variables=None, input_shape: Sequence[int] | None = None, **create_kwargs
+) -> tuple[FoldedModel, dict]:
     """Fold every conv -> BatchNorm pair of ``model`` (a name or a module) into the conv.
 
     Returns ``(folded_model, folded_variables)``; ``folded_model.apply(folded_variables, x)``
@@ -174,6 +191,7 @@ def fold_batchnorm(model, variables=None, input_shape: Sequence[int] | None = No
     module, shape, _ = resolve(model, input_shape, **create_kwargs)
     if variables is None:
         from jaxcnn.inspect._common import init_variables
+
         variables = init_variables(module, shape)
     pairs = find_conv_bn_pairs(module, shape, variables)
     new = _to_dict(jax.tree.map(lambda x: x, dict(variables)))
@@ -199,8 +217,9 @@ def fold_batchnorm(model, variables=None, input_shape: Sequence[int] | None = No
         _delete(new["batch_stats"], pair.bn_path)
     if "batch_stats" in new and not new["batch_stats"]:
         del new["batch_stats"]
-    return FoldedModel(module, tuple(p.conv_path for p in pairs if not p.has_bias),
-                       tuple(p.bn_path for p in pairs)), new
+    return FoldedModel(
+        module, tuple(p.conv_path for p in pairs if not p.has_bias), tuple(p.bn_path for p in pairs)
+    ), new
 
 
 def time_forward(model: nn.Module, variables, x, repeats: int = 10) -> float:
@@ -231,17 +250,27 @@ class FoldReport:
     def __str__(self) -> str:
         t = ""
         if self.seconds_before is not None:
-            t = (f"\n  forward (jit, eval): {self.seconds_before * 1e3:.2f} ms -> "
-                 f"{self.seconds_after * 1e3:.2f} ms")
-        return (f"{self.model_name}: folded {self.pairs} conv->BatchNorm pairs\n"
-                f"  parameters: {self.params_before:,} -> {self.params_after:,}; BatchNorm "
-                f"statistics: {self.stats_before:,} -> {self.stats_after:,}{t}\n"
-                f"  max |folded - original| = {self.max_abs_diff:.2e} "
-                f"(outputs up to {self.max_abs_output:.2e})")
+            t = (
+                f"\n  forward (jit, eval): {self.seconds_before * 1e3:.2f} ms -> "
+                f"{self.seconds_after * 1e3:.2f} ms"
+            )
+        return (
+            f"{self.model_name}: folded {self.pairs} conv->BatchNorm pairs\n"
+            f"  parameters: {self.params_before:,} -> {self.params_after:,}; BatchNorm "
+            f"statistics: {self.stats_before:,} -> {self.stats_after:,}{t}\n"
+            f"  max |folded - original| = {self.max_abs_diff:.2e} "
+            f"(outputs up to {self.max_abs_output:.2e})"
+        )
 
 
-def fold_report(model, input_shape: Sequence[int] | None = None, variables=None,
-                timing: bool = True, repeats: int = 10, **create_kwargs) -> FoldReport:
+def fold_report(
+    model,
+    input_shape: Sequence[int] | None = None,
+    variables=None,
+    timing: bool = True,
+    repeats: int = 10,
+    **create_kwargs,
+) -> FoldReport:
     """Fold ``model``'s BatchNorms and report parameters, timing and the output difference.
 
     ``variables`` default to random ones with random BatchNorm statistics (so that folding is
@@ -255,13 +284,22 @@ def fold_report(model, input_shape: Sequence[int] | None = None, variables=None,
     x = jnp.asarray(np.random.default_rng(0).normal(size=shape), jnp.float32)
     y0 = jax.jit(lambda v, x: module.apply(v, x, train=False))(variables, x)
     y1 = jax.jit(lambda v, x: folded.apply(v, x, train=False))(fvars, x)
-    diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(y0),
-                                                               jax.tree.leaves(y1)))
+    diff = max(
+        float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(y0), jax.tree.leaves(y1))
+    )
     big = max(float(jnp.max(jnp.abs(a))) for a in jax.tree.leaves(y0))
     tb = time_forward(module, variables, x, repeats) if timing else None
     ta = time_forward(folded, fvars, x, repeats) if timing else None
     stats = lambda v: count({k: t for k, t in v.items() if k != "params"})  # noqa: E731
-    return FoldReport(name or type(module).__name__, len(folded.bn_paths),
-                      count(variables["params"]), count(fvars["params"]), stats(variables),
-                      stats(fvars), tb, ta, diff, big)
-
+    return FoldReport(
+        name or type(module).__name__,
+        len(folded.bn_paths),
+        count(variables["params"]),
+        count(fvars["params"]),
+        stats(variables),
+        stats(fvars),
+        tb,
+        ta,
+        diff,
+        big,
+    )

@@ -8,6 +8,7 @@ so any module path of the model can be drawn (``summary(model)`` lists them). At
 ViT (class-token rollout) and Swin (attention received per token in the first block's windows)
 use ``jaxcnn.inspect.attention``.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,16 +22,29 @@ import numpy as np
 
 from jaxcnn.inspect._common import path_str, record_calls
 
-__all__ = ["SAMPLE_IMAGES", "sample_image", "capture_outputs", "default_layers",
-           "plot_feature_maps", "plot_filters", "first_conv", "attention_map", "plot_attention"]
+__all__ = [
+    "SAMPLE_IMAGES",
+    "sample_image",
+    "capture_outputs",
+    "default_layers",
+    "plot_feature_maps",
+    "plot_filters",
+    "first_conv",
+    "attention_map",
+    "plot_attention",
+]
 
 SAMPLE_IMAGES = ("astronaut", "camera", "coffee", "chelsea", "rocket")
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
-def sample_image(name: str = "astronaut", size: Sequence[int] | None = (224, 224),
-                 channels: int = 3, normalize: bool = True) -> np.ndarray:
+def sample_image(
+    name: str = "astronaut",
+    size: Sequence[int] | None = (224, 224),
+    channels: int = 3,
+    normalize: bool = True,
+) -> np.ndarray:
     """An image as float32 ``(H, W, channels)``.
 
     ``name``: one of scikit-image's bundled images (``SAMPLE_IMAGES``) or a path to an image file
@@ -42,6 +56,7 @@ def sample_image(name: str = "astronaut", size: Sequence[int] | None = (224, 224
 
     if os.path.exists(name):
         from PIL import Image
+
         img = np.asarray(Image.open(name).convert("RGB"), np.float32) / 255.0
     elif name in SAMPLE_IMAGES:
         img = getattr(data, name)().astype(np.float32) / 255.0
@@ -91,14 +106,19 @@ def capture_outputs(model: nn.Module, variables, x, layers: Sequence[str]) -> di
     got = jax.jit(fwd)(variables, x)
     missing = wanted - set(got)
     if missing:
-        raise ValueError(f"no module output named {sorted(missing)}; the layers are the paths "
-                         f"that jaxcnn.inspect.summary(model) lists")
+        raise ValueError(
+            f"no module output named {sorted(missing)}; the layers are the paths "
+            f"that jaxcnn.inspect.summary(model) lists"
+        )
     return {k: got[k] for k in layers}
 
 
 def _is_map(spec) -> bool:
-    return isinstance(spec, jax.ShapeDtypeStruct) and len(spec.shape) == 4 and \
-        min(spec.shape[1:3]) >= 2
+    return (
+        isinstance(spec, jax.ShapeDtypeStruct)
+        and len(spec.shape) == 4
+        and min(spec.shape[1:3]) >= 2
+    )
 
 
 def first_conv(model: nn.Module, input_shape) -> str:
@@ -123,9 +143,16 @@ def default_layers(model: nn.Module, input_shape, k: int = 4) -> list[str]:
     return [cands[i] for i in sorted(set(idx))]
 
 
-def plot_feature_maps(model: nn.Module, variables, image: np.ndarray, layers: Sequence[str],
-                      path: str, max_channels: int = 16, cols: int = 8,
-                      title: str | None = None) -> str:
+def plot_feature_maps(
+    model: nn.Module,
+    variables,
+    image: np.ndarray,
+    layers: Sequence[str],
+    path: str,
+    max_channels: int = 16,
+    cols: int = 8,
+    title: str | None = None,
+) -> str:
     """A PNG: the input, then for each layer its first ``max_channels`` feature maps
     (each scaled to its own range, ``viridis``), in rows of ``cols``."""
     from matplotlib.figure import Figure
@@ -136,8 +163,9 @@ def plot_feature_maps(model: nn.Module, variables, image: np.ndarray, layers: Se
     for name in layers:
         a = np.asarray(jax.tree.leaves(outs[name])[0], np.float32)
         if a.ndim != 4:
-            raise ValueError(f"layer {name!r} has output shape {a.shape}; feature maps need "
-                             "(N, H, W, C)")
+            raise ValueError(
+                f"layer {name!r} has output shape {a.shape}; feature maps need (N, H, W, C)"
+            )
         blocks.append((name, a[0], min(max_channels, a.shape[-1])))
     rows = 1 + sum(math.ceil(n / cols) for _, _, n in blocks)
     fig = Figure(figsize=(cols * 1.2, rows * 1.3 + 0.4))
@@ -153,8 +181,9 @@ def plot_feature_maps(model: nn.Module, variables, image: np.ndarray, layers: Se
             ax.imshow(a[..., i], cmap="viridis", interpolation="nearest")
             ax.set_xticks([]), ax.set_yticks([])
             if i == 0:
-                ax.set_title(f"{name}  {a.shape[0]}x{a.shape[1]}x{a.shape[2]}", fontsize=8,
-                             loc="left")
+                ax.set_title(
+                    f"{name}  {a.shape[0]}x{a.shape[1]}x{a.shape[2]}", fontsize=8, loc="left"
+                )
         r += math.ceil(n / cols)
     if title:
         fig.suptitle(title, fontsize=10)
@@ -162,8 +191,15 @@ def plot_feature_maps(model: nn.Module, variables, image: np.ndarray, layers: Se
     return path
 
 
-def plot_filters(model: nn.Module, variables, path: str, layer: str | None = None,
-                 input_shape=None, max_filters: int = 64, cols: int = 8) -> str:
+def plot_filters(
+    model: nn.Module,
+    variables,
+    path: str,
+    layer: str | None = None,
+    input_shape=None,
+    max_filters: int = 64,
+    cols: int = 8,
+) -> str:
     """A PNG of a convolution's filters (default: the first convolution): RGB when the layer
     reads 3 channels, else the mean over input channels in grey; each filter min-max scaled."""
     from matplotlib.figure import Figure
@@ -186,8 +222,10 @@ def plot_filters(model: nn.Module, variables, path: str, layer: str | None = Non
         ax = fig.add_subplot(rows, cols, i + 1)
         ax.imshow(f, cmap=None if f.ndim == 3 else "gray", interpolation="nearest")
         ax.axis("off")
-    fig.suptitle(f"{layer}: {k.shape[0]}x{k.shape[1]} filters, {k.shape[2]} -> {k.shape[3]} "
-                 f"channels", fontsize=9)
+    fig.suptitle(
+        f"{layer}: {k.shape[0]}x{k.shape[1]} filters, {k.shape[2]} -> {k.shape[3]} channels",
+        fontsize=9,
+    )
     fig.savefig(path, dpi=100, bbox_inches="tight")
     return path
 
@@ -207,24 +245,25 @@ def attention_map(model: nn.Module, variables, image: np.ndarray) -> tuple[np.nd
     t = first.shape[-1]
     g = int(round(math.sqrt(t - 1)))
     if first.shape[0] == 1 and g * g == t - 1:
-        return (attention_rollout([np.asarray(m)[0] for m in maps]),
-                f"attention rollout over {len(maps)} layers (class token)")
+        return (
+            attention_rollout([np.asarray(m)[0] for m in maps]),
+            f"attention rollout over {len(maps)} layers (class token)",
+        )
     ws = int(round(math.sqrt(t)))
     nw = first.shape[0]
     side = int(round(math.sqrt(nw)))
     if ws * ws != t or side * side != nw:
         raise ValueError(f"cannot lay out attention of shape {first.shape} on a square grid")
     received = first.mean(axis=(1, 2))  # (windows, T): mean over heads and queries
-    grid = received.reshape(side, side, ws, ws).transpose(0, 2, 1, 3).reshape(side * ws,
-                                                                               side * ws)
+    grid = received.reshape(side, side, ws, ws).transpose(0, 2, 1, 3).reshape(side * ws, side * ws)
     return grid / grid.max(), f"attention received, block 1 ({ws}x{ws} windows)"
 
 
-def plot_attention(model: nn.Module, variables, image: np.ndarray, path: str,
-                   title: str | None = None) -> str:
+def plot_attention(
+    model: nn.Module, variables, image: np.ndarray, path: str, title: str | None = None
+) -> str:
     """A PNG of :func:`attention_map` over the image (ViT / Swin)."""
     from jaxcnn.inspect.attention import save_attention_overlay
 
     amap, what = attention_map(model, variables, image)
-    return save_attention_overlay(_display(image), amap, path,
-                                  title=title or what)
+    return save_attention_overlay(_display(image), amap, path, title=title or what)

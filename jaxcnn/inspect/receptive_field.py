@@ -24,11 +24,12 @@ Rows are the convolutions and poolings in execution order, named by the module p
 jaxpr's name stack; ``modules`` holds the field at every module's output (tagged during the
 trace with ``checkpoint_name``).
 """
+
 from __future__ import annotations
 
 import dataclasses
 from fractions import Fraction
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -36,9 +37,10 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from jaxcnn.inspect._common import abstract_init, path_str, resolve, xla_convs
-from jaxcnn.inspect._rf_walk import TAG, AxisRF, FieldAt, RFRow, _State, _entry_summary, _Walker
+from jaxcnn.inspect._rf_walk import TAG, AxisRF, FieldAt, RFRow, _entry_summary, _State, _Walker
 
 __all__ = ["AxisRF", "FieldAt", "RFRow", "ReceptiveFields", "receptive_fields", "trace_forward"]
+
 
 def _fmt(v, frac: bool = False) -> str:
     if v is None:
@@ -77,8 +79,10 @@ class ReceptiveFields:
                 return FieldAt(r.size, r.jump, r.start, r.context, r.axes), r.loc
         if layer in self.modules:
             return self.modules[layer], self.module_locs[layer]
-        raise KeyError(f"no layer {layer!r}: rows {[r.name for r in self.rows][:12]}..., "
-                       f"modules {list(self.modules)[:12]}...")
+        raise KeyError(
+            f"no layer {layer!r}: rows {[r.name for r in self.rows][:12]}..., "
+            f"modules {list(self.modules)[:12]}..."
+        )
 
     def __getitem__(self, name: str) -> RFRow:
         for r in self.rows:
@@ -88,42 +92,77 @@ class ReceptiveFields:
 
     def __str__(self) -> str:
         head = ("Layer", "Op", "Kernel", "Stride", "Pad", "Dil", "Output", "RF", "Jump", "Start")
-        body = [(r.name, r.op, _fmt2(r.kernel), _fmt2(r.stride, frac=True), _fmt2(r.padding),
-                 _fmt2(r.dilation), _fmt2(r.out_hw), _fmt2(r.size) + (" +g" if r.context else ""),
-                 _fmt2(r.jump, "-", True), _fmt2(r.start, "-")) for r in self.rows]
+        body = [
+            (
+                r.name,
+                r.op,
+                _fmt2(r.kernel),
+                _fmt2(r.stride, frac=True),
+                _fmt2(r.padding),
+                _fmt2(r.dilation),
+                _fmt2(r.out_hw),
+                _fmt2(r.size) + (" +g" if r.context else ""),
+                _fmt2(r.jump, "-", True),
+                _fmt2(r.start, "-"),
+            )
+            for r in self.rows
+        ]
         widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
         line = lambda row: "  ".join(  # noqa: E731
-            f"{c:<{w}}" if i < 2 else f"{c:>{w}}" for i, (c, w) in enumerate(zip(row, widths)))
+            f"{c:<{w}}" if i < 2 else f"{c:>{w}}" for i, (c, w) in enumerate(zip(row, widths))
+        )
         rule = "-" * len(line(head))
         size, ctx = self.output.size, self.output.context
         h, w = self.input_shape[1:3]
-        out = [f"{self.model_name}: receptive fields for input {h}x{w} (pixels; start = centre "
-               f"of unit 0's field)", rule, line(head), rule, *map(line, body), rule,
-               f"Model output: RF {_fmt2(size)}" + (" (+ global context)" if ctx else "")]
+        out = [
+            f"{self.model_name}: receptive fields for input {h}x{w} (pixels; start = centre "
+            f"of unit 0's field)",
+            rule,
+            line(head),
+            rule,
+            *map(line, body),
+            rule,
+            f"Model output: RF {_fmt2(size)}" + (" (+ global context)" if ctx else ""),
+        ]
         if size[0] is None:
             glob = [k for k, v in self.modules.items() if k and v.size[0] is None]
             first = next((k for k in glob if "/" not in k), glob[0] if glob else None)
-            out.append(f"Global from {first or 'the output'} on: every output depends on the "
-                       f"whole image (self-attention mixes all positions; a reshape that splits "
-                       f"the spatial axes, e.g. Swin's windows, is also counted as global)")
+            out.append(
+                f"Global from {first or 'the output'} on: every output depends on the "
+                f"whole image (self-attention mixes all positions; a reshape that splits "
+                f"the spatial axes, e.g. Swin's windows, is also counted as global)"
+            )
         elif max(size) > max(h, w):
-            out.append(f"(fields larger than the {h}x{w} image reach into the zero padding; "
-                       f"after global pooling the field is the union over the last map)")
+            out.append(
+                f"(fields larger than the {h}x{w} image reach into the zero padding; "
+                f"after global pooling the field is the union over the last map)"
+            )
         if any(r.context for r in self.rows):
-            out.append("+g: a globally pooled branch (e.g. squeeze-excite) also feeds this "
-                       "layer; it is left out of the local field")
+            out.append(
+                "+g: a globally pooled branch (e.g. squeeze-excite) also feeds this "
+                "layer; it is left out of the local field"
+            )
         return "\n".join(out)
 
     def module_table(self, depth: int | None = 1) -> str:
         """The field at each module's output down to ``depth`` (branches already merged)."""
-        items = [(k, v) for k, v in self.modules.items()
-                 if k and (depth is None or k.count("/") < depth)]
+        items = [
+            (k, v) for k, v in self.modules.items() if k and (depth is None or k.count("/") < depth)
+        ]
         head = ("Module output", "RF", "Jump", "Start")
-        body = [(k, _fmt2(v.size) + (" +g" if v.context else ""), _fmt2(v.jump, "-", True),
-                 _fmt2(v.start, "-")) for k, v in items]
+        body = [
+            (
+                k,
+                _fmt2(v.size) + (" +g" if v.context else ""),
+                _fmt2(v.jump, "-", True),
+                _fmt2(v.start, "-"),
+            )
+            for k, v in items
+        ]
         widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
         line = lambda row: "  ".join(  # noqa: E731
-            f"{c:<{w}}" if i == 0 else f"{c:>{w}}" for i, (c, w) in enumerate(zip(row, widths)))
+            f"{c:<{w}}" if i == 0 else f"{c:>{w}}" for i, (c, w) in enumerate(zip(row, widths))
+        )
         rule = "-" * len(line(head))
         return "\n".join([rule, line(head), rule, *map(line, body), rule])
 
@@ -146,8 +185,9 @@ def trace_forward(model: nn.Module, input_shape, variables=None, **kwargs):
         path = tuple(mod.scope.path) if mod.scope is not None else ()
         idx = len(calls)
         calls[idx] = (path, type(mod).__name__)
-        return jax.tree.map(lambda a: checkpoint_name(a, f"{TAG}{idx}")
-                            if isinstance(a, jax.Array) else a, out)
+        return jax.tree.map(
+            lambda a: checkpoint_name(a, f"{TAG}{idx}") if isinstance(a, jax.Array) else a, out
+        )
 
     def fwd(v, x):
         with nn.intercept_methods(interceptor):
@@ -178,8 +218,9 @@ def _name_rows(rows: list[RFRow]) -> None:
             r.name = f"{path}/{label}" if path else label
 
 
-def receptive_fields(model, input_shape: Sequence[int] | None = None, *,
-                     context: str = "ignore", **create_kwargs) -> ReceptiveFields:
+def receptive_fields(
+    model, input_shape: Sequence[int] | None = None, *, context: str = "ignore", **create_kwargs
+) -> ReceptiveFields:
     """Analytic receptive field (size, jump, start along H and W) of every convolution and
     pooling of ``model`` (a registered name or a module), and of every module's output.
 
@@ -192,12 +233,24 @@ def receptive_fields(model, input_shape: Sequence[int] | None = None, *,
     walker = _Walker(type(module).__name__, calls, context == "include")
     jaxpr = closed.jaxpr
     n_vars = treedef.num_leaves
-    x_state = _State(((1, AxisRF(Fraction(1), Fraction(1), Fraction(0)), shape[1]),
-                      (2, AxisRF(Fraction(1), Fraction(1), Fraction(0)), shape[2])))
+    x_state = _State(
+        (
+            (1, AxisRF(Fraction(1), Fraction(1), Fraction(0)), shape[1]),
+            (2, AxisRF(Fraction(1), Fraction(1), Fraction(0)), shape[2]),
+        )
+    )
     in_states = [None] * n_vars + [x_state]
     outs = walker.run(jaxpr, in_states)
     _name_rows(walker.rows)
     modules = {path_str(k): v for k, v in walker.modules.items()}
-    return ReceptiveFields(name or type(module).__name__, shape, walker.rows, modules,
-                           _entry_summary(outs[0]), closed, treedef,
-                           {path_str(k): v for k, v in walker.module_locs.items()}, module)
+    return ReceptiveFields(
+        name or type(module).__name__,
+        shape,
+        walker.rows,
+        modules,
+        _entry_summary(outs[0]),
+        closed,
+        treedef,
+        {path_str(k): v for k, v in walker.module_locs.items()},
+        module,
+    )

@@ -13,6 +13,7 @@ multiply-add as 2 FLOPs (papers quoting "4.1 GFLOPs" for ResNet-50 count multipl
 Identical calls (same module configuration and input shape, e.g. repeated blocks) are lowered
 once.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,8 +21,7 @@ from typing import Any, Sequence
 
 import jax
 
-from jaxcnn.inspect._common import (Call, count, fmt_int, path_str, record_calls, resolve,
-                                    subtree)
+from jaxcnn.inspect._common import Call, count, fmt_int, path_str, record_calls, resolve, subtree
 
 __all__ = ["SummaryRow", "Summary", "summary", "xla_flops", "human"]
 
@@ -63,16 +63,23 @@ def xla_flops(fn, *args, compiled: bool = False) -> float | None:
 
 def _fields_key(module) -> tuple:
     return (type(module),) + tuple(
-        (f.name, repr(getattr(module, f.name, None))) for f in dataclasses.fields(module)
-        if f.name not in ("parent", "name"))
+        (f.name, repr(getattr(module, f.name, None)))
+        for f in dataclasses.fields(module)
+        if f.name not in ("parent", "name")
+    )
 
 
 def _call_flops(call: Call, variables, cache: dict) -> float | None:
     leaves, treedef = jax.tree.flatten((call.args, call.kwargs))
     dyn = [i for i, leaf in enumerate(leaves) if isinstance(leaf, jax.ShapeDtypeStruct)]
     static = tuple(repr(leaf) for i, leaf in enumerate(leaves) if i not in dyn)
-    key = (_fields_key(call.module), call.method, static, str(treedef),
-           tuple((leaves[i].shape, str(leaves[i].dtype)) for i in dyn))
+    key = (
+        _fields_key(call.module),
+        call.method,
+        static,
+        str(treedef),
+        tuple((leaves[i].shape, str(leaves[i].dtype)) for i in dyn),
+    )
     if key in cache:
         return cache[key]
     module = call.module.clone(parent=None)
@@ -83,8 +90,9 @@ def _call_flops(call: Call, variables, cache: dict) -> float | None:
         for i, d in zip(dyn, dyn_values):
             ls[i] = d
         args, kwargs = jax.tree.unflatten(treedef, ls)
-        return module.apply(v, *args, method=call.method, rngs={"dropout": jax.random.key(0)},
-                            **kwargs)
+        return module.apply(
+            v, *args, method=call.method, rngs={"dropout": jax.random.key(0)}, **kwargs
+        )
 
     try:
         flops = xla_flops(f, v, [leaves[i] for i in dyn])
@@ -134,29 +142,53 @@ class Summary:
 
     def __str__(self) -> str:
         head = ("Layer", "Type", "Output shape", "Params", "FLOPs")
-        body = [(r.name or f"({self.model_name})", r.type, _shape_str(r.output_shape),
-                 fmt_int(r.params), human(r.flops)) for r in self.shown_rows()]
+        body = [
+            (
+                r.name or f"({self.model_name})",
+                r.type,
+                _shape_str(r.output_shape),
+                fmt_int(r.params),
+                human(r.flops),
+            )
+            for r in self.shown_rows()
+        ]
         widths = [max(len(row[i]) for row in [head, *body]) for i in range(5)]
         align = ("<", "<", "<", ">", ">")
         line = lambda row: "  ".join(f"{c:{a}{w}}" for c, a, w in zip(row, align, widths))  # noqa
         rule = "-" * len(line(head))
         stats = "; ".join(f"{k} {fmt_int(v)}" for k, v in self.non_trainable.items())
-        flops = ("-" if self.total_flops is None else
-                 f"{fmt_int(self.total_flops)} ({human(self.total_flops)} FLOPs, "
-                 f"~{human(self.total_flops / 2)} multiply-adds)")
-        out = [f"{self.model_name}: input {self.input_shape} (NHWC), eval mode", rule, line(head),
-               rule, *map(line, body), rule,
-               f"Total params: {fmt_int(self.total_params)}"
-               + (f"  (non-trainable: {stats})" if stats else ""),
-               f"FLOPs (XLA cost analysis, batch {self.input_shape[0]}): {flops}"]
+        flops = (
+            "-"
+            if self.total_flops is None
+            else f"{fmt_int(self.total_flops)} ({human(self.total_flops)} FLOPs, "
+            f"~{human(self.total_flops / 2)} multiply-adds)"
+        )
+        out = [
+            f"{self.model_name}: input {self.input_shape} (NHWC), eval mode",
+            rule,
+            line(head),
+            rule,
+            *map(line, body),
+            rule,
+            f"Total params: {fmt_int(self.total_params)}"
+            + (f"  (non-trainable: {stats})" if stats else ""),
+            f"FLOPs (XLA cost analysis, batch {self.input_shape[0]}): {flops}",
+        ]
         return "\n".join(out)
 
     def _repr_pretty_(self, p, cycle):  # IPython
         p.text(str(self))
 
 
-def summary(model, input_shape: Sequence[int] | None = None, *, depth: int | None = None,
-            flops: bool = True, compiled_total: bool = False, **create_kwargs) -> Summary:
+def summary(
+    model,
+    input_shape: Sequence[int] | None = None,
+    *,
+    depth: int | None = None,
+    flops: bool = True,
+    compiled_total: bool = False,
+    **create_kwargs,
+) -> Summary:
     """Per-layer table of ``model`` (a registered name or a ``flax.linen.Module``).
 
     Args:
@@ -175,13 +207,22 @@ def summary(model, input_shape: Sequence[int] | None = None, *, depth: int | Non
     for c in calls:
         params = count(subtree(variables, c.path).get("params", {}))
         fl = _call_flops(c, variables, cache) if flops else None
-        rows.append(SummaryRow(path_str(c.path), c.path, c.type, c.out_spec, params, fl,
-                               c.times_called))
+        rows.append(
+            SummaryRow(path_str(c.path), c.path, c.type, c.out_spec, params, fl, c.times_called)
+        )
     total_flops = rows[0].flops if rows and rows[0].path == () else None
     if flops and compiled_total:
         x = jax.ShapeDtypeStruct(shape, "float32")
-        total_flops = xla_flops(lambda v, x: module.apply(v, x, train=False), variables, x,
-                                compiled=True)
+        total_flops = xla_flops(
+            lambda v, x: module.apply(v, x, train=False), variables, x, compiled=True
+        )
     non_trainable = {col: count(tree) for col, tree in variables.items() if col != "params"}
-    return Summary(name or type(module).__name__, shape, rows,
-                   count(variables.get("params", {})), non_trainable, total_flops, depth)
+    return Summary(
+        name or type(module).__name__,
+        shape,
+        rows,
+        count(variables.get("params", {})),
+        non_trainable,
+        total_flops,
+        depth,
+    )

@@ -5,7 +5,11 @@
 
 See :mod:`jaxcnn.interop.torch` for how tensors are matched and what ``strict=False`` allows.
 """
-from jaxcnn.interop.torch import (from_torch_state_dict, to_torch_state_dict,
-                                  torchvision_transform_input)
+
+from jaxcnn.interop.torch import (
+    from_torch_state_dict,
+    to_torch_state_dict,
+    torchvision_transform_input,
+)
 
 __all__ = ["from_torch_state_dict", "to_torch_state_dict", "torchvision_transform_input"]

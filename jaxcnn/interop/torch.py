@@ -29,6 +29,7 @@ and the torch tensors left over for them (same kind, another class count) or aft
 tensor used (a classifier the model lacks, e.g. ``features_only=True``) are ignored. Anything
 else still raises. Only the ``params`` and ``batch_stats`` collections are converted.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -48,9 +49,15 @@ from jaxcnn.inspect._common import record_calls, resolve
 __all__ = ["from_torch_state_dict", "to_torch_state_dict", "torchvision_transform_input"]
 
 SKIPPED = ("num_batches_tracked", "relative_position_index")
-_KIND = {"in_proj_weight": "kernel", "in_proj_bias": "bias", "running_mean": "mean",
-         "running_var": "var", "class_token": "cls_token", "pos_embedding": "pos_embed",
-         "gamma": "layer_scale"}
+_KIND = {
+    "in_proj_weight": "kernel",
+    "in_proj_bias": "bias",
+    "running_mean": "mean",
+    "running_var": "var",
+    "class_token": "cls_token",
+    "pos_embedding": "pos_embed",
+    "gamma": "layer_scale",
+}
 _RANK = {"bias": 1, "mean": 2, "var": 3}
 _SHOW = 6  # entries of each kind listed in an error
 
@@ -58,6 +65,7 @@ _SHOW = 6  # entries of each kind listed in an error
 @dataclasses.dataclass(eq=False)
 class _T:
     """A torch tensor: key, module prefix, kind (jaxcnn leaf name), torch shape, value."""
+
     index: int
     key: str
     prefix: str
@@ -70,6 +78,7 @@ class _T:
 @dataclasses.dataclass(eq=False)
 class _J:
     """A jaxcnn leaf; ``flat`` = (H, W, C) when a dense kernel's input is a flattened map."""
+
     col: str
     path: tuple
     shape: tuple
@@ -136,8 +145,11 @@ def _to_torch(a: np.ndarray, kind, j: _J, shape) -> np.ndarray:
     if kind == "kernel" and len(shape) >= 2:
         a = a.reshape(_jax_shape(shape, kind, j.transposed))
         if a.ndim == 4:
-            a = (a.transpose(2, 3, 0, 1)[:, :, ::-1, ::-1] if j.transposed
-                 else a.transpose(3, 2, 0, 1))
+            a = (
+                a.transpose(2, 3, 0, 1)[:, :, ::-1, ::-1]
+                if j.transposed
+                else a.transpose(3, 2, 0, 1)
+            )
         elif a.ndim == 2 and j.flat and a.shape[0] == math.prod(j.flat):
             a = a.reshape(*j.flat, -1).transpose(3, 2, 0, 1).reshape(a.shape[1], -1)
         else:
@@ -147,8 +159,9 @@ def _to_torch(a: np.ndarray, kind, j: _J, shape) -> np.ndarray:
 
 def _torch_tensors(state_dict: Mapping, with_values: bool) -> tuple[list[_T], dict]:
     if not isinstance(state_dict, Mapping):
-        raise TypeError("state_dict must be a mapping str -> array, got "
-                        f"{type(state_dict).__name__}")
+        raise TypeError(
+            f"state_dict must be a mapping str -> array, got {type(state_dict).__name__}"
+        )
     out, skipped = [], {}
     for key, v in state_dict.items():
         prefix, _, leaf = str(key).rpartition(".")
@@ -170,7 +183,7 @@ def _flat_hint(calls, i, fan_in, owners):
     path = calls[i].path
     for c in reversed(calls[:i]):
         out = c.out_spec
-        if path[:len(c.path)] == c.path or not hasattr(out, "shape"):
+        if path[: len(c.path)] == c.path or not hasattr(out, "shape"):
             continue  # an ancestor, or not one array
         if len(out.shape) == 2 and out.shape[-1] == fan_in and c.path not in owners:
             continue  # dropout and other parameter-free layers on the flat vector
@@ -191,9 +204,11 @@ def _jax_leaves(model, input_shape) -> tuple[list[_J], dict]:
     calls, abstract = record_calls(model, input_shape)
     calls = list(calls)
     index = {c.path: i for i, c in enumerate(calls)}
-    leaves = [_J(col, path, tuple(a.shape), a.dtype)
-              for col in ("params", "batch_stats")
-              for path, a in traverse_util.flatten_dict(dict(abstract.get(col, {}))).items()]
+    leaves = [
+        _J(col, path, tuple(a.shape), a.dtype)
+        for col in ("params", "batch_stats")
+        for path, a in traverse_util.flatten_dict(dict(abstract.get(col, {}))).items()
+    ]
     owners = {j.path[:k] for j in leaves for k in range(len(j.path))}
 
     def call_index(mp):
@@ -215,7 +230,7 @@ def _jax_leaves(model, input_shape) -> tuple[list[_J], dict]:
         mp = j.path[:-1]
         tree.setdefault(mp, ([], []))[0].append(j)
         for k in range(len(mp), 0, -1):
-            kids = tree.setdefault(mp[:k - 1], ([], []))[1]
+            kids = tree.setdefault(mp[: k - 1], ([], []))[1]
             if mp[:k] not in kids:
                 kids.append(mp[:k])
     return leaves, tree
@@ -234,8 +249,9 @@ def _match(leaves, tree, tensors) -> None:
             members.setdefault(".".join(parts[:k]), []).append(t)
     by_sig: dict[tuple, list[str]] = {}
     for p, ts in members.items():
-        by_sig.setdefault(_signature((t.kind, _canon(_jax_shape(t.shape, t.kind))) for t in ts),
-                          []).append(p)
+        by_sig.setdefault(
+            _signature((t.kind, _canon(_jax_shape(t.shape, t.kind))) for t in ts), []
+        ).append(p)
 
     def subtree(mp):
         own, kids = tree.get(mp, ([], []))
@@ -244,8 +260,9 @@ def _match(leaves, tree, tensors) -> None:
     def assign(mp, scope):
         own, kids = tree.get(mp, ([], []))
         for j in own:
-            j.match = next((t for t in tensors if t.index in scope and not t.used and _fits(t, j)),
-                           None)
+            j.match = next(
+                (t for t in tensors if t.index in scope and not t.used and _fits(t, j)), None
+            )
             if j.match is not None:
                 j.match.used = True
         for k in kids:
@@ -263,8 +280,13 @@ def _match(leaves, tree, tensors) -> None:
 def _other_classes(t: _T, j: _J) -> bool:
     """``t`` would fill the head leaf ``j`` but for the number of classes (the last axis)."""
     ts = _jax_shape(t.shape, t.kind)
-    return ("head" in j.path and t.kind == j.kind and len(ts) == len(j.shape)
-            and ts[:-1] == j.shape[:-1] and ts != j.shape)
+    return (
+        "head" in j.path
+        and t.kind == j.kind
+        and len(ts) == len(j.shape)
+        and ts[:-1] == j.shape[:-1]
+        and ts != j.shape
+    )
 
 
 def _diagnose(name, leaves, tensors, strict) -> str:
@@ -290,8 +312,10 @@ def _diagnose(name, leaves, tensors, strict) -> str:
     if not (shape_err or missing or extra):  # same sequence, but the orders could not agree
         missing = [j for j in leaves if j.match is None]
         extra = [t for t in tensors if not t.used]
-    lines = [f"{name}: the state dict does not fit the model ({len(tensors)} torch tensors, "
-             f"{len(leaves)} jaxcnn variables; {', '.join(SKIPPED)} skipped)."]
+    lines = [
+        f"{name}: the state dict does not fit the model ({len(tensors)} torch tensors, "
+        f"{len(leaves)} jaxcnn variables; {', '.join(SKIPPED)} skipped)."
+    ]
     for j, t in shape_err:
         ts = _jax_shape(t.shape, t.kind)
         if _other_classes(t, j):
@@ -300,15 +324,23 @@ def _diagnose(name, leaves, tensors, strict) -> str:
                 f"{j.name} {j.shape} has {j.shape[-1]}. Create the model with "
                 f"num_classes={ts[-1]} to load it all, or pass strict=False to load everything "
                 f"but the head, which keeps its fresh initialisation (then train it; "
-                f"jaxcnn.transfer.replace_head does the same with jaxcnn variables).")
+                f"jaxcnn.transfer.replace_head does the same with jaxcnn variables)."
+            )
             break
     if not strict:
         lines.append("(strict=False only lets leaves under a `head` module go without a tensor.)")
     for what, items, fmt in (
-            ("shape mismatch:", shape_err, lambda jt: f"torch {jt[1].key!r} {jt[1].shape} (as "
-             f"{_jax_shape(jt[1].shape, jt[1].kind)}) -> {jt[0].name} expects {jt[0].shape}"),
-            ("no torch tensor for", missing, lambda j: f"{j.name} {j.shape}"),
-            ("torch tensor left over:", extra, lambda t: f"{t.key!r} {t.shape}")):
+        (
+            "shape mismatch:",
+            shape_err,
+            lambda jt: (
+                f"torch {jt[1].key!r} {jt[1].shape} (as "
+                f"{_jax_shape(jt[1].shape, jt[1].kind)}) -> {jt[0].name} expects {jt[0].shape}"
+            ),
+        ),
+        ("no torch tensor for", missing, lambda j: f"{j.name} {j.shape}"),
+        ("torch tensor left over:", extra, lambda t: f"{t.key!r} {t.shape}"),
+    ):
         if items:
             shown = "; ".join(fmt(x) for x in items[:_SHOW])
             more = f"; ... ({len(items)} in all)" if len(items) > _SHOW else ""
@@ -324,8 +356,9 @@ def _prepare(model_or_name, state_dict, input_shape, with_values, create_kwargs)
     return model, input_shape, name or type(model).__name__, leaves, tensors, skipped
 
 
-def from_torch_state_dict(model_or_name, state_dict: Mapping, input_shape=None,
-                          strict: bool = True, **create_kwargs) -> dict:
+def from_torch_state_dict(
+    model_or_name, state_dict: Mapping, input_shape=None, strict: bool = True, **create_kwargs
+) -> dict:
     """jaxcnn variables ``{"params", "batch_stats"}`` for a model from a torch ``state_dict``.
 
     ``model_or_name``: a registered name (built with ``create_kwargs``, e.g. ``num_classes=10``)
@@ -335,7 +368,8 @@ def from_torch_state_dict(model_or_name, state_dict: Mapping, input_shape=None,
     embedding). ``strict``: see the module docstring. Raises ``ValueError`` on any misfit.
     """
     model, input_shape, name, leaves, tensors, _ = _prepare(
-        model_or_name, state_dict, input_shape, True, create_kwargs)
+        model_or_name, state_dict, input_shape, True, create_kwargs
+    )
     missing = [j for j in leaves if j.match is None]
     extra = [t for t in tensors if not t.used]
     if missing or extra:
@@ -354,15 +388,18 @@ def from_torch_state_dict(model_or_name, state_dict: Mapping, input_shape=None,
 
 def _fresh_leaves(model, input_shape, leaves):
     """Freshly initialised values of ``leaves`` (one jitted init; the rest is dead code)."""
+
     def init():
         x = jnp.zeros(input_shape, jnp.float32)
         v = model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x, train=False)
         return [functools.reduce(lambda d, k: d[k], j.path, v[j.col]) for j in leaves]
+
     return list(jax.jit(init)())
 
 
-def to_torch_state_dict(model_or_name, variables: Mapping, reference: Mapping, input_shape=None,
-                        **create_kwargs) -> dict:
+def to_torch_state_dict(
+    model_or_name, variables: Mapping, reference: Mapping, input_shape=None, **create_kwargs
+) -> dict:
     """The inverse: numpy arrays in torch layout, keyed and ordered like ``reference``.
 
     ``reference`` maps torch keys to arrays or shapes, e.g. a torchvision model's
@@ -370,7 +407,8 @@ def to_torch_state_dict(model_or_name, variables: Mapping, reference: Mapping, i
     ``relative_position_index``) are copied from ``reference`` when it holds arrays there.
     """
     _, _, name, leaves, tensors, skipped = _prepare(
-        model_or_name, reference, input_shape, False, create_kwargs)
+        model_or_name, reference, input_shape, False, create_kwargs
+    )
     if any(j.match is None for j in leaves) or not all(t.used for t in tensors):
         raise ValueError(_diagnose(name, leaves, tensors, True))
     by_key = {j.match.key: j for j in leaves}

@@ -1,4 +1,5 @@
 """Building blocks shared by the model families."""
+
 from jaxcnn.layers.blocks import DropPath, Mlp, SqueezeExcite, make_divisible
 from jaxcnn.layers.checks import check_image
 from jaxcnn.layers.conv import (
@@ -24,9 +25,28 @@ from jaxcnn.layers.pooling import (
 from jaxcnn.layers.sizes import conv_output_size, pool_output_size, transposed_output_size
 
 __all__ = [
-    "ConvBNAct", "ConvTranspose2d", "DepthwiseSeparableConv", "DropPath", "Mlp",
-    "SqueezeExcite", "StochasticPool", "adaptive_avg_pool", "avg_pool", "batch_norm",
-    "check_image", "conv2d", "conv_output_size", "depthwise_conv", "global_avg_pool",
-    "global_max_pool", "make_divisible", "max_pool", "min_pool", "pair", "pointwise_conv",
-    "pool_output_size", "torch_padding", "transposed_output_size",
+    "ConvBNAct",
+    "ConvTranspose2d",
+    "DepthwiseSeparableConv",
+    "DropPath",
+    "Mlp",
+    "SqueezeExcite",
+    "StochasticPool",
+    "adaptive_avg_pool",
+    "avg_pool",
+    "batch_norm",
+    "check_image",
+    "conv2d",
+    "conv_output_size",
+    "depthwise_conv",
+    "global_avg_pool",
+    "global_max_pool",
+    "make_divisible",
+    "max_pool",
+    "min_pool",
+    "pair",
+    "pointwise_conv",
+    "pool_output_size",
+    "torch_padding",
+    "transposed_output_size",
 ]

@@ -16,6 +16,7 @@
 Parameter layout follows torchvision: ``qkv`` is one Dense of ``3 * dim`` outputs ordered
 ``[q | k | v]``, each head-major (torchvision's ``in_proj_weight.T``, timm's ``qkv.weight.T``).
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Sequence
@@ -68,8 +69,9 @@ def window_reverse(windows, window: Sequence[int], h: int, w: int):
     return x.reshape(-1, h, w, c)
 
 
-def shifted_window_mask(size: Sequence[int], window: Sequence[int], shift: Sequence[int],
-                        neg: float = -100.0) -> np.ndarray:
+def shifted_window_mask(
+    size: Sequence[int], window: Sequence[int], shift: Sequence[int], neg: float = -100.0
+) -> np.ndarray:
     """Additive attention mask ``(nW, N, N)`` of shifted-window attention (Swin).
 
     After the cyclic shift by ``-shift``, a window at the bottom/right border holds tokens that
@@ -84,7 +86,7 @@ def shifted_window_mask(size: Sequence[int], window: Sequence[int], shift: Seque
     # same slices as torchvision (a zero shift gives an empty middle slice and an all slice)
     for hs in ((0, -wh), (-wh, -sh), (-sh, None)):
         for ws in ((0, -ww), (-ww, -sw), (-sw, None)):
-            labels[hs[0]:hs[1], ws[0]:ws[1]] = count
+            labels[hs[0] : hs[1], ws[0] : ws[1]] = count
             count += 1
     labels = window_partition(labels[None, :, :, None], window)[..., 0]  # (nW, N)
     diff = labels[:, None, :] - labels[:, :, None]
@@ -121,17 +123,26 @@ class MultiHeadSelfAttention(nn.Module):
             raise ValueError(f"attention: {c} channels do not split into {self.num_heads} heads")
         hd = c // self.num_heads
         dense = lambda f, bias, name: nn.Dense(  # noqa: E731
-            f, use_bias=bias, kernel_init=self.kernel_init, dtype=self.dtype,
-            param_dtype=self.param_dtype, name=name)
+            f,
+            use_bias=bias,
+            kernel_init=self.kernel_init,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name=name,
+        )
         qkv = dense(3 * c, self.qkv_bias, "qkv")(x).reshape(b, n, 3, self.num_heads, hd)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, N, heads, hd)
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q * hd ** -0.5, k)
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q * hd**-0.5, k)
         if self.window_size is not None:
             wh, ww = self.window_size
             if n != wh * ww:
                 raise ValueError(f"attention: window {wh}x{ww} needs {wh * ww} tokens, got {n}")
-            table = self.param("relative_position_bias_table", trunc_normal(0.02),
-                               ((2 * wh - 1) * (2 * ww - 1), self.num_heads), self.param_dtype)
+            table = self.param(
+                "relative_position_bias_table",
+                trunc_normal(0.02),
+                ((2 * wh - 1) * (2 * ww - 1), self.num_heads),
+                self.param_dtype,
+            )
             idx = relative_position_index((wh, ww)).reshape(-1)
             bias = jnp.take(table, idx, axis=0).reshape(n, n, self.num_heads)
             logits = logits + bias.transpose(2, 0, 1).astype(logits.dtype)
@@ -159,10 +170,22 @@ class PatchEmbed(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        x = conv2d(self.features, self.patch, stride=self.patch, padding=0,
-                   kernel_init=self.kernel_init, dtype=self.dtype,
-                   param_dtype=self.param_dtype, name="conv")(x)
+        x = conv2d(
+            self.features,
+            self.patch,
+            stride=self.patch,
+            padding=0,
+            kernel_init=self.kernel_init,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="conv",
+        )(x)
         if self.norm_eps is not None:
-            x = nn.LayerNorm(self.norm_eps, use_fast_variance=False, dtype=self.dtype,
-                             param_dtype=self.param_dtype, name="norm")(x)
+            x = nn.LayerNorm(
+                self.norm_eps,
+                use_fast_variance=False,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name="norm",
+            )(x)
         return x

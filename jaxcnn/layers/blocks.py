@@ -1,4 +1,5 @@
 """Small reusable blocks: squeeze-and-excitation, drop path (stochastic depth), MLP."""
+
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -34,8 +35,9 @@ class SqueezeExcite(nn.Module):
     def __call__(self, x):
         c = x.shape[-1]
         s = jnp.mean(x, axis=(1, 2), keepdims=True)
-        s = nn.Conv(self.rd_channels, (1, 1), dtype=self.dtype, param_dtype=self.param_dtype,
-                    name="fc1")(s)
+        s = nn.Conv(
+            self.rd_channels, (1, 1), dtype=self.dtype, param_dtype=self.param_dtype, name="fc1"
+        )(s)
         s = self.act(s)
         s = nn.Conv(c, (1, 1), dtype=self.dtype, param_dtype=self.param_dtype, name="fc2")(s)
         return x * self.gate(s)
@@ -71,8 +73,9 @@ class Mlp(nn.Module):
     @nn.compact
     def __call__(self, x, deterministic: bool = True):
         out = self.out_features or x.shape[-1]
-        x = nn.Dense(self.hidden_features, dtype=self.dtype, param_dtype=self.param_dtype,
-                     name="fc1")(x)
+        x = nn.Dense(
+            self.hidden_features, dtype=self.dtype, param_dtype=self.param_dtype, name="fc1"
+        )(x)
         x = self.act(x)
         x = nn.Dropout(self.drop)(x, deterministic=deterministic)
         x = nn.Dense(out, dtype=self.dtype, param_dtype=self.param_dtype, name="fc2")(x)

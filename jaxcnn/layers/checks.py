@@ -1,5 +1,6 @@
 """Input validation run in Python before anything is traced, so users get a sentence, not an
 XLA traceback."""
+
 from __future__ import annotations
 
 import jax.numpy as jnp
@@ -9,8 +10,9 @@ from jaxcnn.layers.conv import pair
 __all__ = ["check_image"]
 
 
-def check_image(x, *, model: str, channels: int | None = None, min_size=None,
-                multiple_of: int | None = None) -> None:
+def check_image(
+    x, *, model: str, channels: int | None = None, min_size=None, multiple_of: int | None = None
+) -> None:
     """Raise ``ValueError`` unless ``x`` is a float NHWC batch that ``model`` can take.
 
     Args:
@@ -38,8 +40,11 @@ def check_image(x, *, model: str, channels: int | None = None, min_size=None,
         raise ValueError(
             f"{model}: expected {channels} input channel(s) (NHWC, channels last), got {c} "
             f"in shape {shape}"
-            + (" -- is the input NCHW? transpose it with x.transpose(0, 2, 3, 1)"
-               if h == channels else "")
+            + (
+                " -- is the input NCHW? transpose it with x.transpose(0, 2, 3, 1)"
+                if h == channels
+                else ""
+            )
         )
     if min_size is not None:
         mh, mw = pair(min_size)

@@ -10,6 +10,7 @@ How the convolutions are computed is chosen by ``jaxcnn.layers.fast_conv.set_con
 matmuls, several times to 100x faster on CPU; ``"xla"``: plain ``lax.conv_general_dilated``) or
 the environment variable ``JAXCNN_CONV_IMPL``. Parameters and results are the same either way.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Sequence
@@ -109,11 +110,26 @@ def pointwise_conv(features: int, use_bias: bool = True, **kwargs) -> nn.Conv:
     return conv2d(features, kernel_size=1, padding=0, use_bias=use_bias, **kwargs)
 
 
-def depthwise_conv(channels: int, kernel_size: IntOr2 = 3, stride: IntOr2 = 1, padding=None,
-                   dilation: IntOr2 = 1, use_bias: bool = False, **kwargs) -> nn.Conv:
+def depthwise_conv(
+    channels: int,
+    kernel_size: IntOr2 = 3,
+    stride: IntOr2 = 1,
+    padding=None,
+    dilation: IntOr2 = 1,
+    use_bias: bool = False,
+    **kwargs,
+) -> nn.Conv:
     """Depthwise convolution: one ``k x k`` filter per input channel (``groups == channels``)."""
-    return conv2d(channels, kernel_size, stride, padding, dilation, groups=channels,
-                  use_bias=use_bias, **kwargs)
+    return conv2d(
+        channels,
+        kernel_size,
+        stride,
+        padding,
+        dilation,
+        groups=channels,
+        use_bias=use_bias,
+        **kwargs,
+    )
 
 
 class DepthwiseSeparableConv(nn.Module):
@@ -141,8 +157,16 @@ class DepthwiseSeparableConv(nn.Module):
     def __call__(self, x, train: bool = False):
         cin = x.shape[-1]
         common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        x = depthwise_conv(cin, self.kernel_size, self.stride, self.padding, self.dilation,
-                           use_bias=self.use_bias, name="depthwise", **common)(x)
+        x = depthwise_conv(
+            cin,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            use_bias=self.use_bias,
+            name="depthwise",
+            **common,
+        )(x)
         if self.norm:
             x = batch_norm(train, self.bn_momentum, self.bn_eps, name="bn_dw", **common)(x)
         if self.act is not None:
@@ -205,31 +229,53 @@ class _ConvTranspose(nn.ConvTranspose):
 
     @nn.compact
     def __call__(self, inputs):
-        if get_conv_impl() != "fast" or self.transpose_kernel or self.mask is not None or \
-                isinstance(self.padding, str) or inputs.ndim != 4:
+        if (
+            get_conv_impl() != "fast"
+            or self.transpose_kernel
+            or self.mask is not None
+            or isinstance(self.padding, str)
+            or inputs.ndim != 4
+        ):
             return nn.ConvTranspose.__call__.__wrapped__(self, inputs)  # flax's own code
         kh, kw = self.kernel_size
-        kernel = self.param("kernel", self.kernel_init, (kh, kw, inputs.shape[-1], self.features),
-                            self.param_dtype)
-        bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-                if self.use_bias else None)
+        kernel = self.param(
+            "kernel", self.kernel_init, (kh, kw, inputs.shape[-1], self.features), self.param_dtype
+        )
+        bias = (
+            self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+            if self.use_bias
+            else None
+        )
         inputs, kernel, bias = promote_dtype(inputs, kernel, bias, dtype=self.dtype)
         y = fast_conv.conv_general_dilated(
-            inputs, kernel, (1, 1), self.padding, lhs_dilation=pair(self.strides),
-            rhs_dilation=pair(self.kernel_dilation), dimension_numbers=fast_conv.NHWC_DN,
-            precision=self.precision, preferred_element_type=self.preferred_element_type)
+            inputs,
+            kernel,
+            (1, 1),
+            self.padding,
+            lhs_dilation=pair(self.strides),
+            rhs_dilation=pair(self.kernel_dilation),
+            dimension_numbers=fast_conv.NHWC_DN,
+            precision=self.precision,
+            preferred_element_type=self.preferred_element_type,
+        )
         return y if bias is None else y + bias.reshape((1,) * (y.ndim - 1) + (-1,))
 
 
-def batch_norm(train: bool, momentum: float = 0.9, epsilon: float = 1e-5, axis_name=None,
-               **kwargs) -> nn.BatchNorm:
+def batch_norm(
+    train: bool, momentum: float = 0.9, epsilon: float = 1e-5, axis_name=None, **kwargs
+) -> nn.BatchNorm:
     """BatchNorm with PyTorch's defaults (momentum 0.1 there is 0.9 here, eps 1e-5).
 
     Statistics live in the ``batch_stats`` collection; in training mode they are computed from the
     batch (across the ``data`` mesh axis when the batch is sharded: see ``jaxcnn.train.mesh``).
     """
-    return nn.BatchNorm(use_running_average=not train, momentum=momentum, epsilon=epsilon,
-                        axis_name=axis_name, **kwargs)
+    return nn.BatchNorm(
+        use_running_average=not train,
+        momentum=momentum,
+        epsilon=epsilon,
+        axis_name=axis_name,
+        **kwargs,
+    )
 
 
 class ConvBNAct(nn.Module):
@@ -257,12 +303,28 @@ class ConvBNAct(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        x = conv2d(self.features, self.kernel_size, self.stride, self.padding, self.dilation,
-                   self.groups, self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
-                   kernel_init=self.kernel_init, name="conv")(x)
+        x = conv2d(
+            self.features,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+            self.use_bias,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=self.kernel_init,
+            name="conv",
+        )(x)
         if self.norm:
-            x = batch_norm(train, self.bn_momentum, self.bn_eps, dtype=self.dtype,
-                           param_dtype=self.param_dtype, name="bn")(x)
+            x = batch_norm(
+                train,
+                self.bn_momentum,
+                self.bn_eps,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name="bn",
+            )(x)
         if self.act is not None:
             x = self.act(x)
         return x

@@ -24,6 +24,7 @@ the environment variable ``JAXCNN_CONV_IMPL``; it is read when a model is traced
 changing it. Forward-mode differentiation (``jax.jvp``/``jacfwd``) of a dense convolution is not
 available on the fast path (it uses ``jax.custom_vjp``); use ``set_conv_impl("xla")`` for that.
 """
+
 from __future__ import annotations
 
 import functools
@@ -34,8 +35,15 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["NHWC_DN", "set_conv_impl", "get_conv_impl", "get_conv_fn", "conv_general_dilated",
-           "depthwise_conv_shifted", "dense_conv_fast_filter_grad"]
+__all__ = [
+    "NHWC_DN",
+    "set_conv_impl",
+    "get_conv_impl",
+    "get_conv_fn",
+    "conv_general_dilated",
+    "depthwise_conv_shifted",
+    "dense_conv_fast_filter_grad",
+]
 
 NHWC_DN = ("NHWC", "HWIO", "NHWC")
 _IMPLS = ("fast", "xla")
@@ -121,9 +129,12 @@ def depthwise_conv_shifted(x, w, strides, padding, rhs_dilation=(1, 1), precisio
     y = None
     for i in range(kh):
         for j in range(kw):
-            s = lax.slice(xp, (0, i * dh, j * dw, 0),
-                          (n, i * dh + (ho - 1) * sh + 1, j * dw + (wo - 1) * sw + 1, cout),
-                          (1, sh, sw, 1))
+            s = lax.slice(
+                xp,
+                (0, i * dh, j * dw, 0),
+                (n, i * dh + (ho - 1) * sh + 1, j * dw + (wo - 1) * sw + 1, cout),
+                (1, sh, sw, 1),
+            )
             term = s.astype(dtype) * w[i, j, 0].astype(dtype)
             y = term if y is None else y + term
     return y
@@ -160,8 +171,9 @@ def _filter_grad(x, g, kshape, strides, padding, lhs_dilation, rhs_dilation, pre
             # sum: ~2x faster on XLA:CPU than one (Cin, M) @ (M, Cout) product with huge M.
             xs = xs.reshape(b, -1, cin)
             gs = gs.reshape(b, -1, cout)
-            taps.append(lax.dot_general(xs, gs, (((1,), (1,)), ((0,), (0,))),
-                                        precision=precision).sum(0))
+            taps.append(
+                lax.dot_general(xs, gs, (((1,), (1,)), ((0,), (0,))), precision=precision).sum(0)
+            )
     return jnp.stack(taps).reshape(kh, kw, cin, cout)
 
 
@@ -169,8 +181,9 @@ def _filter_grad(x, g, kshape, strides, padding, lhs_dilation, rhs_dilation, pre
 def dense_conv_fast_filter_grad(x, w, strides, padding, lhs_dilation, rhs_dilation, precision):
     """``lax.conv_general_dilated`` (NHWC/HWIO, groups 1) whose kernel gradient is computed as
     per-tap matmuls instead of XLA's transposed convolution."""
-    return lax.conv_general_dilated(x, w, strides, padding, lhs_dilation, rhs_dilation,
-                                    NHWC_DN, precision=precision)
+    return lax.conv_general_dilated(
+        x, w, strides, padding, lhs_dilation, rhs_dilation, NHWC_DN, precision=precision
+    )
 
 
 def _dense_fwd(x, w, strides, padding, lhs_dilation, rhs_dilation, precision):
@@ -180,8 +193,12 @@ def _dense_fwd(x, w, strides, padding, lhs_dilation, rhs_dilation, precision):
 
 def _dense_bwd(strides, padding, lhs_dilation, rhs_dilation, precision, res, g):
     x, w = res
-    _, vjp_x = jax.vjp(lambda x_: lax.conv_general_dilated(
-        x_, w, strides, padding, lhs_dilation, rhs_dilation, NHWC_DN, precision=precision), x)
+    _, vjp_x = jax.vjp(
+        lambda x_: lax.conv_general_dilated(
+            x_, w, strides, padding, lhs_dilation, rhs_dilation, NHWC_DN, precision=precision
+        ),
+        x,
+    )
     (dx,) = vjp_x(g)
     dw = _filter_grad(x, g, w.shape, strides, padding, lhs_dilation, rhs_dilation, precision)
     return dx, dw.astype(w.dtype)
@@ -197,17 +214,36 @@ def _pairs(v, default=1) -> tuple[int, ...]:
     return tuple(int(a) for a in v)
 
 
-def _fast_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-               dimension_numbers=None, feature_group_count=1, batch_group_count=1,
-               precision=None, preferred_element_type=None):
+def _fast_conv(
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation=None,
+    rhs_dilation=None,
+    dimension_numbers=None,
+    feature_group_count=1,
+    batch_group_count=1,
+    precision=None,
+    preferred_element_type=None,
+):
     """Drop-in for ``lax.conv_general_dilated`` using the fast formulations where they apply."""
     args = (lhs, rhs, window_strides, padding)
-    kwargs = dict(lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-                  dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
-                  batch_group_count=batch_group_count, precision=precision,
-                  preferred_element_type=preferred_element_type)
-    if lhs.ndim != 4 or rhs.ndim != 4 or batch_group_count != 1 or \
-            preferred_element_type is not None:
+    kwargs = dict(
+        lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation,
+        dimension_numbers=dimension_numbers,
+        feature_group_count=feature_group_count,
+        batch_group_count=batch_group_count,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
+    if (
+        lhs.ndim != 4
+        or rhs.ndim != 4
+        or batch_group_count != 1
+        or preferred_element_type is not None
+    ):
         return lax.conv_general_dilated(*args, **kwargs)
     dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
     if dn != lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC_DN):
@@ -221,8 +257,10 @@ def _fast_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilatio
         padding = lax.padtype_to_pads(dilated, span, strides, padding)
     padding = tuple((int(lo), int(hi)) for lo, hi in padding)
     c = lhs.shape[-1]
-    out_hw = [_out_size(lhs.shape[1 + a], rhs.shape[a], strides[a], *padding[a], ldil[a], rdil[a])
-              for a in range(2)]
+    out_hw = [
+        _out_size(lhs.shape[1 + a], rhs.shape[a], strides[a], *padding[a], ldil[a], rdil[a])
+        for a in range(2)
+    ]
     if min(out_hw) <= 0 or lhs.shape[0] == 0:
         return lax.conv_general_dilated(*args, **kwargs)
     if feature_group_count == c and cin_g == 1 and c > 1 and ldil == (1, 1):
@@ -232,13 +270,31 @@ def _fast_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilatio
     return lax.conv_general_dilated(*args, **kwargs)
 
 
-def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding, lhs_dilation=None,
-                         rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
-                         batch_group_count=1, precision=None, preferred_element_type=None):
+def conv_general_dilated(
+    lhs,
+    rhs,
+    window_strides: Sequence[int],
+    padding,
+    lhs_dilation=None,
+    rhs_dilation=None,
+    dimension_numbers=None,
+    feature_group_count=1,
+    batch_group_count=1,
+    precision=None,
+    preferred_element_type=None,
+):
     """``lax.conv_general_dilated`` through the implementation chosen by :func:`set_conv_impl`
     (read at trace time). ``flax.linen.Conv(conv_general_dilated=...)`` takes this."""
-    return get_conv_fn()(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
-                         rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
-                         feature_group_count=feature_group_count,
-                         batch_group_count=batch_group_count, precision=precision,
-                         preferred_element_type=preferred_element_type)
+    return get_conv_fn()(
+        lhs,
+        rhs,
+        window_strides,
+        padding,
+        lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation,
+        dimension_numbers=dimension_numbers,
+        feature_group_count=feature_group_count,
+        batch_group_count=batch_group_count,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )

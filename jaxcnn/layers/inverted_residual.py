@@ -14,6 +14,7 @@ and momentum are fields, so one block reproduces all three torchvision families:
 Submodules: ``expand`` (only when ``expanded != in_channels``), ``depthwise``, ``se``,
 ``project`` (each a ``ConvBNAct`` with ``conv``/``bn``; ``se`` has ``fc1``/``fc2``).
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -71,17 +72,35 @@ class InvertedResidual(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False):
         cin = x.shape[-1]
-        common = dict(bn_eps=self.bn_eps, bn_momentum=self.bn_momentum, dtype=self.dtype,
-                      param_dtype=self.param_dtype)
+        common = dict(
+            bn_eps=self.bn_eps,
+            bn_momentum=self.bn_momentum,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
         y = x
         if self.expanded != cin:
-            y = ConvBNAct(self.expanded, kernel_size=1, act=self.act, name="expand",
-                          **common)(y, train)
-        y = ConvBNAct(self.expanded, kernel_size=self.kernel_size, stride=self.stride,
-                      groups=self.expanded, act=self.act, name="depthwise", **common)(y, train)
+            y = ConvBNAct(self.expanded, kernel_size=1, act=self.act, name="expand", **common)(
+                y, train
+            )
+        y = ConvBNAct(
+            self.expanded,
+            kernel_size=self.kernel_size,
+            stride=self.stride,
+            groups=self.expanded,
+            act=self.act,
+            name="depthwise",
+            **common,
+        )(y, train)
         if self.se_channels:
-            y = SqueezeExcite(self.se_channels, act=self.se_act, gate=self.se_gate,
-                              dtype=self.dtype, param_dtype=self.param_dtype, name="se")(y)
+            y = SqueezeExcite(
+                self.se_channels,
+                act=self.se_act,
+                gate=self.se_gate,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name="se",
+            )(y)
         y = ConvBNAct(self.features, kernel_size=1, act=None, name="project", **common)(y, train)
         if self.stride == 1 and cin == self.features:
             y = DropPath(self.drop_path)(y, deterministic=not train)

@@ -4,6 +4,7 @@ Windows and strides take ints or pairs; ``padding`` is an int (PyTorch: pad ever
 ``"SAME"``/``"VALID"``; ``ceil_mode`` rounds the output size up as PyTorch does (GoogLeNet).
 Output size: ``floor((N - K + 2P) / S) + 1`` (``ceil`` with ``ceil_mode``).
 """
+
 from __future__ import annotations
 
 import math
@@ -48,8 +49,9 @@ def max_pool(x, window=2, stride=None, padding=0, ceil_mode: bool = False):
     return nn.max_pool(x, pair(window), pair(stride), _pads(x, window, stride, padding, ceil_mode))
 
 
-def avg_pool(x, window=2, stride=None, padding=0, ceil_mode: bool = False,
-             count_include_pad: bool = True):
+def avg_pool(
+    x, window=2, stride=None, padding=0, ceil_mode: bool = False, count_include_pad: bool = True
+):
     """Average pooling; ``count_include_pad`` as in PyTorch (True: zeros count in the mean)."""
     stride = window if stride is None else stride
     pads = _pads(x, window, stride, padding, ceil_mode)
@@ -58,13 +60,16 @@ def avg_pool(x, window=2, stride=None, padding=0, ceil_mode: bool = False,
         # ceil-mode extra: count ones over the symmetric padding only.
         (kh, kw), (sh, sw) = pair(window), pair(stride)
         ph, pw = pair(padding)
-        s = jax.lax.reduce_window(x, 0.0, jax.lax.add, (1, kh, kw, 1), (1, sh, sw, 1),
-                                  ((0, 0), *pads, (0, 0)))
-        ones = jnp.pad(jnp.ones((1, x.shape[1], x.shape[2], 1), x.dtype),
-                       ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+        s = jax.lax.reduce_window(
+            x, 0.0, jax.lax.add, (1, kh, kw, 1), (1, sh, sw, 1), ((0, 0), *pads, (0, 0))
+        )
+        ones = jnp.pad(
+            jnp.ones((1, x.shape[1], x.shape[2], 1), x.dtype), ((0, 0), (ph, ph), (pw, pw), (0, 0))
+        )
         extra = tuple((0, hi - lo) for lo, hi in pads)
-        cnt = jax.lax.reduce_window(ones, 0.0, jax.lax.add, (1, kh, kw, 1), (1, sh, sw, 1),
-                                    ((0, 0), *extra, (0, 0)))
+        cnt = jax.lax.reduce_window(
+            ones, 0.0, jax.lax.add, (1, kh, kw, 1), (1, sh, sw, 1), ((0, 0), *extra, (0, 0))
+        )
         return s / cnt
     return nn.avg_pool(x, pair(window), pair(stride), pads, count_include_pad=count_include_pad)
 
@@ -108,7 +113,7 @@ def _patches(x, window, stride):
     oh = (x.shape[1] - kh) // sh + 1
     ow = (x.shape[2] - kw) // sw + 1
     parts = [
-        x[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw, :]
+        x[:, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw, :]
         for i in range(kh)
         for j in range(kw)
     ]

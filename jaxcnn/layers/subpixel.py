@@ -12,6 +12,7 @@ kernel gradient XLA:CPU computes 10-20 times slower than the forward pass.
 parameters (``{"conv": {"kernel": (kh, kw, in, out), "bias": (out,)}}``) and the same output up
 to float rounding (``tests`` check it), only faster to train (dilation 1 only).
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -46,8 +47,9 @@ def _axis_plan(n_in: int, k: int, s: int, p: int, op: int):
     return n_out, m, taps, dmin, dmax - dmin + 1, pad, start
 
 
-def conv_transpose_subpixel(x, kernel, stride: IntOr2 = 2, padding: IntOr2 = 0,
-                            output_padding: IntOr2 = 0):
+def conv_transpose_subpixel(
+    x, kernel, stride: IntOr2 = 2, padding: IntOr2 = 0, output_padding: IntOr2 = 0
+):
     """``ConvTranspose2d(x)`` (PyTorch size rule, kernel HWIO unflipped, no bias) computed as
     one stride-1 convolution to ``s_h * s_w * out`` channels followed by depth-to-space."""
     kh, kw, cin, cout = kernel.shape
@@ -66,16 +68,18 @@ def conv_transpose_subpixel(x, kernel, stride: IntOr2 = 2, padding: IntOr2 = 0,
                 per_b = []
                 for b in range(sw):
                     tb = [t for t, d in taps_w[b] if d - dmin_w == v]
-                    per_b.append(kernel[ta[0], tb[0]] if ta and tb
-                                 else jnp.zeros((cin, cout), kernel.dtype))
+                    per_b.append(
+                        kernel[ta[0], tb[0]] if ta and tb else jnp.zeros((cin, cout), kernel.dtype)
+                    )
                 phases.append(jnp.stack(per_b, 1))  # (cin, sw, cout)
             cols.append(jnp.stack(phases, 1))  # (cin, sh, sw, cout)
         rows.append(jnp.stack(cols, 0))
     k2 = jnp.stack(rows, 0).reshape(dh, dw, cin, sh * sw * cout)
     xp = jnp.pad(x, ((0, 0), pad_h, pad_w, (0, 0)))
-    xp = xp[:, st_h:st_h + mh + dh - 1, st_w:st_w + mw + dw - 1]
-    y = jax.lax.conv_general_dilated(xp, k2.astype(x.dtype), (1, 1), "VALID",
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    xp = xp[:, st_h : st_h + mh + dh - 1, st_w : st_w + mw + dw - 1]
+    y = jax.lax.conv_general_dilated(
+        xp, k2.astype(x.dtype), (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
     y = y.reshape(n, mh, mw, sh, sw, cout).transpose(0, 1, 3, 2, 4, 5)
     return y.reshape(n, mh * sh, mw * sw, cout)[:, :out_h, :out_w]
 
@@ -92,8 +96,11 @@ class KernelBias(nn.Module):
     @nn.compact
     def __call__(self):
         kernel = self.param("kernel", self.kernel_init, self.shape, self.param_dtype)
-        bias = (self.param("bias", nn.initializers.zeros, (self.shape[-1],), self.param_dtype)
-                if self.use_bias else None)
+        bias = (
+            self.param("bias", nn.initializers.zeros, (self.shape[-1],), self.param_dtype)
+            if self.use_bias
+            else None
+        )
         return kernel, bias
 
 
@@ -114,12 +121,20 @@ class SubpixelConvTranspose2d(nn.Module):
     @nn.compact
     def __call__(self, x):
         if pair(self.dilation) != (1, 1):
-            raise ValueError("SubpixelConvTranspose2d supports dilation 1 only; use "
-                             "jaxcnn.layers.ConvTranspose2d for dilated transposed convolutions")
+            raise ValueError(
+                "SubpixelConvTranspose2d supports dilation 1 only; use "
+                "jaxcnn.layers.ConvTranspose2d for dilated transposed convolutions"
+            )
         kh, kw = pair(self.kernel_size)
-        kernel, bias = KernelBias((kh, kw, x.shape[-1], self.features), self.use_bias,
-                                   self.kernel_init, self.param_dtype, name="conv")()
+        kernel, bias = KernelBias(
+            (kh, kw, x.shape[-1], self.features),
+            self.use_bias,
+            self.kernel_init,
+            self.param_dtype,
+            name="conv",
+        )()
         dtype = self.dtype or jnp.result_type(x, kernel)
-        y = conv_transpose_subpixel(x.astype(dtype), kernel.astype(dtype), self.stride,
-                                    self.padding, self.output_padding)
+        y = conv_transpose_subpixel(
+            x.astype(dtype), kernel.astype(dtype), self.stride, self.padding, self.output_padding
+        )
         return y if bias is None else y + bias.astype(dtype)

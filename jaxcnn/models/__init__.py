@@ -4,6 +4,7 @@ Every family module in this package registers its named variants at the bottom o
 ``@register_model(...)``. The modules are imported here automatically, so a new family is
 available (and swept by the registry-parametrized tests) as soon as its file exists.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -172,23 +173,29 @@ def abstract_variables(model: nn.Module, input_shape: Sequence[int], **apply_kwa
 
     def init():
         x = jnp.zeros(tuple(input_shape), jnp.float32)
-        v = model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x,
-                       train=False, **apply_kwargs)
+        v = model.init(
+            {"params": jax.random.key(0), "dropout": jax.random.key(1)},
+            x,
+            train=False,
+            **apply_kwargs,
+        )
         order["keys"] = key_order(v)  # creation (forward) order; eval_shape sorts dict keys
         return v
 
     return reorder(jax.eval_shape(init), order["keys"])
 
 
-def count_params(model: "str | nn.Module", input_shape: Sequence[int] | None = None,
-                 **kwargs: Any) -> int:
+def count_params(
+    model: "str | nn.Module", input_shape: Sequence[int] | None = None, **kwargs: Any
+) -> int:
     """Number of parameters (the ``params`` collection only; BatchNorm statistics excluded).
 
     ``model`` is a registered name (built with ``**kwargs``) or a module; ``input_shape``
     defaults to ``(1, *model_info(name).input_size)``.
     """
-    import jax
     import math
+
+    import jax
 
     if isinstance(model, str):
         info = model_info(model)

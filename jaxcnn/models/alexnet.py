@@ -22,6 +22,7 @@ width), so converting torchvision's ``classifier.1.weight`` (4096, 9216) means
 ``w.reshape(4096, 256, 6, 6).transpose(2, 3, 1, 0).reshape(9216, 4096)``. Initialisation is
 Flax's default (LeCun normal, zero bias) instead of PyTorch's default uniform.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -32,9 +33,11 @@ import jax.numpy as jnp
 from jaxcnn.layers import adaptive_avg_pool, check_image, conv2d, max_pool
 from jaxcnn.models import register_model
 
-ALEXNET_FEATURES = ({"name": "conv1", "channels": 64, "reduction": 4},
-                    {"name": "conv2", "channels": 192, "reduction": 8},
-                    {"name": "conv5", "channels": 256, "reduction": 16})
+ALEXNET_FEATURES = (
+    {"name": "conv1", "channels": 64, "reduction": 4},
+    {"name": "conv2", "channels": 192, "reduction": 8},
+    {"name": "conv5", "channels": 256, "reduction": 16},
+)
 ALEXNET_MIN_SIZE = 63
 
 
@@ -83,12 +86,18 @@ class AlexNet(nn.Module):
         return nn.Dense(self.num_classes, name="head", **common)(x)
 
 
-@register_model(params=61_100_840, input_size=(224, 224, 3),
-                paper="Krizhevsky, Sutskever, Hinton. ImageNet classification with deep "
-                      "convolutional neural networks. NeurIPS 2012 (torchvision follows "
-                      "Krizhevsky, One weird trick for parallelizing CNNs, 2014)",
-                reference="torchvision 0.29", feature_info=ALEXNET_FEATURES,
-                min_size=ALEXNET_MIN_SIZE, test_size=ALEXNET_MIN_SIZE, slow=True)
+@register_model(
+    params=61_100_840,
+    input_size=(224, 224, 3),
+    paper="Krizhevsky, Sutskever, Hinton. ImageNet classification with deep "
+    "convolutional neural networks. NeurIPS 2012 (torchvision follows "
+    "Krizhevsky, One weird trick for parallelizing CNNs, 2014)",
+    reference="torchvision 0.29",
+    feature_info=ALEXNET_FEATURES,
+    min_size=ALEXNET_MIN_SIZE,
+    test_size=ALEXNET_MIN_SIZE,
+    slow=True,
+)
 def alexnet(**kwargs) -> AlexNet:
     """AlexNet, torchvision form (61.1M parameters, 58.6M of them in the classifier)."""
     return AlexNet(**kwargs)

@@ -15,6 +15,7 @@ Layout vs torchvision: torchvision keeps the downsampling layers between stages 
 names: ``stem/{conv,norm}``, ``stageN/blockM/{dwconv,norm,fc1,fc2,layer_scale}``, ``norm``,
 ``head``. ``layer_scale`` has shape ``(C,)`` (torchvision ``(C, 1, 1)``).
 """
+
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -39,8 +40,9 @@ def drop_path_rates(depths: Sequence[int], rate: float) -> list[float]:
 
 
 def _layer_norm(dtype, param_dtype, name):
-    return nn.LayerNorm(_EPS, use_fast_variance=False, dtype=dtype, param_dtype=param_dtype,
-                        name=name)
+    return nn.LayerNorm(
+        _EPS, use_fast_variance=False, dtype=dtype, param_dtype=param_dtype, name=name
+    )
 
 
 class ConvNeXtBlock(nn.Module):
@@ -60,8 +62,9 @@ class ConvNeXtBlock(nn.Module):
         y = nn.Dense(4 * c, kernel_init=_INIT, name="fc1", **common)(y)
         y = nn.gelu(y, approximate=False)
         y = nn.Dense(c, kernel_init=_INIT, name="fc2", **common)(y)
-        gamma = self.param("layer_scale", nn.initializers.constant(self.layer_scale), (c,),
-                           self.param_dtype)
+        gamma = self.param(
+            "layer_scale", nn.initializers.constant(self.layer_scale), (c,), self.param_dtype
+        )
         y = y * gamma.astype(y.dtype)
         return x + DropPath(self.drop_path)(y, deterministic=not train)
 
@@ -77,8 +80,9 @@ class Downsample(nn.Module):
     def __call__(self, x):
         common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         x = _layer_norm(name="norm", **common)(x)
-        return conv2d(self.features, 2, stride=2, padding=0, kernel_init=_INIT, name="conv",
-                      **common)(x)
+        return conv2d(
+            self.features, 2, stride=2, padding=0, kernel_init=_INIT, name="conv", **common
+        )(x)
 
 
 class ConvNeXtStage(nn.Module):
@@ -118,14 +122,18 @@ class ConvNeXt(nn.Module):
     def __call__(self, x, train: bool = False):
         check_image(x, model=self.variant, channels=self.in_channels, min_size=32)
         common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        x = PatchEmbed(self.dims[0], 4, norm_eps=_EPS, kernel_init=_INIT, name="stem",
-                       **common)(x)
+        x = PatchEmbed(self.dims[0], 4, norm_eps=_EPS, kernel_init=_INIT, name="stem", **common)(x)
         rates = drop_path_rates(self.depths, self.drop_path_rate)
         feats, start = [], 0
         for i, (depth, dim) in enumerate(zip(self.depths, self.dims)):
-            x = ConvNeXtStage(dim, tuple(rates[start:start + depth]), downsample=i > 0,
-                              layer_scale=self.layer_scale, name=f"stage{i + 1}",
-                              **common)(x, train)
+            x = ConvNeXtStage(
+                dim,
+                tuple(rates[start : start + depth]),
+                downsample=i > 0,
+                layer_scale=self.layer_scale,
+                name=f"stage{i + 1}",
+                **common,
+            )(x, train)
             feats.append(x)
             start += depth
         if self.features_only:
@@ -139,8 +147,9 @@ _PAPER = "Liu, Mao, Wu, Feichtenhofer, Darrell, Xie. A ConvNet for the 2020s. CV
 
 
 def _features(dims):
-    return tuple({"name": f"stage{i + 1}", "channels": c, "reduction": 4 * 2 ** i}
-                 for i, c in enumerate(dims))
+    return tuple(
+        {"name": f"stage{i + 1}", "channels": c, "reduction": 4 * 2**i} for i, c in enumerate(dims)
+    )
 
 
 def _convnext(variant, kwargs, **defaults):
@@ -150,41 +159,67 @@ def _convnext(variant, kwargs, **defaults):
 
 
 _T, _S = (3, 3, 9, 3), (3, 3, 27, 3)
-_DIMS = {"tiny": (96, 192, 384, 768), "small": (96, 192, 384, 768),
-         "base": (128, 256, 512, 1024), "large": (192, 384, 768, 1536),
-         "xlarge": (256, 512, 1024, 2048)}
+_DIMS = {
+    "tiny": (96, 192, 384, 768),
+    "small": (96, 192, 384, 768),
+    "base": (128, 256, 512, 1024),
+    "large": (192, 384, 768, 1536),
+    "xlarge": (256, 512, 1024, 2048),
+}
 _COMMON = dict(input_size=(224, 224, 3), paper=_PAPER, min_size=32)
 
 
-@register_model(params=28_589_128, reference="torchvision 0.29", slow=False,
-                feature_info=_features(_DIMS["tiny"]), **_COMMON)
+@register_model(
+    params=28_589_128,
+    reference="torchvision 0.29",
+    slow=False,
+    feature_info=_features(_DIMS["tiny"]),
+    **_COMMON,
+)
 def convnext_tiny(**kwargs) -> ConvNeXt:
     return _convnext("convnext_tiny", kwargs, depths=_T, dims=_DIMS["tiny"], drop_path_rate=0.1)
 
 
-@register_model(params=50_223_688, reference="torchvision 0.29", slow=True,
-                feature_info=_features(_DIMS["small"]), **_COMMON)
+@register_model(
+    params=50_223_688,
+    reference="torchvision 0.29",
+    slow=True,
+    feature_info=_features(_DIMS["small"]),
+    **_COMMON,
+)
 def convnext_small(**kwargs) -> ConvNeXt:
-    return _convnext("convnext_small", kwargs, depths=_S, dims=_DIMS["small"],
-                     drop_path_rate=0.4)
+    return _convnext("convnext_small", kwargs, depths=_S, dims=_DIMS["small"], drop_path_rate=0.4)
 
 
-@register_model(params=88_591_464, reference="torchvision 0.29", slow=True,
-                feature_info=_features(_DIMS["base"]), **_COMMON)
+@register_model(
+    params=88_591_464,
+    reference="torchvision 0.29",
+    slow=True,
+    feature_info=_features(_DIMS["base"]),
+    **_COMMON,
+)
 def convnext_base(**kwargs) -> ConvNeXt:
     return _convnext("convnext_base", kwargs, depths=_S, dims=_DIMS["base"], drop_path_rate=0.5)
 
 
-@register_model(params=197_767_336, reference="torchvision 0.29", slow=True,
-                feature_info=_features(_DIMS["large"]), **_COMMON)
+@register_model(
+    params=197_767_336,
+    reference="torchvision 0.29",
+    slow=True,
+    feature_info=_features(_DIMS["large"]),
+    **_COMMON,
+)
 def convnext_large(**kwargs) -> ConvNeXt:
-    return _convnext("convnext_large", kwargs, depths=_S, dims=_DIMS["large"],
-                     drop_path_rate=0.5)
+    return _convnext("convnext_large", kwargs, depths=_S, dims=_DIMS["large"], drop_path_rate=0.5)
 
 
-@register_model(params=350_196_968, reference="timm convnext_xlarge (1000 classes)", slow=True,
-                feature_info=_features(_DIMS["xlarge"]), **_COMMON)
+@register_model(
+    params=350_196_968,
+    reference="timm convnext_xlarge (1000 classes)",
+    slow=True,
+    feature_info=_features(_DIMS["xlarge"]),
+    **_COMMON,
+)
 def convnext_xlarge(**kwargs) -> ConvNeXt:
     """ConvNeXt-XL (paper dims; released only as ImageNet-22k pretrained in timm)."""
-    return _convnext("convnext_xlarge", kwargs, depths=_S, dims=_DIMS["xlarge"],
-                     drop_path_rate=0.5)
+    return _convnext("convnext_xlarge", kwargs, depths=_S, dims=_DIMS["xlarge"], drop_path_rate=0.5)

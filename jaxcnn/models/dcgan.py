@@ -24,6 +24,7 @@ padding 1; the discriminator's ``head`` is a valid convolution covering the last
 The discriminator returns logits ``(N, num_classes)`` (1 by default: real vs fake; use a
 sigmoid cross-entropy on them). The generator returns images in ``[-1, 1]``, NHWC.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -85,22 +86,28 @@ class DCGANGenerator(nn.Module):
     @nn.compact
     def __call__(self, z, train: bool = False):
         if self.num_classes is not None:
-            raise ValueError(f"{self.variant}: a generator has no classes (got num_classes="
-                             f"{self.num_classes}); set out_channels for the image channels")
+            raise ValueError(
+                f"{self.variant}: a generator has no classes (got num_classes="
+                f"{self.num_classes}); set out_channels for the image channels"
+            )
         if getattr(z, "ndim", 0) == 2:
             z = z[:, None, None, :]
         check_image(z, model=self.variant, channels=self.latent_dim, min_size=1)
         if z.shape[1] != 1 or z.shape[2] != 1:
-            raise ValueError(f"{self.variant}: expected noise of shape (N, 1, 1, "
-                             f"{self.latent_dim}) or (N, {self.latent_dim}), got {z.shape}")
+            raise ValueError(
+                f"{self.variant}: expected noise of shape (N, 1, 1, "
+                f"{self.latent_dim}) or (N, {self.latent_dim}), got {z.shape}"
+            )
         first = _first_side(self.image_size)
-        common = dict(use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
-                      kernel_init=dcgan_init)
+        common = dict(
+            use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=dcgan_init
+        )
         x, feats = z, []
         for i, c in enumerate(generator_widths(self.image_size, self.width)):
             k, s, p = (first, 1, 0) if i == 0 else (4, 2, 1)
-            x = _UpBlock(c, k, s, p, subpixel=self.subpixel, name=f"block{i + 1}",
-                         **common)(x, train=train)
+            x = _UpBlock(c, k, s, p, subpixel=self.subpixel, name=f"block{i + 1}", **common)(
+                x, train=train
+            )
             feats.append(x)
         if self.features_only:
             return feats
@@ -125,15 +132,35 @@ class _UpBlock(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False):
         if self.subpixel and x.shape[1:3] == (1, 1) and (self.stride, self.padding) == (1, 0):
-            x = _ProjectNoise(self.features, self.kernel_size, self.use_bias, self.dtype,
-                              self.param_dtype, self.kernel_init, name="conv")(x)
+            x = _ProjectNoise(
+                self.features,
+                self.kernel_size,
+                self.use_bias,
+                self.dtype,
+                self.param_dtype,
+                self.kernel_init,
+                name="conv",
+            )(x)
         else:
             up = SubpixelConvTranspose2d if self.subpixel else ConvTranspose2d
-            x = up(self.features, self.kernel_size, self.stride, self.padding,
-                   use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
-                   kernel_init=self.kernel_init, name="conv")(x)
-        x = batch_norm(train, scale_init=_bn_scale_init, dtype=self.dtype,
-                       param_dtype=self.param_dtype, name="bn")(x)
+            x = up(
+                self.features,
+                self.kernel_size,
+                self.stride,
+                self.padding,
+                use_bias=self.use_bias,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                kernel_init=self.kernel_init,
+                name="conv",
+            )(x)
+        x = batch_norm(
+            train,
+            scale_init=_bn_scale_init,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="bn",
+        )(x)
         return nn.relu(x)
 
 
@@ -154,8 +181,13 @@ class _ProjectNoise(nn.Module):
     def __call__(self, z):
         k = self.kernel_size
         cin = z.shape[-1]
-        kernel, bias = KernelBias((k, k, cin, self.features), self.use_bias, self.kernel_init,
-                                   self.param_dtype, name="conv")()
+        kernel, bias = KernelBias(
+            (k, k, cin, self.features),
+            self.use_bias,
+            self.kernel_init,
+            self.param_dtype,
+            name="conv",
+        )()
         dtype = self.dtype or jnp.result_type(z, kernel)
         w = kernel[::-1, ::-1].astype(dtype)
         y = jnp.einsum("nc,hwco->nhwo", z[:, 0, 0, :].astype(dtype), w)
@@ -182,16 +214,20 @@ class DCGANDiscriminator(nn.Module):
         first = _first_side(self.image_size)
         check_image(x, model=self.variant, channels=self.in_channels, min_size=self.image_size)
         if x.shape[1] != self.image_size or x.shape[2] != self.image_size:
-            raise ValueError(f"{self.variant}: expected {self.image_size}x{self.image_size} "
-                             f"images (the head sees the whole {first}x{first} map), got "
-                             f"{x.shape[1]}x{x.shape[2]}")
-        common = dict(use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
-                      kernel_init=dcgan_init)
+            raise ValueError(
+                f"{self.variant}: expected {self.image_size}x{self.image_size} "
+                f"images (the head sees the whole {first}x{first} map), got "
+                f"{x.shape[1]}x{x.shape[2]}"
+            )
+        common = dict(
+            use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=dcgan_init
+        )
         widths = generator_widths(self.image_size, self.width)[::-1]
         feats = []
         for i, c in enumerate(widths):
-            x = _DownBlock(c, norm=i > 0, negative_slope=self.negative_slope,
-                           name=f"block{i + 1}", **common)(x, train=train)
+            x = _DownBlock(
+                c, norm=i > 0, negative_slope=self.negative_slope, name=f"block{i + 1}", **common
+            )(x, train=train)
             feats.append(x)
         if self.features_only:
             return feats
@@ -212,16 +248,32 @@ class _DownBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        x = conv2d(self.features, 4, 2, 1, use_bias=self.use_bias, dtype=self.dtype,
-                   param_dtype=self.param_dtype, kernel_init=self.kernel_init, name="conv")(x)
+        x = conv2d(
+            self.features,
+            4,
+            2,
+            1,
+            use_bias=self.use_bias,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=self.kernel_init,
+            name="conv",
+        )(x)
         if self.norm:
-            x = batch_norm(train, scale_init=_bn_scale_init, dtype=self.dtype,
-                           param_dtype=self.param_dtype, name="bn")(x)
+            x = batch_norm(
+                train,
+                scale_init=_bn_scale_init,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name="bn",
+            )(x)
         return nn.leaky_relu(x, self.negative_slope)
 
 
-_PAPER = ("Radford, Metz, Chintala. Unsupervised representation learning with deep "
-          "convolutional generative adversarial networks. ICLR 2016 (arXiv 2015)")
+_PAPER = (
+    "Radford, Metz, Chintala. Unsupervised representation learning with deep "
+    "convolutional generative adversarial networks. ICLR 2016 (arXiv 2015)"
+)
 _REF = "PyTorch DCGAN tutorial layout (ngf = ndf = 64, no biases)"
 
 
@@ -236,14 +288,22 @@ def _disc(size: int, channels: int, kwargs) -> DCGANDiscriminator:
 
 
 def _feature_info(size: int) -> tuple[dict, ...]:
-    return tuple({"name": f"block{i + 1}", "channels": c, "reduction": 2 ** (i + 1)}
-                 for i, c in enumerate(generator_widths(size, 64)[::-1]))
+    return tuple(
+        {"name": f"block{i + 1}", "channels": c, "reduction": 2 ** (i + 1)}
+        for i, c in enumerate(generator_widths(size, 64)[::-1])
+    )
 
 
 # Generators take noise (1, 1, 100); counts with latent 100 and width 64 (checked against the
 # PyTorch tutorial's networks for 64x64 and against the layer formula in tests/test_dcgan.py).
-_G = dict(input_size=(1, 1, 100), num_classes=0, paper=_PAPER, reference=_REF,
-          task="generation", test_size=1)
+_G = dict(
+    input_size=(1, 1, 100),
+    num_classes=0,
+    paper=_PAPER,
+    reference=_REF,
+    task="generation",
+    test_size=1,
+)
 _D = dict(num_classes=1, paper=_PAPER, reference=_REF, task="discrimination")
 
 
@@ -253,8 +313,15 @@ def dcgan_generator_28(**kwargs) -> DCGANGenerator:
     return _gen(28, 1, kwargs)
 
 
-@register_model(params=138_624, input_size=(28, 28, 1), feature_info=_feature_info(28),
-                min_size=28, test_size=28, dataset="MNIST", **_D)
+@register_model(
+    params=138_624,
+    input_size=(28, 28, 1),
+    feature_info=_feature_info(28),
+    min_size=28,
+    test_size=28,
+    dataset="MNIST",
+    **_D,
+)
 def dcgan_discriminator_28(**kwargs) -> DCGANDiscriminator:
     """28x28 grey digits: 14x14x64 -> 7x7x128 -> logit."""
     return _disc(28, 1, kwargs)
@@ -266,8 +333,15 @@ def dcgan_generator_32(**kwargs) -> DCGANGenerator:
     return _gen(32, 3, kwargs)
 
 
-@register_model(params=663_296, input_size=(32, 32, 3), feature_info=_feature_info(32),
-                min_size=32, test_size=32, dataset="CIFAR-10 / SVHN", **_D)
+@register_model(
+    params=663_296,
+    input_size=(32, 32, 3),
+    feature_info=_feature_info(32),
+    min_size=32,
+    test_size=32,
+    dataset="CIFAR-10 / SVHN",
+    **_D,
+)
 def dcgan_discriminator_32(**kwargs) -> DCGANDiscriminator:
     """32x32 colour images: 16x16x64 -> 8x8x128 -> 4x4x256 -> logit."""
     return _disc(32, 3, kwargs)
@@ -279,8 +353,15 @@ def dcgan_generator_64(**kwargs) -> DCGANGenerator:
     return _gen(64, 3, kwargs)
 
 
-@register_model(params=2_765_568, input_size=(64, 64, 3), feature_info=_feature_info(64),
-                min_size=64, test_size=64, dataset="LSUN / CelebA", **_D)
+@register_model(
+    params=2_765_568,
+    input_size=(64, 64, 3),
+    feature_info=_feature_info(64),
+    min_size=64,
+    test_size=64,
+    dataset="LSUN / CelebA",
+    **_D,
+)
 def dcgan_discriminator_64(**kwargs) -> DCGANDiscriminator:
     """The paper's 64x64 discriminator: 32x32x64 -> ... -> 4x4x512 -> logit (2,765,568)."""
     return _disc(64, 3, kwargs)

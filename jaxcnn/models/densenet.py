@@ -24,6 +24,7 @@ parameters, their names and the outputs are identical.
 Minimum input side 29: the stem gives ceil(n/4) and each of the three 2x2/2 average pools needs
 at least 2 pixels, so ceil(n/4) >= 8 (torchvision fails at 28 as well).
 """
+
 from __future__ import annotations
 
 import functools
@@ -110,11 +111,18 @@ class DenseStage(nn.Module):
     def __call__(self, x, train: bool = False):
         if self.transition:
             x = Transition(x.shape[-1] // 2, self.conv, self.norm, name="transition")(x, train)
-        layer_cls = nn.remat(DenseLayer, static_argnums=(2,)) if self.memory_efficient \
-            else DenseLayer
+        layer_cls = (
+            nn.remat(DenseLayer, static_argnums=(2,)) if self.memory_efficient else DenseLayer
+        )
         for i in range(self.num_layers):
-            x = layer_cls(self.growth_rate, self.bn_size, self.drop_rate, self.conv, self.norm,
-                          name=f"block{i}")(x, train)
+            x = layer_cls(
+                self.growth_rate,
+                self.bn_size,
+                self.drop_rate,
+                self.conv,
+                self.norm,
+                name=f"block{i}",
+            )(x, train)
         return x
 
 
@@ -138,24 +146,38 @@ class DenseNet(nn.Module):
     def __call__(self, x, train: bool = False):
         min_size = 4 * 2 ** (len(self.block_config) - 1) - 3  # 29 for four blocks
         check_image(x, model=self.variant, channels=self.in_channels, min_size=min_size)
-        conv = functools.partial(conv2d, use_bias=False, dtype=self.dtype,
-                                 param_dtype=self.param_dtype, kernel_init=he_normal)
+        conv = functools.partial(
+            conv2d,
+            use_bias=False,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=he_normal,
+        )
         # norm(train, name=...): train is given at call time, a static argument of nn.remat
         norm = functools.partial(_norm, dtype=self.dtype, param_dtype=self.param_dtype)
         x = StemConvBN(self.num_init_features, conv, norm, name="stem")(x, train)
         x = max_pool(nn.relu(x), 3, 2, padding=1)
         features = []
         for i, n in enumerate(self.block_config):
-            x = DenseStage(n, self.growth_rate, self.bn_size, self.drop_rate, conv, norm,
-                           transition=i > 0, memory_efficient=self.memory_efficient,
-                           name=f"stage{i + 1}")(x, train)
+            x = DenseStage(
+                n,
+                self.growth_rate,
+                self.bn_size,
+                self.drop_rate,
+                conv,
+                norm,
+                transition=i > 0,
+                memory_efficient=self.memory_efficient,
+                name=f"stage{i + 1}",
+            )(x, train)
             features.append(x)
         x = nn.relu(norm(train, name="final_norm")(x))
         if self.features_only:
             return features[:-1] + [x]
         x = global_avg_pool(x)
-        return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
-                        name="head")(x)
+        return nn.Dense(
+            self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="head"
+        )(x)
 
 
 def _feature_info(block_config, growth=32, init=64):
@@ -164,18 +186,26 @@ def _feature_info(block_config, growth=32, init=64):
         if i > 0:
             c //= 2
         c += n * growth
-        info.append({"name": f"stage{i + 1}", "channels": c, "reduction": 4 * 2 ** i})
+        info.append({"name": f"stage{i + 1}", "channels": c, "reduction": 4 * 2**i})
     return tuple(info)
 
 
-_PAPER = "Huang, Liu, van der Maaten, Weinberger. Densely connected convolutional networks. " \
-         "CVPR 2017"
+_PAPER = (
+    "Huang, Liu, van der Maaten, Weinberger. Densely connected convolutional networks. CVPR 2017"
+)
 
 
 def _register(name, params, block_config, **extra):
-    return register_model(name, params=params, input_size=(224, 224, 3), paper=_PAPER,
-                          reference="torchvision 0.29", feature_info=_feature_info(block_config),
-                          min_size=MIN_SIZE, **extra)
+    return register_model(
+        name,
+        params=params,
+        input_size=(224, 224, 3),
+        paper=_PAPER,
+        reference="torchvision 0.29",
+        feature_info=_feature_info(block_config),
+        min_size=MIN_SIZE,
+        **extra,
+    )
 
 
 @_register("densenet121", 7_978_856, (6, 12, 24, 16))

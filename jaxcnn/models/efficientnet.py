@@ -27,6 +27,7 @@ come from TensorFlow; B0-B4 use the PyTorch default.) Padding is PyTorch's symme
 ``features_only`` returns timm's five maps ``stage1``, ``stage2``, ``stage3``, ``stage5``,
 ``stage7`` (reductions 2, 4, 8, 16, 32; 16, 24, 40, 112, 320 channels for B0).
 """
+
 from __future__ import annotations
 
 import math
@@ -39,12 +40,20 @@ from jaxcnn.layers import ConvBNAct, check_image, make_divisible
 from jaxcnn.layers.inverted_residual import InvertedResidual, drop_path_schedule
 from jaxcnn.models import register_model
 
-_PAPER = ("Tan, Le. EfficientNet: Rethinking model scaling for convolutional neural networks. "
-          "ICML 2019")
+_PAPER = (
+    "Tan, Le. EfficientNet: Rethinking model scaling for convolutional neural networks. ICML 2019"
+)
 
 # B0 (torchvision's bneck_conf): expansion, kernel, stride, out channels, repeats per stage
-STAGES = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
-          (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))
+STAGES = (
+    (1, 3, 1, 16, 1),
+    (6, 3, 2, 24, 2),
+    (6, 5, 2, 40, 2),
+    (6, 3, 2, 80, 3),
+    (6, 5, 1, 112, 3),
+    (6, 5, 2, 192, 4),
+    (6, 3, 1, 320, 1),
+)
 FEATURE_STAGES = (1, 2, 3, 5, 7)
 
 
@@ -67,11 +76,21 @@ class EfficientNetStage(nn.Module):
         for i in range(self.depth):
             cin = x.shape[-1]
             x = InvertedResidual(
-                self.features, make_divisible(cin * self.expand_ratio, 8), self.kernel_size,
-                self.stride if i == 0 else 1, act=nn.silu, se_channels=max(1, cin // 4),
-                se_act=nn.silu, se_gate=nn.sigmoid, drop_path=self.drop_paths[i],
-                bn_eps=self.bn_eps, bn_momentum=self.bn_momentum, dtype=self.dtype,
-                param_dtype=self.param_dtype, name=f"block{i}")(x, train)
+                self.features,
+                make_divisible(cin * self.expand_ratio, 8),
+                self.kernel_size,
+                self.stride if i == 0 else 1,
+                act=nn.silu,
+                se_channels=max(1, cin // 4),
+                se_act=nn.silu,
+                se_gate=nn.sigmoid,
+                drop_path=self.drop_paths[i],
+                bn_eps=self.bn_eps,
+                bn_momentum=self.bn_momentum,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name=f"block{i}",
+            )(x, train)
         return x
 
 
@@ -103,8 +122,9 @@ class EfficientNet(nn.Module):
         x = ConvBNAct(adjust(32), 3, 2, act=nn.silu, name="stem", **bn)(x, train)
         feats = []
         for i, ((t, k, s, c, _), d) in enumerate(zip(STAGES, depths)):
-            x = EfficientNetStage(adjust(c), t, k, s, d, rates[i], name=f"stage{i + 1}",
-                                  **bn)(x, train)
+            x = EfficientNetStage(adjust(c), t, k, s, d, rates[i], name=f"stage{i + 1}", **bn)(
+                x, train
+            )
             if i + 1 in FEATURE_STAGES:
                 feats.append(x)
         if self.features_only:
@@ -116,19 +136,37 @@ class EfficientNet(nn.Module):
 
 
 def _feature_info(width):
-    return tuple({"name": f"stage{i}", "channels": make_divisible(STAGES[i - 1][3] * width, 8),
-                  "reduction": r} for i, r in zip(FEATURE_STAGES, (2, 4, 8, 16, 32)))
+    return tuple(
+        {
+            "name": f"stage{i}",
+            "channels": make_divisible(STAGES[i - 1][3] * width, 8),
+            "reduction": r,
+        }
+        for i, r in zip(FEATURE_STAGES, (2, 4, 8, 16, 32))
+    )
 
 
 def _efficientnet(name, width, depth, dropout, tf_bn=False, **kwargs) -> EfficientNet:
     kwargs.setdefault("dropout", dropout)
-    return EfficientNet(width=width, depth=depth, bn_eps=1e-3 if tf_bn else 1e-5,
-                        bn_momentum=0.99 if tf_bn else 0.9, variant=name, **kwargs)
+    return EfficientNet(
+        width=width,
+        depth=depth,
+        bn_eps=1e-3 if tf_bn else 1e-5,
+        bn_momentum=0.99 if tf_bn else 0.9,
+        variant=name,
+        **kwargs,
+    )
 
 
 def _info(width, side):
-    return dict(input_size=(side, side, 3), paper=_PAPER, reference="torchvision 0.29",
-                feature_info=_feature_info(width), min_size=1, slow=side >= 380)
+    return dict(
+        input_size=(side, side, 3),
+        paper=_PAPER,
+        reference="torchvision 0.29",
+        feature_info=_feature_info(width),
+        min_size=1,
+        slow=side >= 380,
+    )
 
 
 @register_model(params=5_288_548, **_info(1.0, 224))

@@ -32,6 +32,7 @@ Deviations: the auxiliary fc1 flattens NHWC; converting torchvision's ``aux1.fc1
 (1024, 2048) means ``w.reshape(1024, 128, 4, 4).transpose(2, 3, 1, 0).reshape(2048, 1024)``.
 ``transform_input`` (re-normalising ImageNet inputs) is left out.
 """
+
 from __future__ import annotations
 
 import functools
@@ -43,11 +44,13 @@ import jax.numpy as jnp
 from jaxcnn.layers import ConvBNAct, adaptive_avg_pool, check_image, global_avg_pool, max_pool
 from jaxcnn.models import register_model
 
-GOOGLENET_FEATURES = ({"name": "conv1", "channels": 64, "reduction": 2},
-                      {"name": "conv3", "channels": 192, "reduction": 4},
-                      {"name": "inception3b", "channels": 480, "reduction": 8},
-                      {"name": "inception4e", "channels": 832, "reduction": 16},
-                      {"name": "inception5b", "channels": 1024, "reduction": 32})
+GOOGLENET_FEATURES = (
+    {"name": "conv1", "channels": 64, "reduction": 2},
+    {"name": "conv3", "channels": 192, "reduction": 4},
+    {"name": "inception3b", "channels": 480, "reduction": 8},
+    {"name": "inception4e", "channels": 832, "reduction": 16},
+    {"name": "inception5b", "channels": 1024, "reduction": 32},
+)
 GOOGLENET_MIN_SIZE = 15
 
 # torchvision initialises conv and linear weights with trunc_normal_(std=0.01)
@@ -168,10 +171,16 @@ class GoogLeNet(nn.Module):
         return nn.Dense(self.num_classes, kernel_init=_init, name="head", **common)(x)
 
 
-@register_model(params=6_624_904, input_size=(224, 224, 3),
-                paper="Szegedy et al. Going deeper with convolutions. CVPR 2015",
-                reference="torchvision 0.29", feature_info=GOOGLENET_FEATURES,
-                min_size=GOOGLENET_MIN_SIZE, params_with_aux=13_004_888, aux_weight=0.3)
+@register_model(
+    params=6_624_904,
+    input_size=(224, 224, 3),
+    paper="Szegedy et al. Going deeper with convolutions. CVPR 2015",
+    reference="torchvision 0.29",
+    feature_info=GOOGLENET_FEATURES,
+    min_size=GOOGLENET_MIN_SIZE,
+    params_with_aux=13_004_888,
+    aux_weight=0.3,
+)
 def googlenet(**kwargs) -> GoogLeNet:
     """GoogLeNet, torchvision form; ``aux_logits=True`` adds the two auxiliary heads."""
     return GoogLeNet(**kwargs)

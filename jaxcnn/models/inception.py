@@ -30,6 +30,7 @@ init and training need at least 299x299 (torchvision fails the same way below 29
 ``transform_input`` is left out; initialisation is torchvision's truncated normal (std 0.1,
 0.01 for the aux 5x5 conv, 0.001 for the aux head).
 """
+
 from __future__ import annotations
 
 import functools
@@ -41,11 +42,13 @@ import jax.numpy as jnp
 from jaxcnn.layers import ConvBNAct, avg_pool, check_image, global_avg_pool, max_pool
 from jaxcnn.models import register_model
 
-INCEPTION_V3_FEATURES = ({"name": "conv2d_2b_3x3", "channels": 64, "reduction": 2},
-                         {"name": "conv2d_4a_3x3", "channels": 192, "reduction": 4},
-                         {"name": "mixed_5d", "channels": 288, "reduction": 8},
-                         {"name": "mixed_6e", "channels": 768, "reduction": 16},
-                         {"name": "mixed_7c", "channels": 2048, "reduction": 32})
+INCEPTION_V3_FEATURES = (
+    {"name": "conv2d_2b_3x3", "channels": 64, "reduction": 2},
+    {"name": "conv2d_4a_3x3", "channels": 192, "reduction": 4},
+    {"name": "mixed_5d", "channels": 288, "reduction": 8},
+    {"name": "mixed_6e", "channels": 768, "reduction": 16},
+    {"name": "mixed_7c", "channels": 2048, "reduction": 32},
+)
 MIN_SIZE, MIN_SIZE_AUX = 75, 299
 
 
@@ -170,11 +173,17 @@ class InceptionAux(nn.Module):
     def __call__(self, x, train: bool = False):
         x = avg_pool(x, 5, 3)
         x = self.conv(128, 1, name="conv0")(x, train)
-        x = self.conv(768, 5, kernel_init=nn.initializers.truncated_normal(0.01),
-                      name="conv1")(x, train)
+        x = self.conv(768, 5, kernel_init=nn.initializers.truncated_normal(0.01), name="conv1")(
+            x, train
+        )
         x = global_avg_pool(x)
-        x = nn.Dense(self.num_classes, kernel_init=nn.initializers.truncated_normal(0.001),
-                     dtype=self.dtype, param_dtype=self.param_dtype, name="head")(x)
+        x = nn.Dense(
+            self.num_classes,
+            kernel_init=nn.initializers.truncated_normal(0.001),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="head",
+        )(x)
         if train and not self.is_initializing():
             self.sow("aux_logits", "logits", x)
         return x
@@ -204,10 +213,15 @@ class InceptionV3(nn.Module):
         if min(x.shape[1:3]) < need:
             raise ValueError(
                 f"inception_v3: input images must be at least {need}x{need} pixels, got "
-                f"{x.shape[1]}x{x.shape[2]}" + (
+                f"{x.shape[1]}x{x.shape[2]}"
+                + (
                     f" (with aux_logits=True, init and training need {MIN_SIZE_AUX}x"
                     f"{MIN_SIZE_AUX} for the auxiliary head's 5x5/3 pool and 5x5 conv; "
-                    f"aux_logits=False accepts {MIN_SIZE}x{MIN_SIZE} and up)" if run_aux else ""))
+                    f"aux_logits=False accepts {MIN_SIZE}x{MIN_SIZE} and up)"
+                    if run_aux
+                    else ""
+                )
+            )
         conv = functools.partial(BasicConv, dtype=self.dtype, param_dtype=self.param_dtype)
         blk = dict(conv=conv)
         feats = {}
@@ -227,8 +241,13 @@ class InceptionV3(nn.Module):
         x = InceptionC(160, name="mixed_6d", **blk)(x, train)
         x = feats["mixed_6e"] = InceptionC(192, name="mixed_6e", **blk)(x, train)
         if run_aux:
-            InceptionAux(self.num_classes, conv=conv, dtype=self.dtype,
-                         param_dtype=self.param_dtype, name="aux")(x, train)
+            InceptionAux(
+                self.num_classes,
+                conv=conv,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name="aux",
+            )(x, train)
         x = InceptionD(name="mixed_7a", **blk)(x, train)
         x = InceptionE(name="mixed_7b", **blk)(x, train)
         x = feats["mixed_7c"] = InceptionE(name="mixed_7c", **blk)(x, train)
@@ -236,16 +255,28 @@ class InceptionV3(nn.Module):
             return [feats[f["name"]] for f in INCEPTION_V3_FEATURES]
         x = global_avg_pool(x)
         x = nn.Dropout(self.dropout)(x, deterministic=not train)
-        return nn.Dense(self.num_classes, kernel_init=nn.initializers.truncated_normal(0.1),
-                        dtype=self.dtype, param_dtype=self.param_dtype, name="head")(x)
+        return nn.Dense(
+            self.num_classes,
+            kernel_init=nn.initializers.truncated_normal(0.1),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="head",
+        )(x)
 
 
-@register_model(params=27_161_264, input_size=(299, 299, 3),
-                paper="Szegedy, Vanhoucke, Ioffe, Shlens, Wojna. Rethinking the Inception "
-                      "architecture for computer vision. CVPR 2016",
-                reference="torchvision 0.29", feature_info=INCEPTION_V3_FEATURES,
-                min_size=MIN_SIZE_AUX, params_without_aux=23_834_568, aux_weight=0.4,
-                min_size_without_aux=MIN_SIZE, slow=True)
+@register_model(
+    params=27_161_264,
+    input_size=(299, 299, 3),
+    paper="Szegedy, Vanhoucke, Ioffe, Shlens, Wojna. Rethinking the Inception "
+    "architecture for computer vision. CVPR 2016",
+    reference="torchvision 0.29",
+    feature_info=INCEPTION_V3_FEATURES,
+    min_size=MIN_SIZE_AUX,
+    params_without_aux=23_834_568,
+    aux_weight=0.4,
+    min_size_without_aux=MIN_SIZE,
+    slow=True,
+)
 def inception_v3(**kwargs) -> InceptionV3:
     """Inception v3, torchvision form, auxiliary classifier on (``aux_logits=False``: off)."""
     return InceptionV3(**kwargs)

@@ -27,6 +27,7 @@ v1 ``stage1``..``stage5`` (64, 128, 256, 512, 1024 channels); v2 ``stage1``, ``s
 Both support ``drop_path_rate`` only where the reference has residuals (v2; default 0, as in
 torchvision; the rate grows linearly over blocks as in torchvision's EfficientNet).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -38,10 +39,14 @@ from jaxcnn.layers import ConvBNAct, DepthwiseSeparableConv, check_image, make_d
 from jaxcnn.layers.inverted_residual import InvertedResidual, drop_path_schedule
 from jaxcnn.models import register_model
 
-_PAPER_V1 = ("Howard, Zhu, Chen, Kalenichenko, Wang, Weyand, Andreetto, Adam. MobileNets: "
-             "Efficient convolutional neural networks for mobile vision applications. 2017")
-_PAPER_V2 = ("Sandler, Howard, Zhu, Zhmoginov, Chen. MobileNetV2: Inverted residuals and linear "
-             "bottlenecks. CVPR 2018")
+_PAPER_V1 = (
+    "Howard, Zhu, Chen, Kalenichenko, Wang, Weyand, Andreetto, Adam. MobileNets: "
+    "Efficient convolutional neural networks for mobile vision applications. 2017"
+)
+_PAPER_V2 = (
+    "Sandler, Howard, Zhu, Zhmoginov, Chen. MobileNetV2: Inverted residuals and linear "
+    "bottlenecks. CVPR 2018"
+)
 
 
 # MobileNet v1: (pointwise channels, stride) per block, grouped into stages ending at
@@ -55,14 +60,22 @@ V1_STAGES = (
 )
 # MobileNet v2 (torchvision's inverted_residual_setting): expansion t, channels c, repeats n,
 # stride s of each of the seven stages
-V2_STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
-             (6, 160, 3, 2), (6, 320, 1, 1))
+V2_STAGES = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
 V2_FEATURE_STAGES = (1, 2, 3, 5, 7)
 
 
 def _feature_info(names, channels, reductions=(2, 4, 8, 16, 32)):
-    return tuple({"name": n, "channels": c, "reduction": r}
-                 for n, c, r in zip(names, channels, reductions))
+    return tuple(
+        {"name": n, "channels": c, "reduction": r} for n, c, r in zip(names, channels, reductions)
+    )
 
 
 V1_FEATURES = _feature_info([f"stage{i}" for i in range(1, 6)], (64, 128, 256, 512, 1024))
@@ -82,9 +95,19 @@ class MobileNetV1Stage(nn.Module):
         for i, (c, s) in enumerate(self.blocks):
             # Keras: ZeroPadding2D(((0, 1), (0, 1))) then "valid" at stride 2; "same" at 1
             pad = ((0, 1), (0, 1)) if s == 2 else 1
-            x = DepthwiseSeparableConv(c, 3, s, padding=pad, norm=True, act=nn.relu6,
-                                       bn_eps=1e-3, bn_momentum=0.99, dtype=self.dtype,
-                                       param_dtype=self.param_dtype, name=f"block{i}")(x, train)
+            x = DepthwiseSeparableConv(
+                c,
+                3,
+                s,
+                padding=pad,
+                norm=True,
+                act=nn.relu6,
+                bn_eps=1e-3,
+                bn_momentum=0.99,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name=f"block{i}",
+            )(x, train)
         return x
 
 
@@ -104,8 +127,17 @@ class MobileNetV1(nn.Module):
     def __call__(self, x, train: bool = False):
         check_image(x, model=self.variant, channels=self.in_channels, min_size=31)
         common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        x = ConvBNAct(int(32 * self.alpha), 3, 2, padding="SAME", act=nn.relu6, bn_eps=1e-3,
-                      bn_momentum=0.99, name="stem", **common)(x, train)
+        x = ConvBNAct(
+            int(32 * self.alpha),
+            3,
+            2,
+            padding="SAME",
+            act=nn.relu6,
+            bn_eps=1e-3,
+            bn_momentum=0.99,
+            name="stem",
+            **common,
+        )(x, train)
         feats = []
         for i, stage in enumerate(V1_STAGES):
             blocks = tuple((int(c * self.alpha), s) for c, s in stage)
@@ -134,10 +166,17 @@ class MobileNetV2Stage(nn.Module):
     def __call__(self, x, train: bool = False):
         for i in range(self.depth):
             hidden = int(round(x.shape[-1] * self.expand_ratio))
-            x = InvertedResidual(self.features, hidden, 3, self.stride if i == 0 else 1,
-                                 act=nn.relu6, drop_path=self.drop_paths[i] if self.drop_paths
-                                 else 0.0, dtype=self.dtype, param_dtype=self.param_dtype,
-                                 name=f"block{i}")(x, train)
+            x = InvertedResidual(
+                self.features,
+                hidden,
+                3,
+                self.stride if i == 0 else 1,
+                act=nn.relu6,
+                drop_path=self.drop_paths[i] if self.drop_paths else 0.0,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name=f"block{i}",
+            )(x, train)
         return x
 
 
@@ -160,21 +199,29 @@ class MobileNetV2(nn.Module):
         check_image(x, model=self.variant, channels=self.in_channels, min_size=1)
         common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         wm = self.width_mult
-        x = ConvBNAct(make_divisible(32 * wm), 3, 1 if self.small_input else 2, act=nn.relu6,
-                      name="stem", **common)(x, train)
+        x = ConvBNAct(
+            make_divisible(32 * wm),
+            3,
+            1 if self.small_input else 2,
+            act=nn.relu6,
+            name="stem",
+            **common,
+        )(x, train)
         rates = drop_path_schedule(self.drop_path_rate, [n for _, _, n, _ in V2_STAGES])
         feats = []
         for i, (t, c, n, s) in enumerate(V2_STAGES):
             if self.small_input and i == 1:
                 s = 1  # the first stride-2 stage keeps the resolution of small images
-            x = MobileNetV2Stage(make_divisible(c * wm), t, n, s, rates[i], name=f"stage{i + 1}",
-                                 **common)(x, train)
+            x = MobileNetV2Stage(
+                make_divisible(c * wm), t, n, s, rates[i], name=f"stage{i + 1}", **common
+            )(x, train)
             if i + 1 in V2_FEATURE_STAGES:
                 feats.append(x)
         if self.features_only:
             return feats
-        x = ConvBNAct(make_divisible(1280 * max(1.0, wm)), 1, act=nn.relu6, name="conv_head",
-                      **common)(x, train)
+        x = ConvBNAct(
+            make_divisible(1280 * max(1.0, wm)), 1, act=nn.relu6, name="conv_head", **common
+        )(x, train)
         x = jnp.mean(x, axis=(1, 2))
         x = nn.Dropout(self.dropout)(x, deterministic=not train)
         return nn.Dense(self.num_classes, name="head", **common)(x)
@@ -184,8 +231,13 @@ def _v1(variant, alpha, kwargs):
     return MobileNetV1(alpha=alpha, variant=variant, **kwargs)
 
 
-_V1_INFO = dict(input_size=(224, 224, 3), paper=_PAPER_V1, reference="keras 3.15",
-                feature_info=V1_FEATURES, min_size=31)
+_V1_INFO = dict(
+    input_size=(224, 224, 3),
+    paper=_PAPER_V1,
+    reference="keras 3.15",
+    feature_info=V1_FEATURES,
+    min_size=31,
+)
 
 
 @register_model(params=4_231_976, keras_count_params=4_253_864, **_V1_INFO)
@@ -194,32 +246,53 @@ def mobilenet_v1(**kwargs) -> MobileNetV1:
     return _v1("mobilenet_v1", 1.0, kwargs)
 
 
-@register_model(params=2_585_560, keras_count_params=2_601_976,
-                **{**_V1_INFO, "feature_info": _feature_info(
-                    [f"stage{i}" for i in range(1, 6)], (48, 96, 192, 384, 768))})
+@register_model(
+    params=2_585_560,
+    keras_count_params=2_601_976,
+    **{
+        **_V1_INFO,
+        "feature_info": _feature_info([f"stage{i}" for i in range(1, 6)], (48, 96, 192, 384, 768)),
+    },
+)
 def mobilenet_v1_075(**kwargs) -> MobileNetV1:
     """MobileNet v1, alpha 0.75 (Keras ``MobileNet(alpha=0.75)``)."""
     return _v1("mobilenet_v1_075", 0.75, kwargs)
 
 
-@register_model(params=1_331_592, keras_count_params=1_342_536,
-                **{**_V1_INFO, "feature_info": _feature_info(
-                    [f"stage{i}" for i in range(1, 6)], (32, 64, 128, 256, 512))})
+@register_model(
+    params=1_331_592,
+    keras_count_params=1_342_536,
+    **{
+        **_V1_INFO,
+        "feature_info": _feature_info([f"stage{i}" for i in range(1, 6)], (32, 64, 128, 256, 512)),
+    },
+)
 def mobilenet_v1_050(**kwargs) -> MobileNetV1:
     """MobileNet v1, alpha 0.5 (Keras ``MobileNet(alpha=0.5)``)."""
     return _v1("mobilenet_v1_050", 0.5, kwargs)
 
 
-@register_model(params=470_072, keras_count_params=475_544,
-                **{**_V1_INFO, "feature_info": _feature_info(
-                    [f"stage{i}" for i in range(1, 6)], (16, 32, 64, 128, 256))})
+@register_model(
+    params=470_072,
+    keras_count_params=475_544,
+    **{
+        **_V1_INFO,
+        "feature_info": _feature_info([f"stage{i}" for i in range(1, 6)], (16, 32, 64, 128, 256)),
+    },
+)
 def mobilenet_v1_025(**kwargs) -> MobileNetV1:
     """MobileNet v1, alpha 0.25 (Keras ``MobileNet(alpha=0.25)``)."""
     return _v1("mobilenet_v1_025", 0.25, kwargs)
 
 
-@register_model(params=3_504_872, input_size=(224, 224, 3), paper=_PAPER_V2,
-                reference="torchvision 0.29", feature_info=V2_FEATURES, min_size=1)
+@register_model(
+    params=3_504_872,
+    input_size=(224, 224, 3),
+    paper=_PAPER_V2,
+    reference="torchvision 0.29",
+    feature_info=V2_FEATURES,
+    min_size=1,
+)
 def mobilenet_v2(**kwargs) -> MobileNetV2:
     """MobileNet v2, width 1.0 (torchvision ``mobilenet_v2``); ``small_input=True`` for
     28x28/32x32 images (same parameters, downsampling by 8)."""

@@ -16,6 +16,7 @@ reductions 2, 4, 8, 16, 32); Small ``stem``, ``stage1``, ``stage2``, ``stage4``,
 (16, 16, 24, 48, 576). ``drop_path_rate`` (default 0, as in torchvision) adds stochastic depth
 on residual branches, growing linearly over blocks.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -28,8 +29,10 @@ from jaxcnn.layers import ConvBNAct, check_image, make_divisible
 from jaxcnn.layers.inverted_residual import InvertedResidual, drop_path_schedule
 from jaxcnn.models import register_model
 
-_PAPER = ("Howard, Sandler, Chu, Chen, Chen, Tan, Wang, Zhu, Pang, Vasudevan, Le, Adam. "
-          "Searching for MobileNetV3. ICCV 2019")
+_PAPER = (
+    "Howard, Sandler, Chu, Chen, Chen, Tan, Wang, Zhu, Pang, Vasudevan, Le, Adam. "
+    "Searching for MobileNetV3. ICCV 2019"
+)
 
 _ACTS = {"RE": nn.relu, "HS": jax.nn.hard_swish}
 
@@ -39,8 +42,12 @@ LARGE_STAGES = (
     ((3, 16, 16, False, "RE", 1),),
     ((3, 64, 24, False, "RE", 2), (3, 72, 24, False, "RE", 1)),
     ((5, 72, 40, True, "RE", 2), (5, 120, 40, True, "RE", 1), (5, 120, 40, True, "RE", 1)),
-    ((3, 240, 80, False, "HS", 2), (3, 200, 80, False, "HS", 1), (3, 184, 80, False, "HS", 1),
-     (3, 184, 80, False, "HS", 1)),
+    (
+        (3, 240, 80, False, "HS", 2),
+        (3, 200, 80, False, "HS", 1),
+        (3, 184, 80, False, "HS", 1),
+        (3, 184, 80, False, "HS", 1),
+    ),
     ((3, 480, 112, True, "HS", 1), (3, 672, 112, True, "HS", 1)),
     ((5, 672, 160, True, "HS", 2), (5, 960, 160, True, "HS", 1), (5, 960, 160, True, "HS", 1)),
 )
@@ -54,14 +61,17 @@ SMALL_STAGES = (
 
 
 def _feature_info(names, channels, reductions=(2, 4, 8, 16, 32)):
-    return tuple({"name": n, "channels": c, "reduction": r}
-                 for n, c, r in zip(names, channels, reductions))
+    return tuple(
+        {"name": n, "channels": c, "reduction": r} for n, c, r in zip(names, channels, reductions)
+    )
 
 
-LARGE_FEATURES = _feature_info(("stage1", "stage2", "stage3", "stage5", "conv_head"),
-                               (16, 24, 40, 112, 960))
-SMALL_FEATURES = _feature_info(("stem", "stage1", "stage2", "stage4", "conv_head"),
-                               (16, 16, 24, 48, 576))
+LARGE_FEATURES = _feature_info(
+    ("stage1", "stage2", "stage3", "stage5", "conv_head"), (16, 24, 40, 112, 960)
+)
+SMALL_FEATURES = _feature_info(
+    ("stem", "stage1", "stage2", "stage4", "conv_head"), (16, 16, 24, 48, 576)
+)
 
 
 class MobileNetV3Stage(nn.Module):
@@ -76,12 +86,21 @@ class MobileNetV3Stage(nn.Module):
     def __call__(self, x, train: bool = False):
         for i, (k, exp, out, se, act, s) in enumerate(self.blocks):
             x = InvertedResidual(
-                out, exp, k, s, act=_ACTS[act],
+                out,
+                exp,
+                k,
+                s,
+                act=_ACTS[act],
                 se_channels=make_divisible(exp // 4, 8) if se else 0,
-                se_act=nn.relu, se_gate=jax.nn.hard_sigmoid,
+                se_act=nn.relu,
+                se_gate=jax.nn.hard_sigmoid,
                 drop_path=self.drop_paths[i] if self.drop_paths else 0.0,
-                bn_eps=1e-3, bn_momentum=0.99, dtype=self.dtype, param_dtype=self.param_dtype,
-                name=f"block{i}")(x, train)
+                bn_eps=1e-3,
+                bn_momentum=0.99,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name=f"block{i}",
+            )(x, train)
         return x
 
 
@@ -132,14 +151,22 @@ _INFO = dict(input_size=(224, 224, 3), paper=_PAPER, reference="torchvision 0.29
 @register_model(params=5_483_032, feature_info=LARGE_FEATURES, **_INFO)
 def mobilenet_v3_large(**kwargs) -> MobileNetV3:
     """MobileNet v3 Large, width 1.0 (torchvision ``mobilenet_v3_large``)."""
-    return MobileNetV3(stages=LARGE_STAGES, last_channels=1280,
-                       feature_names=tuple(f["name"] for f in LARGE_FEATURES),
-                       variant="mobilenet_v3_large", **kwargs)
+    return MobileNetV3(
+        stages=LARGE_STAGES,
+        last_channels=1280,
+        feature_names=tuple(f["name"] for f in LARGE_FEATURES),
+        variant="mobilenet_v3_large",
+        **kwargs,
+    )
 
 
 @register_model(params=2_542_856, feature_info=SMALL_FEATURES, **_INFO)
 def mobilenet_v3_small(**kwargs) -> MobileNetV3:
     """MobileNet v3 Small, width 1.0 (torchvision ``mobilenet_v3_small``)."""
-    return MobileNetV3(stages=SMALL_STAGES, last_channels=1024,
-                       feature_names=tuple(f["name"] for f in SMALL_FEATURES),
-                       variant="mobilenet_v3_small", **kwargs)
+    return MobileNetV3(
+        stages=SMALL_STAGES,
+        last_channels=1024,
+        feature_names=tuple(f["name"] for f in SMALL_FEATURES),
+        variant="mobilenet_v3_small",
+        **kwargs,
+    )

@@ -19,6 +19,7 @@ are ``functools.partial``-style constructors. Parameter tree::
 2016, section 4.2, CIFAR-10), so 32x32 images reach stage4 at 4x4 instead of 1x1.
 Any side >= 1 works (every conv/pool keeps at least one output pixel), so ``min_size`` is 1.
 """
+
 from __future__ import annotations
 
 import functools
@@ -66,14 +67,18 @@ class BasicBlock(nn.Module):
     @nn.compact
     def __call__(self, x):
         residual = x
-        y = self.act(self.norm(name="bn1")(self.conv(self.features, 3, self.stride,
-                                                     name="conv1")(x)))
+        y = self.act(
+            self.norm(name="bn1")(self.conv(self.features, 3, self.stride, name="conv1")(x))
+        )
         y = self.conv(self.features, 3, 1, name="conv2")(y)
-        y = self.norm(scale_init=nn.initializers.zeros if self.zero_init_residual
-                      else nn.initializers.ones, name="bn2")(y)
+        y = self.norm(
+            scale_init=nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones,
+            name="bn2",
+        )(y)
         if self.stride != 1 or x.shape[-1] != self.features:
-            residual = ConvBN(self.features, 1, self.stride, self.conv, self.norm,
-                              name="downsample")(x)
+            residual = ConvBN(
+                self.features, 1, self.stride, self.conv, self.norm, name="downsample"
+            )(x)
         return self.act(y + residual)
 
 
@@ -103,8 +108,10 @@ class Bottleneck(nn.Module):
         y = self.conv(width, 3, self.stride, groups=self.groups, name="conv2")(y)
         y = self.act(self.norm(name="bn2")(y))
         y = self.conv(out, 1, 1, name="conv3")(y)
-        y = self.norm(scale_init=nn.initializers.zeros if self.zero_init_residual
-                      else nn.initializers.ones, name="bn3")(y)
+        y = self.norm(
+            scale_init=nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones,
+            name="bn3",
+        )(y)
         if self.stride != 1 or x.shape[-1] != out:
             residual = ConvBN(out, 1, self.stride, self.conv, self.norm, name="downsample")(x)
         return self.act(y + residual)
@@ -122,8 +129,12 @@ class ResNetStage(nn.Module):
     @nn.compact
     def __call__(self, x):
         for i in range(self.num_blocks):
-            x = self.block_cls(self.features, stride=self.stride if i == 0 else 1,
-                               name=f"block{i}", **self.block_kwargs)(x)
+            x = self.block_cls(
+                self.features,
+                stride=self.stride if i == 0 else 1,
+                name=f"block{i}",
+                **self.block_kwargs,
+            )(x)
         return x
 
 
@@ -149,54 +160,88 @@ class ResNet(nn.Module):
     def __call__(self, x, train: bool = False):
         check_image(x, model=self.variant, channels=self.in_channels, min_size=1)
         if self.stem_type not in ("imagenet", "cifar"):
-            raise ValueError(f"{self.variant}: stem_type must be 'imagenet' or 'cifar', "
-                             f"got {self.stem_type!r}")
-        conv = functools.partial(conv2d, use_bias=False, dtype=self.dtype,
-                                 param_dtype=self.param_dtype, kernel_init=he_fan_out)
-        norm = functools.partial(batch_norm, train, 0.9, 1e-5, dtype=self.dtype,
-                                 param_dtype=self.param_dtype)
+            raise ValueError(
+                f"{self.variant}: stem_type must be 'imagenet' or 'cifar', got {self.stem_type!r}"
+            )
+        conv = functools.partial(
+            conv2d,
+            use_bias=False,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=he_fan_out,
+        )
+        norm = functools.partial(
+            batch_norm, train, 0.9, 1e-5, dtype=self.dtype, param_dtype=self.param_dtype
+        )
         if self.stem_type == "imagenet":
             x = self.act(ConvBN(self.num_filters, 7, 2, conv, norm, name="stem")(x))
             x = max_pool(x, 3, 2, padding=1)
         else:
             x = self.act(ConvBN(self.num_filters, 3, 1, conv, norm, name="stem")(x))
-        block_kwargs = dict(conv=conv, norm=norm, act=self.act, groups=self.groups,
-                            base_width=self.width_per_group,
-                            zero_init_residual=self.zero_init_residual)
+        block_kwargs = dict(
+            conv=conv,
+            norm=norm,
+            act=self.act,
+            groups=self.groups,
+            base_width=self.width_per_group,
+            zero_init_residual=self.zero_init_residual,
+        )
         features = []
         for i, n in enumerate(self.stage_sizes):
-            x = ResNetStage(self.block_cls, n, self.num_filters * 2 ** i, 1 if i == 0 else 2,
-                            block_kwargs, name=f"stage{i + 1}")(x)
+            x = ResNetStage(
+                self.block_cls,
+                n,
+                self.num_filters * 2**i,
+                1 if i == 0 else 2,
+                block_kwargs,
+                name=f"stage{i + 1}",
+            )(x)
             features.append(x)
         if self.features_only:
             return features
         x = global_avg_pool(x)
-        return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
-                        name="head")(x)
+        return nn.Dense(
+            self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="head"
+        )(x)
 
 
 def _feature_info(block_cls, cifar: bool = False):
     exp = block_cls.expansion
-    return tuple({"name": f"stage{i + 1}", "channels": 64 * 2 ** i * exp,
-                  "reduction": (1 if cifar else 4) * 2 ** i} for i in range(4))
+    return tuple(
+        {
+            "name": f"stage{i + 1}",
+            "channels": 64 * 2**i * exp,
+            "reduction": (1 if cifar else 4) * 2**i,
+        }
+        for i in range(4)
+    )
 
 
 _HE = "He, Zhang, Ren, Sun. Deep residual learning for image recognition. CVPR 2016"
-_XIE = "Xie, Girshick, Dollar, Tu, He. Aggregated residual transformations for deep neural " \
-       "networks (ResNeXt). CVPR 2017"
+_XIE = (
+    "Xie, Girshick, Dollar, Tu, He. Aggregated residual transformations for deep neural "
+    "networks (ResNeXt). CVPR 2017"
+)
 _WRN = "Zagoruyko, Komodakis. Wide residual networks. BMVC 2016"
 _TV = "torchvision 0.29 (ResNet v1.5)"
 
 
 def _resnet(variant, stage_sizes, block_cls, **kwargs):
-    return ResNet(stage_sizes=tuple(stage_sizes), block_cls=block_cls, variant=variant,
-                  **kwargs)
+    return ResNet(stage_sizes=tuple(stage_sizes), block_cls=block_cls, variant=variant, **kwargs)
 
 
 def _register(name, params, paper, block_cls, slow=False, **extra):
-    return register_model(name, params=params, input_size=(224, 224, 3), paper=paper,
-                          reference=_TV, feature_info=_feature_info(block_cls), min_size=1,
-                          slow=slow, **extra)
+    return register_model(
+        name,
+        params=params,
+        input_size=(224, 224, 3),
+        paper=paper,
+        reference=_TV,
+        feature_info=_feature_info(block_cls),
+        min_size=1,
+        slow=slow,
+        **extra,
+    )
 
 
 @_register("resnet18", 11_689_512, _HE, BasicBlock)
@@ -236,9 +281,15 @@ def wide_resnet50_2(**kwargs) -> ResNet:
     return _resnet("wide_resnet50_2", (3, 4, 6, 3), Bottleneck, **kwargs)
 
 
-@register_model(params=11_173_962, input_size=(32, 32, 3), num_classes=10,
-                paper=_HE, reference="He et al. 2016 CIFAR-style stem; torchvision resnet18 body",
-                feature_info=_feature_info(BasicBlock, cifar=True), min_size=1)
+@register_model(
+    params=11_173_962,
+    input_size=(32, 32, 3),
+    num_classes=10,
+    paper=_HE,
+    reference="He et al. 2016 CIFAR-style stem; torchvision resnet18 body",
+    feature_info=_feature_info(BasicBlock, cifar=True),
+    min_size=1,
+)
 def resnet18_cifar(**kwargs) -> ResNet:
     """ResNet-18 for 32x32 images: 3x3/1 stem conv, no max pool, 10 classes by default."""
     kwargs = {"num_classes": 10, "stem_type": "cifar", **kwargs}

@@ -17,6 +17,7 @@ final LayerNorm). ``min_size`` is 32, so that the last stage sees at least one u
 (torchvision would pad smaller inputs). Attention weights: ``mutable=["intermediates"]``, shape
 ``(batch * windows, heads, 49, 49)`` per block (see ``jaxcnn.layers.attention``).
 """
+
 from __future__ import annotations
 
 import functools
@@ -26,8 +27,13 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxcnn.layers import DropPath, Mlp, check_image
-from jaxcnn.layers.attention import (MultiHeadSelfAttention, PatchEmbed, shifted_window_mask,
-                                     window_partition, window_reverse)
+from jaxcnn.layers.attention import (
+    MultiHeadSelfAttention,
+    PatchEmbed,
+    shifted_window_mask,
+    window_partition,
+    window_reverse,
+)
 from jaxcnn.models import register_model
 from jaxcnn.models.convnext import drop_path_rates
 
@@ -56,12 +62,24 @@ class PatchMerging(nn.Module):
     def __call__(self, x):
         b, h, w, c = x.shape
         x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
-        x = jnp.concatenate([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2],
-                             x[:, 1::2, 1::2]], axis=-1)
-        x = nn.LayerNorm(_EPS, use_fast_variance=False, dtype=self.dtype,
-                         param_dtype=self.param_dtype, name="norm")(x)
-        return nn.Dense(2 * c, use_bias=False, kernel_init=_INIT, dtype=self.dtype,
-                        param_dtype=self.param_dtype, name="reduction")(x)
+        x = jnp.concatenate(
+            [x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], axis=-1
+        )
+        x = nn.LayerNorm(
+            _EPS,
+            use_fast_variance=False,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="norm",
+        )(x)
+        return nn.Dense(
+            2 * c,
+            use_bias=False,
+            kernel_init=_INIT,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="reduction",
+        )(x)
 
 
 class SwinBlock(nn.Module):
@@ -81,8 +99,15 @@ class SwinBlock(nn.Module):
     def __call__(self, x, train: bool = False):
         b, h, w, c = x.shape
         common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        ln = lambda name: nn.LayerNorm(_EPS, use_fast_variance=False, name=name,  # noqa: E731
-                                       **common)
+
+        def ln(name):
+            return nn.LayerNorm(
+                _EPS,
+                use_fast_variance=False,
+                name=name,  # noqa: E731
+                **common,
+            )
+
         win = tuple(self.window_size)
         (ph, pw), (sh, sw) = window_attention_shift((h, w), win, self.shift_size)
         y = jnp.pad(ln("norm1")(x), ((0, 0), (0, ph - h), (0, pw - w), (0, 0)))
@@ -91,16 +116,22 @@ class SwinBlock(nn.Module):
             y = jnp.roll(y, (-sh, -sw), axis=(1, 2))
             m = shifted_window_mask((ph, pw), win, (sh, sw))  # (nW, N, N), a constant
             mask = jnp.tile(jnp.asarray(m), (b, 1, 1))[:, None]  # (B * nW, 1, N, N)
-        y = MultiHeadSelfAttention(self.num_heads, attn_drop=self.attention_dropout,
-                                   proj_drop=self.dropout, window_size=win, kernel_init=_INIT,
-                                   name="attn", **common)(
-            window_partition(y, win), mask=mask, deterministic=not train)
+        y = MultiHeadSelfAttention(
+            self.num_heads,
+            attn_drop=self.attention_dropout,
+            proj_drop=self.dropout,
+            window_size=win,
+            kernel_init=_INIT,
+            name="attn",
+            **common,
+        )(window_partition(y, win), mask=mask, deterministic=not train)
         y = window_reverse(y, win, ph, pw)
         if sh or sw:
             y = jnp.roll(y, (sh, sw), axis=(1, 2))
         x = x + DropPath(self.drop_path)(y[:, :h, :w], deterministic=not train)
         y = Mlp(int(c * self.mlp_ratio), act=_gelu, drop=self.dropout, name="mlp", **common)(
-            ln("norm2")(x), deterministic=not train)
+            ln("norm2")(x), deterministic=not train
+        )
         return x + DropPath(self.drop_path)(y, deterministic=not train)
 
 
@@ -125,8 +156,17 @@ class SwinStage(nn.Module):
         ws = self.window_size
         for j, dp in enumerate(self.drop_paths):
             shift = (0, 0) if j % 2 == 0 else (ws // 2, ws // 2)
-            x = SwinBlock(self.num_heads, (ws, ws), shift, self.mlp_ratio, self.dropout,
-                          self.attention_dropout, dp, name=f"block{j}", **common)(x, train)
+            x = SwinBlock(
+                self.num_heads,
+                (ws, ws),
+                shift,
+                self.mlp_ratio,
+                self.dropout,
+                self.attention_dropout,
+                dp,
+                name=f"block{j}",
+                **common,
+            )(x, train)
         return x
 
 
@@ -157,9 +197,17 @@ class SwinTransformer(nn.Module):
         rates = drop_path_rates(self.depths, self.drop_path_rate)
         feats, k = [], 0
         for i, (depth, heads) in enumerate(zip(self.depths, self.num_heads)):
-            x = SwinStage(heads, tuple(rates[k:k + depth]), i > 0, self.window_size,
-                          self.mlp_ratio, self.dropout, self.attention_dropout,
-                          name=f"stage{i + 1}", **common)(x, train)
+            x = SwinStage(
+                heads,
+                tuple(rates[k : k + depth]),
+                i > 0,
+                self.window_size,
+                self.mlp_ratio,
+                self.dropout,
+                self.attention_dropout,
+                name=f"stage{i + 1}",
+                **common,
+            )(x, train)
             feats.append(x)
             k += depth
         if self.features_only:
@@ -169,13 +217,16 @@ class SwinTransformer(nn.Module):
         return nn.Dense(self.num_classes, kernel_init=_INIT, name="head", **common)(x)
 
 
-_PAPER = ("Liu, Lin, Cao, Hu, Wei, Zhang, Lin, Guo. Swin Transformer: Hierarchical Vision "
-          "Transformer using Shifted Windows. ICCV 2021")
+_PAPER = (
+    "Liu, Lin, Cao, Hu, Wei, Zhang, Lin, Guo. Swin Transformer: Hierarchical Vision "
+    "Transformer using Shifted Windows. ICCV 2021"
+)
 
 
 def _features(dim):
-    return tuple({"name": f"stage{i + 1}", "channels": dim * 2 ** i, "reduction": 4 * 2 ** i}
-                 for i in range(4))
+    return tuple(
+        {"name": f"stage{i + 1}", "channels": dim * 2**i, "reduction": 4 * 2**i} for i in range(4)
+    )
 
 
 def _swin(variant, kwargs, **defaults):
@@ -184,23 +235,42 @@ def _swin(variant, kwargs, **defaults):
     return SwinTransformer(**cfg)
 
 
-_COMMON = dict(input_size=(224, 224, 3), paper=_PAPER, reference="torchvision 0.29 (v1)",
-               min_size=32)
+_COMMON = dict(
+    input_size=(224, 224, 3), paper=_PAPER, reference="torchvision 0.29 (v1)", min_size=32
+)
 
 
 @register_model(params=28_288_354, feature_info=_features(96), slow=False, **_COMMON)
 def swin_t(**kwargs) -> SwinTransformer:
-    return _swin("swin_t", kwargs, embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24),
-                 drop_path_rate=0.2)
+    return _swin(
+        "swin_t",
+        kwargs,
+        embed_dim=96,
+        depths=(2, 2, 6, 2),
+        num_heads=(3, 6, 12, 24),
+        drop_path_rate=0.2,
+    )
 
 
 @register_model(params=49_606_258, feature_info=_features(96), slow=True, **_COMMON)
 def swin_s(**kwargs) -> SwinTransformer:
-    return _swin("swin_s", kwargs, embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24),
-                 drop_path_rate=0.3)
+    return _swin(
+        "swin_s",
+        kwargs,
+        embed_dim=96,
+        depths=(2, 2, 18, 2),
+        num_heads=(3, 6, 12, 24),
+        drop_path_rate=0.3,
+    )
 
 
 @register_model(params=87_768_224, feature_info=_features(128), slow=True, **_COMMON)
 def swin_b(**kwargs) -> SwinTransformer:
-    return _swin("swin_b", kwargs, embed_dim=128, depths=(2, 2, 18, 2),
-                 num_heads=(4, 8, 16, 32), drop_path_rate=0.5)
+    return _swin(
+        "swin_b",
+        kwargs,
+        embed_dim=128,
+        depths=(2, 2, 18, 2),
+        num_heads=(4, 8, 16, 32),
+        drop_path_rate=0.5,
+    )

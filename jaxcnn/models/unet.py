@@ -30,6 +30,7 @@ same or valid padding alike); with BatchNorm 31,036,546. Per level with widths `
 ``features_only=True`` returns the contracting path's outputs ``[enc1, ..., enc5]`` (before
 pooling; reductions 1..16).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -50,7 +51,7 @@ def valid_min_size(depth: int) -> int:
     least 1 pixel when ``2**d m - 4 (2**d - 1) >= 1``. Going down, each level's input side is
     twice the next one plus the 4 pixels its two convolutions trim.
     """
-    m = -(-(4 * (2 ** depth - 1) + 1) // 2 ** depth)  # ceil
+    m = -(-(4 * (2**depth - 1) + 1) // 2**depth)  # ceil
     side = m + 4
     for _ in range(depth):
         side = 2 * side + 4
@@ -58,15 +59,17 @@ def valid_min_size(depth: int) -> int:
 
 
 def unet_feature_info(base_width: int = 64, depth: int = 4) -> tuple[dict, ...]:
-    return tuple({"name": f"enc{i + 1}", "channels": base_width * 2 ** i, "reduction": 2 ** i}
-                 for i in range(depth + 1))
+    return tuple(
+        {"name": f"enc{i + 1}", "channels": base_width * 2**i, "reduction": 2**i}
+        for i in range(depth + 1)
+    )
 
 
 def center_crop(x, height: int, width: int):
     """Centre crop of NHWC ``x`` to ``height x width`` (the paper's "copy and crop")."""
     top = (x.shape[1] - height) // 2
     left = (x.shape[2] - width) // 2
-    return x[:, top:top + height, left:left + width, :]
+    return x[:, top : top + height, left : left + width, :]
 
 
 class DoubleConv(nn.Module):
@@ -82,9 +85,17 @@ class DoubleConv(nn.Module):
     def __call__(self, x, train: bool = False):
         pad = 1 if self.padding == "same" else 0
         for name in ("conv1", "conv2"):
-            x = ConvBNAct(self.features, 3, padding=pad, use_bias=not self.batch_norm,
-                          norm=self.batch_norm, act=nn.relu, dtype=self.dtype,
-                          param_dtype=self.param_dtype, name=name)(x, train=train)
+            x = ConvBNAct(
+                self.features,
+                3,
+                padding=pad,
+                use_bias=not self.batch_norm,
+                norm=self.batch_norm,
+                act=nn.relu,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name=name,
+            )(x, train=train)
         return x
 
 
@@ -115,8 +126,9 @@ class _UpConvKernel(nn.Module):
     @nn.compact
     def __call__(self, x):
         cin = x.shape[-1]
-        kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                            (2, 2, cin, self.features), self.param_dtype)
+        kernel = self.param(
+            "kernel", nn.initializers.lecun_normal(), (2, 2, cin, self.features), self.param_dtype
+        )
         bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
         n, h, w, _ = x.shape
@@ -141,21 +153,33 @@ class UNet(nn.Module):
     variant: str = "unet"
 
     def min_size(self) -> int:
-        return 2 ** self.depth if self.padding == "same" else valid_min_size(self.depth)
+        return 2**self.depth if self.padding == "same" else valid_min_size(self.depth)
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         if self.padding not in ("same", "valid"):
-            raise ValueError(f"{self.variant}: padding must be 'same' or 'valid', "
-                             f"got {self.padding!r}")
+            raise ValueError(
+                f"{self.variant}: padding must be 'same' or 'valid', got {self.padding!r}"
+            )
         if self.depth < 1 or self.base_width < 1:
-            raise ValueError(f"{self.variant}: depth and base_width must be >= 1, got "
-                             f"depth={self.depth}, base_width={self.base_width}")
-        check_image(x, model=self.variant, channels=self.in_channels, min_size=self.min_size(),
-                    multiple_of=2 ** self.depth if self.padding == "same" else None)
-        common = dict(padding=self.padding, batch_norm=self.batch_norm, dtype=self.dtype,
-                      param_dtype=self.param_dtype)
-        widths = [self.base_width * 2 ** i for i in range(self.depth + 1)]
+            raise ValueError(
+                f"{self.variant}: depth and base_width must be >= 1, got "
+                f"depth={self.depth}, base_width={self.base_width}"
+            )
+        check_image(
+            x,
+            model=self.variant,
+            channels=self.in_channels,
+            min_size=self.min_size(),
+            multiple_of=2**self.depth if self.padding == "same" else None,
+        )
+        common = dict(
+            padding=self.padding,
+            batch_norm=self.batch_norm,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
+        widths = [self.base_width * 2**i for i in range(self.depth + 1)]
 
         skips = []
         for i, c in enumerate(widths):
@@ -169,24 +193,41 @@ class UNet(nn.Module):
             x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
 
         for i in reversed(range(self.depth)):
-            x = UpConv2x2(widths[i], dtype=self.dtype, param_dtype=self.param_dtype,
-                          name=f"up{i + 1}")(x)
+            x = UpConv2x2(
+                widths[i], dtype=self.dtype, param_dtype=self.param_dtype, name=f"up{i + 1}"
+            )(x)
             skip = center_crop(skips[i], x.shape[1], x.shape[2])
             x = jnp.concatenate([skip, x.astype(skip.dtype)], axis=-1)
             x = DoubleConv(widths[i], name=f"dec{i + 1}", **common)(x, train=train)
 
-        return conv2d(self.num_classes, 1, padding=0, dtype=self.dtype,
-                      param_dtype=self.param_dtype, name="head")(x)
+        return conv2d(
+            self.num_classes,
+            1,
+            padding=0,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="head",
+        )(x)
 
 
-_PAPER = ("Ronneberger, Fischer, Brox. U-Net: Convolutional networks for biomedical image "
-          "segmentation. MICCAI 2015")
+_PAPER = (
+    "Ronneberger, Fischer, Brox. U-Net: Convolutional networks for biomedical image "
+    "segmentation. MICCAI 2015"
+)
 
 
-@register_model(params=31_030_658, input_size=(512, 512, 1), num_classes=2, paper=_PAPER,
-                reference="Ronneberger et al. 2015 (64->1024, no BatchNorm; same padding)",
-                feature_info=unet_feature_info(), min_size=16, slow=True, task="segmentation",
-                test_size=32)
+@register_model(
+    params=31_030_658,
+    input_size=(512, 512, 1),
+    num_classes=2,
+    paper=_PAPER,
+    reference="Ronneberger et al. 2015 (64->1024, no BatchNorm; same padding)",
+    feature_info=unet_feature_info(),
+    min_size=16,
+    slow=True,
+    task="segmentation",
+    test_size=32,
+)
 def unet(**kwargs) -> UNet:
     """The paper's U-Net (64->1024 channels, depth 4, no BatchNorm), 1 channel in, 2 classes,
     same padding (pass ``padding="valid"`` for the paper's 572 -> 388 layout)."""
@@ -194,11 +235,19 @@ def unet(**kwargs) -> UNet:
     return UNet(**kwargs)
 
 
-@register_model(params=31_036_546, input_size=(512, 512, 1), num_classes=2, paper=_PAPER,
-                reference="U-Net with BatchNorm after every 3x3 conv (milesial/Pytorch-UNet "
-                          "layout, bilinear=False)",
-                feature_info=unet_feature_info(), min_size=16, slow=True, task="segmentation",
-                test_size=32)
+@register_model(
+    params=31_036_546,
+    input_size=(512, 512, 1),
+    num_classes=2,
+    paper=_PAPER,
+    reference="U-Net with BatchNorm after every 3x3 conv (milesial/Pytorch-UNet "
+    "layout, bilinear=False)",
+    feature_info=unet_feature_info(),
+    min_size=16,
+    slow=True,
+    task="segmentation",
+    test_size=32,
+)
 def unet_bn(**kwargs) -> UNet:
     """U-Net with BatchNorm (conv biases dropped): 31,036,546 parameters with 1 channel in
     and 2 classes (31,037,698 with 3 channels in, the count milesial/Pytorch-UNet prints)."""
@@ -207,11 +256,18 @@ def unet_bn(**kwargs) -> UNet:
     return UNet(**kwargs)
 
 
-@register_model(params=1_926_763, input_size=(64, 64, 1), num_classes=11, paper=_PAPER,
-                reference="reduced U-Net (base width 32, depth 3, BatchNorm) for the 64x64 "
-                          "digit canvases of experiments/segment.py",
-                feature_info=unet_feature_info(32, 3), min_size=8, task="segmentation",
-                test_size=32)
+@register_model(
+    params=1_926_763,
+    input_size=(64, 64, 1),
+    num_classes=11,
+    paper=_PAPER,
+    reference="reduced U-Net (base width 32, depth 3, BatchNorm) for the 64x64 "
+    "digit canvases of experiments/segment.py",
+    feature_info=unet_feature_info(32, 3),
+    min_size=8,
+    task="segmentation",
+    test_size=32,
+)
 def unet_small(**kwargs) -> UNet:
     """A reduced U-Net (32->256 channels, depth 3, BatchNorm), 11 classes: the network of the
     digit-canvas segmentation experiment."""

@@ -19,6 +19,7 @@ means ``w.reshape(4096, 512, 7, 7).transpose(2, 3, 1, 0).reshape(25088, 4096)``.
 Initialisation follows torchvision (convolutions Kaiming-normal fan-out, linear N(0, 0.01),
 zero biases), which matters for training the BN-free variants from scratch.
 """
+
 from __future__ import annotations
 
 import functools
@@ -33,8 +34,9 @@ from jaxcnn.models import register_model
 # convolutions per stage (widths 64, 128, 256, 512, 512)
 VGG_DEPTHS = {11: (1, 1, 2, 2, 2), 13: (2, 2, 2, 2, 2), 16: (2, 2, 3, 3, 3), 19: (2, 2, 4, 4, 4)}
 VGG_WIDTHS = (64, 128, 256, 512, 512)
-VGG_FEATURES = tuple({"name": f"stage{i + 1}", "channels": c, "reduction": 2 ** i}
-                     for i, c in enumerate(VGG_WIDTHS))
+VGG_FEATURES = tuple(
+    {"name": f"stage{i + 1}", "channels": c, "reduction": 2**i} for i, c in enumerate(VGG_WIDTHS)
+)
 VGG_MIN_SIZE = 32
 
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")  # kaiming_normal_ fan_out
@@ -54,8 +56,9 @@ class VGGStage(nn.Module):
     def __call__(self, x, train: bool = False):
         common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         for i in range(1, self.depth + 1):
-            x = conv2d(self.features, 3, padding=1, kernel_init=conv_init, name=f"conv{i}",
-                       **common)(x)
+            x = conv2d(
+                self.features, 3, padding=1, kernel_init=conv_init, name=f"conv{i}", **common
+            )(x)
             if self.norm:
                 x = batch_norm(train, name=f"bn{i}", **common)(x)
             x = nn.relu(x)
@@ -98,16 +101,25 @@ class VGG(nn.Module):
         return dense(self.num_classes, name="head")(x)
 
 
-_PAPER = "Simonyan, Zisserman. Very deep convolutional networks for large-scale image " \
-         "recognition. ICLR 2015"
+_PAPER = (
+    "Simonyan, Zisserman. Very deep convolutional networks for large-scale image "
+    "recognition. ICLR 2015"
+)
 
 
 def _register(depth: int, norm: bool, params: int):
     name = f"vgg{depth}" + ("_bn" if norm else "")
 
-    @register_model(name, params=params, input_size=(224, 224, 3), paper=_PAPER,
-                    reference="torchvision 0.29", feature_info=VGG_FEATURES,
-                    min_size=VGG_MIN_SIZE, slow=True)
+    @register_model(
+        name,
+        params=params,
+        input_size=(224, 224, 3),
+        paper=_PAPER,
+        reference="torchvision 0.29",
+        feature_info=VGG_FEATURES,
+        min_size=VGG_MIN_SIZE,
+        slow=True,
+    )
     def constructor(**kwargs) -> VGG:
         return VGG(depths=VGG_DEPTHS[depth], norm=norm, variant=name, **kwargs)
 

@@ -22,6 +22,7 @@ dropped. Attention weights: see ``jaxcnn.layers.attention`` (``mutable=["interme
 Extra options beyond torchvision: ``drop_path_rate`` (timm-style stochastic depth, linear per
 block, default 0).
 """
+
 from __future__ import annotations
 
 import functools
@@ -53,15 +54,19 @@ def resample_pos_embed(params, new_grid, old_grid=None, method: str = "bicubic")
     Returns the same structure with ``pos_embed`` of shape ``(1, 1 + gh * gw, hidden)``.
     """
     if "params" in params:
-        return {**params, "params": resample_pos_embed(params["params"], new_grid, old_grid,
-                                                         method)}
+        return {
+            **params,
+            "params": resample_pos_embed(params["params"], new_grid, old_grid, method),
+        }
     pe = params["pos_embed"]
     n, dim = pe.shape[1] - 1, pe.shape[2]
     if old_grid is None:
-        side = int(round(n ** 0.5))
+        side = int(round(n**0.5))
         if side * side != n:
-            raise ValueError(f"resample_pos_embed: {n} patch embeddings are not a square grid; "
-                             "pass old_grid=(gh, gw)")
+            raise ValueError(
+                f"resample_pos_embed: {n} patch embeddings are not a square grid; "
+                "pass old_grid=(gh, gw)"
+            )
         old_grid = (side, side)
     oh, ow = pair(old_grid)
     gh, gw = pair(new_grid)
@@ -87,14 +92,26 @@ class EncoderBlock(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False):
         common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        ln = lambda name: nn.LayerNorm(_EPS, use_fast_variance=False, name=name,  # noqa: E731
-                                       **common)
-        y = MultiHeadSelfAttention(self.num_heads, attn_drop=self.attention_dropout,
-                                   proj_drop=self.dropout, name="attn", **common)(
-            ln("norm1")(x), deterministic=not train)
+
+        def ln(name):
+            return nn.LayerNorm(
+                _EPS,
+                use_fast_variance=False,
+                name=name,  # noqa: E731
+                **common,
+            )
+
+        y = MultiHeadSelfAttention(
+            self.num_heads,
+            attn_drop=self.attention_dropout,
+            proj_drop=self.dropout,
+            name="attn",
+            **common,
+        )(ln("norm1")(x), deterministic=not train)
         x = x + DropPath(self.drop_path)(y, deterministic=not train)
         y = Mlp(self.mlp_dim, act=_gelu, drop=self.dropout, name="mlp", **common)(
-            ln("norm2")(x), deterministic=not train)
+            ln("norm2")(x), deterministic=not train
+        )
         return x + DropPath(self.drop_path)(y, deterministic=not train)
 
 
@@ -122,8 +139,9 @@ class VisionTransformer(nn.Module):
         ih, iw = pair(self.img_size)
         p = self.patch_size
         if ih % p or iw % p:
-            raise ValueError(f"{self.variant}: img_size {ih}x{iw} is not a multiple of the patch "
-                             f"size {p}")
+            raise ValueError(
+                f"{self.variant}: img_size {ih}x{iw} is not a multiple of the patch size {p}"
+            )
         return ih // p, iw // p
 
     @nn.compact
@@ -132,35 +150,49 @@ class VisionTransformer(nn.Module):
         check_image(x, model=self.variant, channels=self.in_channels, min_size=p)
         b, h, w, _ = x.shape
         if h % p or w % p:
-            raise ValueError(f"{self.variant}: image height and width must be multiples of the "
-                             f"patch size {p}, got {h}x{w}")
+            raise ValueError(
+                f"{self.variant}: image height and width must be multiples of the "
+                f"patch size {p}, got {h}x{w}"
+            )
         gh, gw = self.grid()
         if (h, w) != (gh * p, gw * p):
             raise ValueError(
                 f"{self.variant}: built for {gh * p}x{gw * p} images (img_size), got {h}x{w}; "
                 f"build it with img_size=({h}, {w}) and convert the weights with "
-                f"jaxcnn.models.vit.resample_pos_embed(params, new_grid=({h // p}, {w // p}))")
+                f"jaxcnn.models.vit.resample_pos_embed(params, new_grid=({h // p}, {w // p}))"
+            )
         common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         d = self.hidden_dim
         x = conv2d(d, p, stride=p, padding=0, name="stem", **common)(x).reshape(b, gh * gw, d)
         cls = self.param("cls_token", nn.initializers.zeros, (1, 1, d), self.param_dtype)
         x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (b, 1, d)), x], axis=1)
-        pos = self.param("pos_embed", nn.initializers.normal(0.02), (1, 1 + gh * gw, d),
-                         self.param_dtype)
+        pos = self.param(
+            "pos_embed", nn.initializers.normal(0.02), (1, 1 + gh * gw, d), self.param_dtype
+        )
         x = nn.Dropout(self.dropout)(x + pos.astype(x.dtype), deterministic=not train)
         for i in range(self.depth):
             dp = self.drop_path_rate * i / max(self.depth - 1, 1)
-            x = EncoderBlock(self.num_heads, self.mlp_dim, self.dropout, self.attention_dropout,
-                             dp, name=f"block{i}", **common)(x, train)
+            x = EncoderBlock(
+                self.num_heads,
+                self.mlp_dim,
+                self.dropout,
+                self.attention_dropout,
+                dp,
+                name=f"block{i}",
+                **common,
+            )(x, train)
         x = nn.LayerNorm(_EPS, use_fast_variance=False, name="norm", **common)(x)
         if self.features_only:
             return [x[:, 1:].reshape(b, gh, gw, d)]
-        return nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, name="head",
-                        **common)(x[:, 0])
+        return nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, name="head", **common)(
+            x[:, 0]
+        )
 
 
-_PAPER = ("Dosovitskiy et al. An Image is Worth 16x16 Words: Transformers for Image "
-          "Recognition at Scale. ICLR 2021")
+_PAPER = (
+    "Dosovitskiy et al. An Image is Worth 16x16 Words: Transformers for Image "
+    "Recognition at Scale. ICLR 2021"
+)
 
 
 def _vit(variant, kwargs, **defaults):
@@ -172,12 +204,27 @@ def _vit(variant, kwargs, **defaults):
 def _register(name, params, reference, patch, hidden, depth, heads, mlp, slow):
     feature_info = ({"name": "tokens", "channels": hidden, "reduction": patch},)
 
-    @register_model(name, params=params, input_size=(224, 224, 3), paper=_PAPER,
-                    reference=reference, feature_info=feature_info, min_size=patch, slow=slow,
-                    test_size=224)
+    @register_model(
+        name,
+        params=params,
+        input_size=(224, 224, 3),
+        paper=_PAPER,
+        reference=reference,
+        feature_info=feature_info,
+        min_size=patch,
+        slow=slow,
+        test_size=224,
+    )
     def build(**kwargs) -> VisionTransformer:
-        return _vit(name, kwargs, patch_size=patch, hidden_dim=hidden, depth=depth,
-                    num_heads=heads, mlp_dim=mlp)
+        return _vit(
+            name,
+            kwargs,
+            patch_size=patch,
+            hidden_dim=hidden,
+            depth=depth,
+            num_heads=heads,
+            mlp_dim=mlp,
+        )
 
     build.__name__ = build.__qualname__ = name
     build.__doc__ = f"ViT {name}: patch {patch}, hidden {hidden}, {depth} blocks, {heads} heads."
@@ -185,13 +232,16 @@ def _register(name, params, reference, patch, hidden, depth, heads, mlp, slow):
 
 
 #                                  params        reference           p   dim  depth heads mlp
-vit_ti_16 = _register("vit_ti_16", 5_717_416, "timm vit_tiny_patch16_224", 16, 192, 12, 3, 768,
-                      False)
-vit_s_16 = _register("vit_s_16", 22_050_664, "timm vit_small_patch16_224", 16, 384, 12, 6, 1536,
-                     False)
+vit_ti_16 = _register(
+    "vit_ti_16", 5_717_416, "timm vit_tiny_patch16_224", 16, 192, 12, 3, 768, False
+)
+vit_s_16 = _register(
+    "vit_s_16", 22_050_664, "timm vit_small_patch16_224", 16, 384, 12, 6, 1536, False
+)
 vit_b_16 = _register("vit_b_16", 86_567_656, "torchvision 0.29", 16, 768, 12, 12, 3072, True)
 vit_b_32 = _register("vit_b_32", 88_224_232, "torchvision 0.29", 32, 768, 12, 12, 3072, True)
 vit_l_16 = _register("vit_l_16", 304_326_632, "torchvision 0.29", 16, 1024, 24, 16, 4096, True)
 vit_l_32 = _register("vit_l_32", 306_535_400, "torchvision 0.29", 32, 1024, 24, 16, 4096, True)
-vit_h_14 = _register("vit_h_14", 632_045_800, "torchvision 0.29 (img_size 224)", 14, 1280, 32,
-                     16, 5120, True)
+vit_h_14 = _register(
+    "vit_h_14", 632_045_800, "torchvision 0.29 (img_size 224)", 14, 1280, 32, 16, 5120, True
+)

@@ -32,6 +32,7 @@ the 1x1/2 projection shortcut ``downsample/{conv,bn}`` (Keras' unnamed ``conv2d`
 Minimum input side 7 (the two "valid" stem convs need 7 -> 3 -> 1; everything after is "same").
 Keras refuses inputs below 71 by policy (``obtain_input_shape``), not by arithmetic.
 """
+
 from __future__ import annotations
 
 import functools
@@ -40,8 +41,15 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxcnn.layers import (batch_norm, check_image, conv2d, depthwise_conv, global_avg_pool,
-                           max_pool, pointwise_conv)
+from jaxcnn.layers import (
+    batch_norm,
+    check_image,
+    conv2d,
+    depthwise_conv,
+    global_avg_pool,
+    max_pool,
+    pointwise_conv,
+)
 from jaxcnn.models import register_model
 
 ModuleDef = Any
@@ -60,8 +68,9 @@ class SeparableConv2D(nn.Module):
     @nn.compact
     def __call__(self, x):
         common = dict(dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=glorot)
-        x = depthwise_conv(x.shape[-1], 3, padding="SAME", use_bias=False, name="depthwise",
-                           **common)(x)
+        x = depthwise_conv(
+            x.shape[-1], 3, padding="SAME", use_bias=False, name="depthwise", **common
+        )(x)
         return pointwise_conv(self.features, use_bias=False, name="pointwise", **common)(x)
 
 
@@ -74,8 +83,7 @@ class Stem(nn.Module):
     @nn.compact
     def __call__(self, x):
         x = nn.relu(self.norm(name="bn1")(self.conv(32, 3, 2, padding="VALID", name="conv1")(x)))
-        return nn.relu(self.norm(name="bn2")(self.conv(64, 3, 1, padding="VALID",
-                                                       name="conv2")(x)))
+        return nn.relu(self.norm(name="bn2")(self.conv(64, 3, 1, padding="VALID", name="conv2")(x)))
 
 
 class DownsampleBN(nn.Module):
@@ -125,8 +133,9 @@ class XceptionBlock(nn.Module):
         if not self.residual:
             return y
         if self.stride != 1 or x.shape[-1] != self.channels[-1]:
-            x = DownsampleBN(self.channels[-1], self.stride, self.conv, self.norm,
-                             name="downsample")(x)
+            x = DownsampleBN(
+                self.channels[-1], self.stride, self.conv, self.norm, name="downsample"
+            )(x)
         return y + x
 
 
@@ -141,18 +150,21 @@ class XceptionStage(nn.Module):
     @nn.compact
     def __call__(self, x):
         for i, kw in enumerate(self.blocks):
-            x = XceptionBlock(conv=self.conv, sepconv=self.sepconv, norm=self.norm,
-                              name=f"block{i}", **kw)(x)
+            x = XceptionBlock(
+                conv=self.conv, sepconv=self.sepconv, norm=self.norm, name=f"block{i}", **kw
+            )(x)
         return x
 
 
 # (Keras block) -> XceptionBlock keywords, per stage
 STAGES = (
-    ({"channels": (128, 128), "stride": 2, "pre_act": False},),                   # block2
-    ({"channels": (256, 256), "stride": 2},),                                     # block3
-    ({"channels": (728, 728), "stride": 2},) + ({"channels": (728,) * 3},) * 8,   # block4-12
-    ({"channels": (728, 1024), "stride": 2},                                      # block13
-     {"channels": (1536, 2048), "residual": False, "post_act": True}),            # block14
+    ({"channels": (128, 128), "stride": 2, "pre_act": False},),  # block2
+    ({"channels": (256, 256), "stride": 2},),  # block3
+    ({"channels": (728, 728), "stride": 2},) + ({"channels": (728,) * 3},) * 8,  # block4-12
+    (
+        {"channels": (728, 1024), "stride": 2},  # block13
+        {"channels": (1536, 2048), "residual": False, "post_act": True},
+    ),  # block14
 )
 
 
@@ -184,14 +196,21 @@ class Xception(nn.Module):
         return nn.Dense(self.num_classes, kernel_init=glorot, name="head", **common)(x)
 
 
-FEATURE_INFO = tuple({"name": f"stage{i + 1}", "channels": c, "reduction": 4 * 2 ** i}
-                     for i, c in enumerate((128, 256, 728, 2048)))
+FEATURE_INFO = tuple(
+    {"name": f"stage{i + 1}", "channels": c, "reduction": 4 * 2**i}
+    for i, c in enumerate((128, 256, 728, 2048))
+)
 
 
-@register_model(params=22_855_952, input_size=(299, 299, 3), paper="Chollet. Xception: deep "
-                "learning with depthwise separable convolutions. CVPR 2017",
-                reference="keras (tf.keras.applications.Xception)", feature_info=FEATURE_INFO,
-                min_size=MIN_SIZE, keras_count_params=22_910_480)
+@register_model(
+    params=22_855_952,
+    input_size=(299, 299, 3),
+    paper="Chollet. Xception: deep learning with depthwise separable convolutions. CVPR 2017",
+    reference="keras (tf.keras.applications.Xception)",
+    feature_info=FEATURE_INFO,
+    min_size=MIN_SIZE,
+    keras_count_params=22_910_480,
+)
 def xception(**kwargs) -> Xception:
     """Xception, 299x299 input; 22,855,952 parameters (+54,528 BatchNorm statistics)."""
     return Xception(variant="xception", **kwargs)

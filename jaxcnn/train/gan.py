@@ -41,6 +41,7 @@ saves and restores; the modules and optimizers are static fields.
     state, metrics = step(state, real_images)      # (B, 28, 28, 1) in [-1, 1]
     samples = generate(state, jax.random.normal(key, (64, state.latent_dim)))
 """
+
 from __future__ import annotations
 
 import functools
@@ -54,10 +55,22 @@ from flax import struct
 
 from jaxcnn.data.pipeline import augment_batch
 
-__all__ = ["GANState", "create_gan_state", "dcgan_optimizer", "d_step", "g_step",
-           "gan_train_step", "make_gan_train_step", "generate", "make_generate",
-           "top_k_mask", "top_k_schedule", "sample_latent", "diff_augment",
-           "DIFF_AUGMENT_OPS"]
+__all__ = [
+    "GANState",
+    "create_gan_state",
+    "dcgan_optimizer",
+    "d_step",
+    "g_step",
+    "gan_train_step",
+    "make_gan_train_step",
+    "generate",
+    "make_generate",
+    "top_k_mask",
+    "top_k_schedule",
+    "sample_latent",
+    "diff_augment",
+    "DIFF_AUGMENT_OPS",
+]
 
 
 @struct.dataclass
@@ -103,17 +116,24 @@ class GANState:
         return {"params": self.d_params, "batch_stats": self.d_batch_stats}
 
 
-def dcgan_optimizer(learning_rate: float = 2e-4, b1: float = 0.5,
-                    b2: float = 0.999) -> optax.GradientTransformation:
+def dcgan_optimizer(
+    learning_rate: float = 2e-4, b1: float = 0.5, b2: float = 0.999
+) -> optax.GradientTransformation:
     """Adam with the DCGAN paper's settings (lr 2e-4, beta1 0.5)."""
     return optax.adam(learning_rate, b1=b1, b2=b2)
 
 
-def create_gan_state(generator: nn.Module, discriminator: nn.Module,
-                     g_tx: optax.GradientTransformation | None = None,
-                     d_tx: optax.GradientTransformation | None = None,
-                     seed: int = 0, ema_decay: float = 0.0, num_codes: int = 0,
-                     info_weight: float = 1.0, augment=()) -> GANState:
+def create_gan_state(
+    generator: nn.Module,
+    discriminator: nn.Module,
+    g_tx: optax.GradientTransformation | None = None,
+    d_tx: optax.GradientTransformation | None = None,
+    seed: int = 0,
+    ema_decay: float = 0.0,
+    num_codes: int = 0,
+    info_weight: float = 1.0,
+    augment=(),
+) -> GANState:
     """Initialise both networks (D on images of the generator's output shape) and optimizers.
 
     ``ema_decay`` in ``(0, 1)`` also keeps an exponential moving average of the generator's
@@ -133,36 +153,52 @@ def create_gan_state(generator: nn.Module, discriminator: nn.Module,
     augment = tuple(augment or ())
     unknown = sorted(set(augment) - set(DIFF_AUGMENT_OPS))
     if unknown:
-        raise ValueError(f"unknown DiffAugment operation(s) {unknown}: expected some of "
-                         f"{list(DIFF_AUGMENT_OPS)}")
+        raise ValueError(
+            f"unknown DiffAugment operation(s) {unknown}: expected some of {list(DIFF_AUGMENT_OPS)}"
+        )
     if not 0.0 <= ema_decay < 1.0:
         raise ValueError(f"ema_decay must be in [0, 1) (0 turns the average off), got {ema_decay}")
     d_out = getattr(discriminator, "num_classes", 1)
     if d_out != 1 + num_codes:
         raise ValueError(
             f"the discriminator must have 1 + num_codes = {1 + num_codes} outputs (real/fake"
-            + (f", then {num_codes} code logits" if num_codes else "") + f"), got num_classes="
-            f"{d_out}: create it with num_classes={1 + num_codes}")
+            + (f", then {num_codes} code logits" if num_codes else "")
+            + f"), got num_classes="
+            f"{d_out}: create it with num_classes={1 + num_codes}"
+        )
     if not 0 <= num_codes < generator.latent_dim:
-        raise ValueError(f"num_codes must be in [0, latent_dim={generator.latent_dim}) (the "
-                         f"code is part of the latent vector), got {num_codes}")
+        raise ValueError(
+            f"num_codes must be in [0, latent_dim={generator.latent_dim}) (the "
+            f"code is part of the latent vector), got {num_codes}"
+        )
     g_tx = g_tx or dcgan_optimizer()
     d_tx = d_tx or dcgan_optimizer()
     kg, kd, krng = jax.random.split(jax.random.PRNGKey(seed), 3)
     z = jnp.zeros((1, generator.latent_dim), jnp.float32)
     g_vars = jax.jit(lambda k: generator.init(k, z, train=False))(kg)
     img = jax.eval_shape(lambda v: generator.apply(v, z, train=False), g_vars)
-    d_vars = jax.jit(lambda k: discriminator.init(k, jnp.zeros(img.shape, img.dtype),
-                                                  train=False))(kd)
-    return GANState(step=jnp.zeros((), jnp.int32),
-                    g_params=g_vars["params"], g_batch_stats=g_vars.get("batch_stats", {}),
-                    g_opt_state=g_tx.init(g_vars["params"]),
-                    d_params=d_vars["params"], d_batch_stats=d_vars.get("batch_stats", {}),
-                    d_opt_state=d_tx.init(d_vars["params"]), rng=krng,
-                    g_ema_params=jax.tree.map(jnp.copy, g_vars["params"]) if ema_decay else None,
-                    generator=generator, discriminator=discriminator, g_tx=g_tx, d_tx=d_tx,
-                    ema_decay=float(ema_decay), num_codes=int(num_codes),
-                    info_weight=float(info_weight), augment=augment)
+    d_vars = jax.jit(lambda k: discriminator.init(k, jnp.zeros(img.shape, img.dtype), train=False))(
+        kd
+    )
+    return GANState(
+        step=jnp.zeros((), jnp.int32),
+        g_params=g_vars["params"],
+        g_batch_stats=g_vars.get("batch_stats", {}),
+        g_opt_state=g_tx.init(g_vars["params"]),
+        d_params=d_vars["params"],
+        d_batch_stats=d_vars.get("batch_stats", {}),
+        d_opt_state=d_tx.init(d_vars["params"]),
+        rng=krng,
+        g_ema_params=jax.tree.map(jnp.copy, g_vars["params"]) if ema_decay else None,
+        generator=generator,
+        discriminator=discriminator,
+        g_tx=g_tx,
+        d_tx=d_tx,
+        ema_decay=float(ema_decay),
+        num_codes=int(num_codes),
+        info_weight=float(info_weight),
+        augment=augment,
+    )
 
 
 DIFF_AUGMENT_OPS = ("translation", "cutout")
@@ -184,8 +220,12 @@ def diff_augment(key, x, policy=("translation", "cutout")):
         cx = jax.random.randint(kx, (n, 1, 1, 1), 0, w + (1 - cw % 2))
         rows = jnp.arange(h).reshape(1, h, 1, 1)
         cols = jnp.arange(w).reshape(1, 1, w, 1)
-        inside = ((rows >= cy - ch // 2) & (rows < cy - ch // 2 + ch)
-                  & (cols >= cx - cw // 2) & (cols < cx - cw // 2 + cw))
+        inside = (
+            (rows >= cy - ch // 2)
+            & (rows < cy - ch // 2 + ch)
+            & (cols >= cx - cw // 2)
+            & (cols < cx - cw // 2 + cw)
+        )
         x = x * (1 - inside).astype(x.dtype)
     return x
 
@@ -236,15 +276,20 @@ def _info_loss(code_logits, codes):
 
 def _run_g(state: GANState, params, z):
     """Generator in training mode; returns (images, new batch_stats)."""
-    out, upd = state.generator.apply({"params": params, "batch_stats": state.g_batch_stats}, z,
-                                     train=True, mutable=["batch_stats"])
+    out, upd = state.generator.apply(
+        {"params": params, "batch_stats": state.g_batch_stats},
+        z,
+        train=True,
+        mutable=["batch_stats"],
+    )
     return out, upd["batch_stats"]
 
 
 def _run_d(state: GANState, params, batch_stats, x):
     """Discriminator in training mode; returns (logits, new batch_stats)."""
-    out, upd = state.discriminator.apply({"params": params, "batch_stats": batch_stats}, x,
-                                         train=True, mutable=["batch_stats"])
+    out, upd = state.discriminator.apply(
+        {"params": params, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"]
+    )
     return out, upd["batch_stats"]
 
 
@@ -255,8 +300,7 @@ def _scaled(updates, lr_scale):
     return jax.tree.map(lambda u: u * jnp.asarray(lr_scale, u.dtype), updates)
 
 
-def d_step(state: GANState, real, lr_scale=None, real_codes=None, *,
-           label_smoothing: float = 0.0):
+def d_step(state: GANState, real, lr_scale=None, real_codes=None, *, label_smoothing: float = 0.0):
     """Update the discriminator only (G's parameters and statistics are left as they are).
 
     ``real``: images ``(B, H, W, C)`` scaled to ``[-1, 1]``. ``label_smoothing`` makes the real
@@ -267,8 +311,10 @@ def d_step(state: GANState, real, lr_scale=None, real_codes=None, *,
     probabilities on real and fake.
     """
     if real_codes is not None and not state.num_codes:
-        raise ValueError("real_codes (class labels, AC-GAN) need a GAN with a code: "
-                         "create_gan_state(..., num_codes=<number of classes>)")
+        raise ValueError(
+            "real_codes (class labels, AC-GAN) need a GAN with a code: "
+            "create_gan_state(..., num_codes=<number of classes>)"
+        )
     z, codes = _noise(state, real.shape[0], 0)
     fake, _ = _run_g(state, state.g_params, z)  # G's statistics updates are discarded here
     fake = jax.lax.stop_gradient(fake).astype(real.dtype)
@@ -287,10 +333,16 @@ def d_step(state: GANState, real, lr_scale=None, real_codes=None, *,
     (loss, (stats, lr, lf)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.d_params)
     updates, opt_state = state.d_tx.update(grads, state.d_opt_state, state.d_params)
     updates = _scaled(updates, lr_scale)
-    state = state.replace(d_params=optax.apply_updates(state.d_params, updates),
-                          d_opt_state=opt_state, d_batch_stats=stats)
-    return state, {"d_loss": loss, "d_real": jnp.mean(nn.sigmoid(lr)),
-                   "d_fake": jnp.mean(nn.sigmoid(lf))}
+    state = state.replace(
+        d_params=optax.apply_updates(state.d_params, updates),
+        d_opt_state=opt_state,
+        d_batch_stats=stats,
+    )
+    return state, {
+        "d_loss": loss,
+        "d_real": jnp.mean(nn.sigmoid(lr)),
+        "d_fake": jnp.mean(nn.sigmoid(lf)),
+    }
 
 
 def top_k_mask(scores, k):
@@ -317,39 +369,54 @@ def g_step(state: GANState, batch_size: int, top_k=None, lr_scale=None):
 
     def loss_fn(g_params):
         fake, g_stats = _run_g(state, g_params, z)
-        logits, q = _split_logits(state, _run_d(state, state.d_params, state.d_batch_stats,
-                                                _augment(state, fake, 2))[0])
+        logits, q = _split_logits(
+            state, _run_d(state, state.d_params, state.d_batch_stats, _augment(state, fake, 2))[0]
+        )
         if top_k is None:
             adv = _bce(logits, 1.0)
         else:
-            per = jnp.mean(optax.sigmoid_binary_cross_entropy(logits, jnp.ones_like(logits)),
-                           axis=tuple(range(1, logits.ndim)))
+            per = jnp.mean(
+                optax.sigmoid_binary_cross_entropy(logits, jnp.ones_like(logits)),
+                axis=tuple(range(1, logits.ndim)),
+            )
             mask = top_k_mask(-jax.lax.stop_gradient(per), top_k)  # most realistic first
             adv = jnp.sum(per * mask) / jnp.sum(mask)
         info = _info_loss(q, codes) if q is not None else jnp.zeros(())
         return adv + state.info_weight * info, (g_stats, logits, adv, info)
 
     (_, (stats, logits, loss, info)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.g_params)
+        state.g_params
+    )
     updates, opt_state = state.g_tx.update(grads, state.g_opt_state, state.g_params)
     updates = _scaled(updates, lr_scale)
-    state = state.replace(g_params=optax.apply_updates(state.g_params, updates),
-                          g_opt_state=opt_state, g_batch_stats=stats)
+    state = state.replace(
+        g_params=optax.apply_updates(state.g_params, updates),
+        g_opt_state=opt_state,
+        g_batch_stats=stats,
+    )
     metrics = {"g_loss": loss, "d_gen": jnp.mean(nn.sigmoid(logits))}
     if state.num_codes:
         metrics["info_loss"] = info
     return state, metrics
 
 
-def top_k_schedule(epoch: int, batch_size: int, gamma: float = 0.99,
-                   min_fraction: float = 0.5) -> int:
+def top_k_schedule(
+    epoch: int, batch_size: int, gamma: float = 0.99, min_fraction: float = 0.5
+) -> int:
     """Sinha et al.'s ``k`` for an epoch (0-based): ``max(gamma**epoch, min_fraction) * batch``
     (the paper: ``gamma`` 0.99, ``min_fraction`` 0.5 to 0.75)."""
-    return max(int(batch_size * gamma ** epoch), int(batch_size * min_fraction), 1)
+    return max(int(batch_size * gamma**epoch), int(batch_size * min_fraction), 1)
 
 
-def gan_train_step(state: GANState, real, top_k=None, lr_scale=None, real_codes=None, *,
-                   label_smoothing: float = 0.0):
+def gan_train_step(
+    state: GANState,
+    real,
+    top_k=None,
+    lr_scale=None,
+    real_codes=None,
+    *,
+    label_smoothing: float = 0.0,
+):
     """One D update then one G update on a batch of real images; increments ``step``.
     ``top_k``: see :func:`g_step` (``None``: every fake counts). ``lr_scale`` (a float, may be
     traced): both networks' optimizer updates are multiplied by it, i.e. for Adam the learning
@@ -359,8 +426,11 @@ def gan_train_step(state: GANState, real, top_k=None, lr_scale=None, real_codes=
     state, dm = d_step(state, real, lr_scale, real_codes, label_smoothing=label_smoothing)
     state, gm = g_step(state, real.shape[0], top_k, lr_scale)
     if state.g_ema_params is not None:  # g_ema <- decay * g_ema + (1 - decay) * g
-        state = state.replace(g_ema_params=optax.incremental_update(
-            state.g_params, state.g_ema_params, 1.0 - state.ema_decay))
+        state = state.replace(
+            g_ema_params=optax.incremental_update(
+                state.g_params, state.g_ema_params, 1.0 - state.ema_decay
+            )
+        )
     return state.replace(step=state.step + 1), {**dm, **gm}
 
 
@@ -369,8 +439,9 @@ def make_gan_train_step(label_smoothing: float = 0.0):
     ``step(state, real)`` or ``step(state, real, k)`` (top-k generator updates; ``k`` a Python or
     JAX integer, traced, so a new ``k`` each epoch does not recompile), ``step(state, real, k,
     lr_scale, labels)`` for an AC-GAN."""
-    return jax.jit(functools.partial(gan_train_step, label_smoothing=label_smoothing),
-                   donate_argnums=0)
+    return jax.jit(
+        functools.partial(gan_train_step, label_smoothing=label_smoothing), donate_argnums=0
+    )
 
 
 def generate(state: GANState, z, train: bool = False, ema: bool = False):

@@ -16,6 +16,7 @@ Three figures, all from a LeNet-5 (or any registered classifier with ``features_
 ``tr((S1 S2)^(1/2)) = sum(sqrt(eig(S1^(1/2) S2 S1^(1/2))))`` (a symmetric PSD matrix, so no
 complex square roots).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -25,8 +26,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["Classifier", "confidence_metrics", "feature_stats", "frechet_distance",
-           "gaussian_frechet_distance", "evaluate_samples"]
+__all__ = [
+    "Classifier",
+    "confidence_metrics",
+    "feature_stats",
+    "frechet_distance",
+    "gaussian_frechet_distance",
+    "evaluate_samples",
+]
 
 
 class Classifier:
@@ -38,8 +45,7 @@ class Classifier:
     LeNet-5), computed with the same parameters (the head is simply not used).
     """
 
-    def __init__(self, model: nn.Module, variables: dict, mean=0.0, std=1.0,
-                 batch_size: int = 500):
+    def __init__(self, model: nn.Module, variables: dict, mean=0.0, std=1.0, batch_size: int = 500):
         self.model, self.variables, self.batch_size = model, variables, batch_size
         self.mean = jnp.asarray(mean, jnp.float32)
         self.std = jnp.asarray(std, jnp.float32)
@@ -57,13 +63,13 @@ class Classifier:
         n, bs = len(images01), self.batch_size
         logits, feats = [], []
         for i in range(0, n, bs):
-            x = images01[i:i + bs]
+            x = images01[i : i + bs]
             pad = bs - len(x)
             if pad:
                 x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
             lg, ft = jax.device_get(self._run(self.variables, x))
-            logits.append(lg[:bs - pad])
-            feats.append(ft[:bs - pad].reshape(bs - pad, -1))
+            logits.append(lg[: bs - pad])
+            feats.append(ft[: bs - pad].reshape(bs - pad, -1))
         return np.concatenate(logits), np.concatenate(feats)
 
 
@@ -82,10 +88,14 @@ def confidence_metrics(logits, threshold: float = 0.9) -> dict[str, Any]:
     share = np.bincount(pred, minlength=k) / max(len(pred), 1)
     confident = conf >= threshold
     cshare = np.bincount(pred[confident], minlength=k) / max(int(confident.sum()), 1)
-    return {"confident_share": float(confident.mean()), "mean_confidence": float(conf.mean()),
-            "class_share": [float(s) for s in share], "min_class_share": float(share.min()),
-            "max_class_share": float(share.max()),
-            "confident_class_share": [float(s) for s in cshare]}
+    return {
+        "confident_share": float(confident.mean()),
+        "mean_confidence": float(conf.mean()),
+        "class_share": [float(s) for s in share],
+        "min_class_share": float(share.min()),
+        "max_class_share": float(share.max()),
+        "confident_class_share": [float(s) for s in cshare],
+    }
 
 
 def feature_stats(features) -> tuple[np.ndarray, np.ndarray]:
@@ -112,8 +122,14 @@ def frechet_distance(features1, features2) -> float:
     return gaussian_frechet_distance(*feature_stats(features1), *feature_stats(features2))
 
 
-def evaluate_samples(classifier: Classifier, samples01, real01=None, threshold: float = 0.9,
-                     seed: int = 0, real_outputs=None) -> dict[str, Any]:
+def evaluate_samples(
+    classifier: Classifier,
+    samples01,
+    real01=None,
+    threshold: float = 0.9,
+    seed: int = 0,
+    real_outputs=None,
+) -> dict[str, Any]:
     """All figures for generated ``samples01`` against real images ``real01`` (both in [0, 1]).
 
     The real images are shuffled and split in two disjoint halves A and B. ``fd`` compares the
@@ -132,7 +148,8 @@ def evaluate_samples(classifier: Classifier, samples01, real01=None, threshold: 
     stats_a = feature_stats(fa)
     out = confidence_metrics(lg_s, threshold)
     out.update(
-        num_samples=int(len(samples01)), num_real=int(len(lg_r)),
+        num_samples=int(len(samples01)),
+        num_real=int(len(lg_r)),
         fd=gaussian_frechet_distance(*feature_stats(f_s), *stats_a),
         fd_real_baseline=gaussian_frechet_distance(*feature_stats(fb[:n]), *stats_a),
         fd_real_halves=gaussian_frechet_distance(*feature_stats(fb), *stats_a),

@@ -1,4 +1,5 @@
 """Losses and per-batch metric sums for classification (weights mask padded examples)."""
+
 from __future__ import annotations
 
 import jax
@@ -27,8 +28,11 @@ def classification_metrics(logits, labels, weights=None) -> dict:
         weights = jnp.ones(labels.shape, jnp.float32)
     per = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
     correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
-    return {"loss_sum": jnp.sum(per * weights), "correct": jnp.sum(correct * weights),
-            "count": jnp.sum(weights)}
+    return {
+        "loss_sum": jnp.sum(per * weights),
+        "correct": jnp.sum(correct * weights),
+        "count": jnp.sum(weights),
+    }
 
 
 def confusion_matrix(logits, labels, weights, num_classes: int):

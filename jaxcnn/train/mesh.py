@@ -22,6 +22,7 @@ With several processes each process reads only its own rows of every global batc
 (:meth:`DataParallel.batches`) and :func:`jax.make_array_from_process_local_data` assembles the
 global array without moving data between hosts.
 """
+
 from __future__ import annotations
 
 import collections
@@ -32,24 +33,40 @@ from typing import Any, Iterator, NamedTuple
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxcnn.data.pipeline import batches as _batches
 
-__all__ = ["DATA_AXIS", "DataParallel", "initialize_distributed", "make_mesh", "setup",
-           "check_batch_size", "is_main_process", "quiet_non_main_processes"]
+__all__ = [
+    "DATA_AXIS",
+    "DataParallel",
+    "initialize_distributed",
+    "make_mesh",
+    "setup",
+    "check_batch_size",
+    "is_main_process",
+    "quiet_non_main_processes",
+]
 
 DATA_AXIS = "data"
 log = logging.getLogger(__name__)
 
-_ENV = {"coordinator_address": "JAX_COORDINATOR_ADDRESS", "num_processes": "JAX_NUM_PROCESSES",
-        "process_id": "JAX_PROCESS_ID"}
+_ENV = {
+    "coordinator_address": "JAX_COORDINATOR_ADDRESS",
+    "num_processes": "JAX_NUM_PROCESSES",
+    "process_id": "JAX_PROCESS_ID",
+}
 
 
 # -- processes ------------------------------------------------------------------------------
-def initialize_distributed(coordinator_address: str | None = None,
-                           num_processes: int | None = None, process_id: int | None = None,
-                           auto: bool | None = None, **kwargs) -> bool:
+def initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    auto: bool | None = None,
+    **kwargs,
+) -> bool:
     """Start JAX's distributed runtime when this is one process of several; returns whether the
     run is multi-process. Call it first, before anything touches a device.
 
@@ -62,8 +79,11 @@ def initialize_distributed(coordinator_address: str | None = None,
     """
     if jax.distributed.is_initialized():
         return jax.process_count() > 1
-    given = {"coordinator_address": coordinator_address, "num_processes": num_processes,
-             "process_id": process_id}
+    given = {
+        "coordinator_address": coordinator_address,
+        "num_processes": num_processes,
+        "process_id": process_id,
+    }
     for k, env in _ENV.items():
         if given[k] is None and os.environ.get(env):
             given[k] = os.environ[env] if k == "coordinator_address" else int(os.environ[env])
@@ -71,20 +91,28 @@ def initialize_distributed(coordinator_address: str | None = None,
         auto = os.environ.get("JAXCNN_DISTRIBUTED", "").lower() in ("1", "auto", "true")
     if given["coordinator_address"] is None and not auto:
         if given["num_processes"] not in (None, 1):
-            raise ValueError(f"num_processes={given['num_processes']} needs a coordinator "
-                             f"address (host:port of process 0): pass coordinator_address or "
-                             f"set JAX_COORDINATOR_ADDRESS")
+            raise ValueError(
+                f"num_processes={given['num_processes']} needs a coordinator "
+                f"address (host:port of process 0): pass coordinator_address or "
+                f"set JAX_COORDINATOR_ADDRESS"
+            )
         return False
     if given["coordinator_address"] is not None:
         missing = [_ENV[k] for k in ("num_processes", "process_id") if given[k] is None]
         if missing and not auto:
-            raise ValueError(f"a coordinator address is set but {' and '.join(missing)} is not; "
-                             f"every process needs the process count and its own id")
+            raise ValueError(
+                f"a coordinator address is set but {' and '.join(missing)} is not; "
+                f"every process needs the process count and its own id"
+            )
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(**{k: v for k, v in given.items() if v is not None}, **kwargs)
-    log.info("jax.distributed: process %d of %d, %d local / %d global devices",
-             jax.process_index(), jax.process_count(), jax.local_device_count(),
-             jax.device_count())
+    log.info(
+        "jax.distributed: process %d of %d, %d local / %d global devices",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+    )
     return jax.process_count() > 1
 
 
@@ -99,6 +127,7 @@ def quiet_non_main_processes() -> None:
         logging.getLogger().setLevel(logging.ERROR)
         try:
             from absl import logging as absl_logging
+
             absl_logging.set_verbosity(absl_logging.ERROR)
         except ImportError:  # pragma: no cover
             pass
@@ -111,11 +140,15 @@ def make_mesh(num_devices: int | None = None, devices=None) -> Mesh:
     all_devices = list(devices) if devices is not None else jax.devices()
     n = num_devices or len(all_devices)
     if not 1 <= n <= len(all_devices):
-        raise ValueError(f"num_devices={num_devices} but only {len(all_devices)} devices are "
-                         f"present ({all_devices[0].platform})")
+        raise ValueError(
+            f"num_devices={num_devices} but only {len(all_devices)} devices are "
+            f"present ({all_devices[0].platform})"
+        )
     if n < len(all_devices) and jax.process_count() > 1:
-        raise ValueError(f"num_devices={n} uses a subset of the {len(all_devices)} devices; "
-                         f"a multi-process run must use all of them")
+        raise ValueError(
+            f"num_devices={n} uses a subset of the {len(all_devices)} devices; "
+            f"a multi-process run must use all of them"
+        )
     # Auto axis type: XLA (GSPMD) propagates shardings through the step; jax.make_mesh's default
     # in recent JAX is Explicit (sharding in types), which flax layers do not all support.
     auto = (jax.sharding.AxisType.Auto,)
@@ -129,8 +162,10 @@ def check_batch_size(batch_size: int, num_devices: int, what: str = "batch_size"
     if batch_size % num_devices:
         lo = batch_size // num_devices * num_devices
         hint = f"{lo} or {lo + num_devices}" if lo else f"{num_devices}"
-        raise ValueError(f"{what}={batch_size} does not divide by the {num_devices} devices of "
-                         f"the data axis; use a multiple of {num_devices} (e.g. {hint})")
+        raise ValueError(
+            f"{what}={batch_size} does not divide by the {num_devices} devices of "
+            f"the data axis; use a multiple of {num_devices} (e.g. {hint})"
+        )
 
 
 def _prefetch(iterator, put, size: int):
@@ -170,30 +205,39 @@ class DataParallel(NamedTuple):
         def put(x):
             x = np.asarray(jax.device_get(x))
             return jax.make_array_from_callback(x.shape, self.replicated, lambda idx: x[idx])
+
         return jax.tree.map(put, tree)
 
     def process_rows(self, batch_size: int) -> slice:
         """The rows of a global batch that live on this process's devices."""
         self.check_batch_size(batch_size)
-        spans = sorted({(i[0].start or 0, i[0].stop if i[0].stop is not None else batch_size)
-                        for i in self.data.addressable_devices_indices_map(
-                            (batch_size,)).values()})
+        spans = sorted(
+            {
+                (i[0].start or 0, i[0].stop if i[0].stop is not None else batch_size)
+                for i in self.data.addressable_devices_indices_map((batch_size,)).values()
+            }
+        )
         start, stop = spans[0][0], spans[-1][1]
         if sum(b - a for a, b in spans) != stop - start:
-            raise ValueError("this process's devices do not hold a contiguous block of the "
-                             "batch; build the mesh with make_mesh() (process-major order)")
+            raise ValueError(
+                "this process's devices do not hold a contiguous block of the "
+                "batch; build the mesh with make_mesh() (process-major order)"
+            )
         return slice(start, stop)
 
     def shard(self, local_batch: Any) -> Any:
         """Global arrays, sharded along ``data``, from this process's rows (numpy). With one
         process the local batch *is* the global batch."""
+
         def put(x):
             self.check_batch_size(x.shape[0] * jax.process_count(), "global batch")
             return jax.make_array_from_process_local_data(self.data, np.asarray(x))
+
         return jax.tree.map(put, local_batch)
 
-    def batches(self, images: np.ndarray, labels: np.ndarray, batch_size: int,
-                prefetch: int = 2, **kwargs) -> Iterator[dict]:
+    def batches(
+        self, images: np.ndarray, labels: np.ndarray, batch_size: int, prefetch: int = 2, **kwargs
+    ) -> Iterator[dict]:
         """:func:`jaxcnn.data.batches` of *global* size ``batch_size`` (same order, same
         padding/mask), as sharded global arrays prefetched to the devices. Each process indexes
         only its own rows of ``images`` (which may be a memory map), so no process loads the
@@ -205,6 +249,7 @@ class DataParallel(NamedTuple):
             for b in _batches(index, labels, batch_size, **kwargs):
                 idx = b["image"][rows]
                 yield {"image": images[idx], "label": b["label"][rows], "mask": b["mask"][rows]}
+
         return _prefetch(local(), self.shard, prefetch)
 
 
@@ -212,17 +257,21 @@ def setup(config: Any = None, num_devices: int | None = None) -> DataParallel:
     """The data-parallel mesh for a ``fit`` config: ``num_devices`` (0 or missing: all), and a
     ValueError now, before anything compiles, when ``batch_size``/``eval_batch_size`` do not divide
     by the device count (or ``batch_size`` by ``grad_accum_steps`` times the device count)."""
-    c = {} if config is None else (config.to_dict() if hasattr(config, "to_dict")
-                                   else dict(config))
+    c = {} if config is None else (config.to_dict() if hasattr(config, "to_dict") else dict(config))
     dp = DataParallel.create(num_devices or c.get("num_devices") or None)
-    n, k = dp.num_devices, int(c.get("grad_accum_steps") or 1)
+    k = int(c.get("grad_accum_steps") or 1)
     if "batch_size" in c:
         bs = int(c["batch_size"])
         if bs % k:
-            raise ValueError(f"batch_size={bs} does not divide into grad_accum_steps={k} "
-                             f"micro-batches")
-        dp.check_batch_size(bs // k, "batch_size" if k == 1 else
-                            f"micro-batch size (batch_size {bs} / grad_accum_steps {k})")
+            raise ValueError(
+                f"batch_size={bs} does not divide into grad_accum_steps={k} micro-batches"
+            )
+        dp.check_batch_size(
+            bs // k,
+            "batch_size"
+            if k == 1
+            else f"micro-batch size (batch_size {bs} / grad_accum_steps {k})",
+        )
     if "eval_batch_size" in c:
         dp.check_batch_size(int(c["eval_batch_size"]), "eval_batch_size")
     return dp

@@ -1,4 +1,5 @@
 """Learning curves and confusion matrices as PNG (matplotlib, Agg backend)."""
+
 from __future__ import annotations
 
 import matplotlib
@@ -38,8 +39,15 @@ def plot_confusion(cm: np.ndarray, path, class_names=None, title: str = "") -> N
         thresh = cm.max() / 2 if cm.size else 0
         for i in range(n):
             for j in range(n):
-                ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
-                        color="white" if cm[i, j] > thresh else "black")
+                ax.text(
+                    j,
+                    i,
+                    int(cm[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if cm[i, j] > thresh else "black",
+                )
         ax.set_xticks(range(n), names)
         ax.set_yticks(range(n), names)
     ax.set_xlabel("predicted")

@@ -14,6 +14,7 @@ the scale halved; after ``growth_interval`` finite steps it doubles. The scale l
 ``TrainState.dynamic_scale`` (a :class:`flax.training.dynamic_scale.DynamicScale`) and is
 checkpointed with the rest of the state.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,13 +24,30 @@ import jax
 import jax.numpy as jnp
 from flax.training.dynamic_scale import DynamicScale
 
-__all__ = ["Policy", "get_policy", "init_dynamic_scale", "update_dynamic_scale", "all_finite",
-           "DynamicScale"]
+__all__ = [
+    "Policy",
+    "get_policy",
+    "init_dynamic_scale",
+    "update_dynamic_scale",
+    "all_finite",
+    "DynamicScale",
+]
 
-_ALIASES = {"float32": "float32", "fp32": "float32", "f32": "float32", "none": "float32",
-            "": "float32", "false": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
-            "true": "bfloat16", "float16": "float16", "fp16": "float16", "f16": "float16",
-            "half": "float16"}
+_ALIASES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "f32": "float32",
+    "none": "float32",
+    "": "float32",
+    "false": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "true": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+    "f16": "float16",
+    "half": "float16",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,8 +75,10 @@ def get_policy(mixed_precision: Any = None) -> Policy:
     if isinstance(mixed_precision, bool):
         key = "true" if mixed_precision else "false"
     if key not in _ALIASES:
-        raise ValueError(f"precision={mixed_precision!r}: expected 'float32', 'bfloat16' or "
-                         f"'float16' (or True/False)")
+        raise ValueError(
+            f"precision={mixed_precision!r}: expected 'float32', 'bfloat16' or "
+            f"'float16' (or True/False)"
+        )
     name = _ALIASES[key]
     if name == "float32":
         return Policy("float32", None)
@@ -67,15 +87,18 @@ def get_policy(mixed_precision: Any = None) -> Policy:
     return Policy("float16", jnp.float16, loss_scaling=True)
 
 
-def init_dynamic_scale(policy: Policy | Any = None, initial_scale: float = 2.0 ** 15,
-                       growth_interval: int = 2000) -> DynamicScale | None:
+def init_dynamic_scale(
+    policy: Policy | Any = None, initial_scale: float = 2.0**15, growth_interval: int = 2000
+) -> DynamicScale | None:
     """The loss-scale state for ``TrainState.dynamic_scale`` (None unless the policy needs it).
     The scale and the finite-step counter are arrays, so the state is one pytree of arrays."""
     if not get_policy(policy).loss_scaling:
         return None
-    return DynamicScale(growth_interval=growth_interval,
-                        fin_steps=jnp.zeros((), jnp.int32),
-                        scale=jnp.asarray(initial_scale, jnp.float32))
+    return DynamicScale(
+        growth_interval=growth_interval,
+        fin_steps=jnp.zeros((), jnp.int32),
+        scale=jnp.asarray(initial_scale, jnp.float32),
+    )
 
 
 def all_finite(tree) -> jax.Array:
@@ -89,10 +112,13 @@ def update_dynamic_scale(ds: DynamicScale, finite: jax.Array) -> DynamicScale:
     steps in a row (flax's ``DynamicScale`` rule, applied once per optimizer step so it also
     works with gradient accumulation)."""
     grow = ds.fin_steps == ds.growth_interval
-    up = jnp.where(grow, jnp.minimum(ds.scale * ds.growth_factor, jnp.finfo(jnp.float32).max),
-                   ds.scale)
+    up = jnp.where(
+        grow, jnp.minimum(ds.scale * ds.growth_factor, jnp.finfo(jnp.float32).max), ds.scale
+    )
     down = ds.scale * ds.backoff_factor
     if ds.minimum_scale is not None:
         down = jnp.maximum(down, ds.minimum_scale)
-    return ds.replace(scale=jnp.where(finite, up, down).astype(jnp.float32),
-                      fin_steps=jnp.where(grow | ~finite, 0, ds.fin_steps + 1).astype(jnp.int32))
+    return ds.replace(
+        scale=jnp.where(finite, up, down).astype(jnp.float32),
+        fin_steps=jnp.where(grow | ~finite, 0, ds.fin_steps + 1).astype(jnp.int32),
+    )

@@ -17,6 +17,7 @@ Two places to put it, chosen by the ``remat`` config key of :func:`jaxcnn.train.
 
 Measured (ResNet-50, see ``experiments/benchmark_steps.py --remat-compare`` and the README).
 """
+
 from __future__ import annotations
 
 import inspect
@@ -51,16 +52,17 @@ def remat_blocks(model: nn.Module) -> nn.Module:
     the block's ``__call__`` after ``x`` (e.g. ``train: bool``) are made static."""
     block = getattr(model, "block_cls", None)
     if block is None:
-        raise ValueError(f"remat='blocks' needs a model with a block_cls field (ResNet family); "
-                         f"{type(model).__name__} has none: use remat='dots' instead")
+        raise ValueError(
+            f"remat='blocks' needs a model with a block_cls field (ResNet family); "
+            f"{type(model).__name__} has none: use remat='dots' instead"
+        )
     params = list(inspect.signature(block.__call__).parameters)
     # flax counts ``self`` as argument 0 of a module method
     static = tuple(range(2, len(params)))
     return model.clone(block_cls=nn.remat(block, static_argnums=static))
 
 
-def saved_residual_bytes(model: nn.Module, variables: dict, x,
-                         remat: str | None = None) -> int:
+def saved_residual_bytes(model: nn.Module, variables: dict, x, remat: str | None = None) -> int:
     """Bytes JAX keeps from the forward pass for the backward pass of a training-mode loss
     (the leaves of ``jax.vjp``'s closure; parameters included). This is what remat changes,
     before XLA's own scheduling and rematerialisation decide the actual peak, so it is the same
@@ -71,14 +73,21 @@ def saved_residual_bytes(model: nn.Module, variables: dict, x,
 
     def loss(params, x):
         def apply(p, x):
-            return model.apply({**variables, "params": p}, x, train=True,
-                               mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)})[0]
+            return model.apply(
+                {**variables, "params": p},
+                x,
+                train=True,
+                mutable=["batch_stats"],
+                rngs={"dropout": jax.random.key(0)},
+            )[0]
+
         if remat in REMAT_POLICIES:
             apply = jax.checkpoint(apply, policy=REMAT_POLICIES[remat])
         return apply(params, x).astype("float32").sum()
 
     # the residuals are the leaves of the VJP closure (a jax.tree_util.Partial); eval_shape
     # gives their shapes without running anything
-    closure = jax.eval_shape(lambda p, x: jax.vjp(lambda q: loss(q, x), p)[1],
-                             variables["params"], x)
+    closure = jax.eval_shape(
+        lambda p, x: jax.vjp(lambda q: loss(q, x), p)[1], variables["params"], x
+    )
     return int(sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(closure)))

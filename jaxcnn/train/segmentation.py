@@ -25,15 +25,28 @@ Cityscapes compute them), numpy or jax (inside jit) alike:
   otherwise count as 0 or 1 depending on convention). :func:`pixel_accuracy`,
   :func:`dice_per_class`.
 """
+
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["crop_labels", "pixel_cross_entropy", "dice_loss", "make_seg_loss",
-           "confusion_matrix", "iou_per_class", "mean_iou", "pixel_accuracy", "dice_per_class",
-           "seg_eval_step_fn", "make_seg_eval_step", "evaluate_segmentation", "predict"]
+__all__ = [
+    "crop_labels",
+    "pixel_cross_entropy",
+    "dice_loss",
+    "make_seg_loss",
+    "confusion_matrix",
+    "iou_per_class",
+    "mean_iou",
+    "pixel_accuracy",
+    "dice_per_class",
+    "seg_eval_step_fn",
+    "make_seg_eval_step",
+    "evaluate_segmentation",
+    "predict",
+]
 
 
 def _xp(*arrays):
@@ -45,7 +58,7 @@ def crop_labels(labels, height: int, width: int):
     if labels.shape[1] == height and labels.shape[2] == width:
         return labels
     top, left = (labels.shape[1] - height) // 2, (labels.shape[2] - width) // 2
-    return labels[:, top:top + height, left:left + width]
+    return labels[:, top : top + height, left : left + width]
 
 
 def _pixel_weights(weights, labels):
@@ -111,14 +124,17 @@ def confusion_matrix(pred, labels, num_classes: int, weights=None):
     any shape (``weights`` of the same shape count pixels fractionally, 0 drops them).
     numpy in -> numpy int64 out; jax in (also inside jit) -> jax float32 out."""
     xp = _xp(pred, labels, weights)
-    idx = (labels.reshape(-1).astype(xp.int32) * num_classes
-           + pred.reshape(-1).astype(xp.int32))
+    idx = labels.reshape(-1).astype(xp.int32) * num_classes + pred.reshape(-1).astype(xp.int32)
     w = None if weights is None else weights.reshape(-1)
     if xp is jnp:
         w = jnp.ones(idx.shape, jnp.float32) if w is None else w.astype(jnp.float32)
-        return jnp.zeros(num_classes * num_classes, jnp.float32).at[idx].add(w).reshape(
-            num_classes, num_classes)
-    cm = np.bincount(idx, weights=w, minlength=num_classes ** 2)
+        return (
+            jnp.zeros(num_classes * num_classes, jnp.float32)
+            .at[idx]
+            .add(w)
+            .reshape(num_classes, num_classes)
+        )
+    cm = np.bincount(idx, weights=w, minlength=num_classes**2)
     cm = cm.reshape(num_classes, num_classes)
     return cm.astype(np.int64) if w is None else cm
 
@@ -160,6 +176,7 @@ def pixel_accuracy(cm):
 # ----------------------------------------------------------------------------------------------
 # Evaluation (training uses jaxcnn.train.make_train_step(loss_fn=make_seg_loss(...)))
 
+
 def seg_eval_step_fn(state, batch: dict, *, num_classes: int, loss_fn=None) -> dict:
     """Sums over one batch ``{"image", "label", ["mask"]}``: ``loss_sum`` (per-pixel
     cross-entropy, or ``loss_fn`` times the pixel count), ``count`` (pixels) and
@@ -171,19 +188,25 @@ def seg_eval_step_fn(state, batch: dict, *, num_classes: int, loss_fn=None) -> d
         w = jnp.ones(labels.shape, jnp.float32)
     count = jnp.sum(w)
     loss = loss_fn(logits, labels, w) if loss_fn else pixel_cross_entropy(logits, labels, w)
-    return {"loss_sum": loss * count, "count": count,
-            "confusion": confusion_matrix(jnp.argmax(logits, -1), labels, num_classes, w)}
+    return {
+        "loss_sum": loss * count,
+        "count": count,
+        "confusion": confusion_matrix(jnp.argmax(logits, -1), labels, num_classes, w),
+    }
 
 
 def make_seg_eval_step(num_classes: int, loss_fn=None):
     """``jax.jit`` of :func:`seg_eval_step_fn`: ``step(state, batch) -> metric sums``."""
-    return jax.jit(lambda state, batch: seg_eval_step_fn(state, batch, num_classes=num_classes,
-                                                         loss_fn=loss_fn))
+    return jax.jit(
+        lambda state, batch: seg_eval_step_fn(
+            state, batch, num_classes=num_classes, loss_fn=loss_fn
+        )
+    )
 
 
 def _padded_batches(images, labels, batch_size):
     for i in range(0, len(images), batch_size):
-        x, y = images[i:i + batch_size], labels[i:i + batch_size]
+        x, y = images[i : i + batch_size], labels[i : i + batch_size]
         m = len(x)
         mask = np.zeros(batch_size, np.float32)
         mask[:m] = 1
@@ -204,9 +227,14 @@ def evaluate_segmentation(eval_step, state, images, labels, batch_size: int = 64
     cm = np.rint(np.asarray(acc["confusion"], np.float64)).astype(np.int64)
     iou = iou_per_class(cm)
     nan_to_none = lambda v: [None if np.isnan(a) else float(a) for a in v]  # noqa: E731
-    return {"loss": float(acc["loss_sum"] / acc["count"]), "pixel_accuracy": pixel_accuracy(cm),
-            "mean_iou": mean_iou(cm), "iou_per_class": nan_to_none(iou),
-            "dice_per_class": nan_to_none(dice_per_class(cm)), "confusion": cm}
+    return {
+        "loss": float(acc["loss_sum"] / acc["count"]),
+        "pixel_accuracy": pixel_accuracy(cm),
+        "mean_iou": mean_iou(cm),
+        "iou_per_class": nan_to_none(iou),
+        "dice_per_class": nan_to_none(dice_per_class(cm)),
+        "confusion": cm,
+    }
 
 
 def predict(state, images, batch_size: int = 64) -> np.ndarray:
@@ -215,7 +243,7 @@ def predict(state, images, batch_size: int = 64) -> np.ndarray:
     out = []
     for batch in _padded_batches(images, np.zeros(len(images)), batch_size):
         out.append(np.asarray(step(state, batch["image"])))
-    return np.concatenate(out)[:len(images)]
+    return np.concatenate(out)[: len(images)]
 
 
 _PREDICT = []
@@ -223,6 +251,9 @@ _PREDICT = []
 
 def _predict_step():
     if not _PREDICT:
-        _PREDICT.append(jax.jit(lambda state, x: jnp.argmax(
-            state.apply_fn(state.variables, x, train=False), -1)))
+        _PREDICT.append(
+            jax.jit(
+                lambda state, x: jnp.argmax(state.apply_fn(state.variables, x, train=False), -1)
+            )
+        )
     return _PREDICT[0]

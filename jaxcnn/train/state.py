@@ -1,4 +1,5 @@
 """``TrainState``: everything a training run needs to continue, as one pytree."""
+
 from __future__ import annotations
 
 from typing import Any, Callable, Sequence
@@ -53,8 +54,11 @@ _FIELDS = ("step", "params", "batch_stats", "opt_state", "rng", "dynamic_scale")
 def _to_state_dict(state: TrainState) -> dict:
     # ``dynamic_scale`` only appears when set, so float32/bfloat16 checkpoints keep the layout
     # they had before float16 support (and old checkpoints still restore).
-    return {k: serialization.to_state_dict(getattr(state, k)) for k in _FIELDS
-            if k != "dynamic_scale" or state.dynamic_scale is not None}
+    return {
+        k: serialization.to_state_dict(getattr(state, k))
+        for k in _FIELDS
+        if k != "dynamic_scale" or state.dynamic_scale is not None
+    }
 
 
 def _from_state_dict(state: TrainState, d: dict) -> TrainState:
@@ -71,13 +75,19 @@ def _from_state_dict(state: TrainState, d: dict) -> TrainState:
     return state.replace(**updates)
 
 
-serialization.register_serialization_state(TrainState, _to_state_dict, _from_state_dict,
-                                           override=True)
+serialization.register_serialization_state(
+    TrainState, _to_state_dict, _from_state_dict, override=True
+)
 
 
-def create_train_state(model: nn.Module, tx: optax.GradientTransformation,
-                       input_shape: Sequence[int], seed: int = 0,
-                       variables: dict | None = None, dynamic_scale: Any = None) -> TrainState:
+def create_train_state(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    input_shape: Sequence[int],
+    seed: int = 0,
+    variables: dict | None = None,
+    dynamic_scale: Any = None,
+) -> TrainState:
     """Initialise ``model`` for inputs of ``input_shape`` (batch first) and wrap it with ``tx``.
 
     Pass ``variables`` to start from existing parameters (transfer learning, converted weights),
@@ -88,9 +98,17 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation,
     if variables is None:
         x = jnp.zeros(tuple(input_shape), jnp.float32)
         variables = jax.jit(lambda r: model.init({"params": r, "dropout": r}, x, train=False))(
-            init_rng)
+            init_rng
+        )
     params = variables["params"]
     batch_stats = variables.get("batch_stats", {})
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                      opt_state=tx.init(params), rng=state_rng, apply_fn=model.apply, tx=tx,
-                      dynamic_scale=dynamic_scale)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=batch_stats,
+        opt_state=tx.init(params),
+        rng=state_rng,
+        apply_fn=model.apply,
+        tx=tx,
+        dynamic_scale=dynamic_scale,
+    )

@@ -5,6 +5,7 @@ batch: under ``jax.jit`` with a batch sharded along a ``data`` mesh axis, XLA pa
 BatchNorm's batch statistics are computed over the global batch (synchronised BatchNorm) with no
 ``axis_name`` plumbing; see ``jaxcnn.train.mesh``.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -17,10 +18,14 @@ from jaxcnn.train.precision import all_finite, update_dynamic_scale
 from jaxcnn.train.remat import REMAT_POLICIES
 from jaxcnn.train.state import TrainState
 
-__all__ = ["make_train_step", "make_eval_step", "train_step_fn", "eval_step_fn", "ShardedStep",
-           "REMAT_POLICIES"]
-
-
+__all__ = [
+    "make_train_step",
+    "make_eval_step",
+    "train_step_fn",
+    "eval_step_fn",
+    "ShardedStep",
+    "REMAT_POLICIES",
+]
 
 
 def _split_micro(x, k: int):
@@ -29,10 +34,17 @@ def _split_micro(x, k: int):
     return jnp.swapaxes(x.reshape((x.shape[0] // k, k) + x.shape[1:]), 0, 1)
 
 
-def train_step_fn(state: TrainState, batch: dict, *, label_smoothing: float = 0.0,
-                  aux_weight: float = 0.0, loss_fn: Callable | None = None,
-                  augment: Callable | None = None, grad_accum_steps: int = 1,
-                  remat: str | None = None):
+def train_step_fn(
+    state: TrainState,
+    batch: dict,
+    *,
+    label_smoothing: float = 0.0,
+    aux_weight: float = 0.0,
+    loss_fn: Callable | None = None,
+    augment: Callable | None = None,
+    grad_accum_steps: int = 1,
+    remat: str | None = None,
+):
     """One SGD step on ``batch = {"image", "label", ["mask"]}``; returns (state, metric sums).
 
     ``aux_weight > 0`` adds ``aux_weight * CE`` of every auxiliary classifier the model sows
@@ -62,13 +74,16 @@ def train_step_fn(state: TrainState, batch: dict, *, label_smoothing: float = 0.
     ds = state.dynamic_scale
 
     def apply(variables, x, rng):
-        return state.apply_fn(variables, x, train=True, mutable=mutable or False,
-                              rngs={"dropout": rng})
+        return state.apply_fn(
+            variables, x, train=True, mutable=mutable or False, rngs={"dropout": rng}
+        )
 
     if remat:
         if remat not in REMAT_POLICIES:
-            raise ValueError(f"remat={remat!r}: the step takes one of {sorted(REMAT_POLICIES)}; "
-                             f"per-block remat is jaxcnn.train.remat.remat_blocks(model)")
+            raise ValueError(
+                f"remat={remat!r}: the step takes one of {sorted(REMAT_POLICIES)}; "
+                f"per-block remat is jaxcnn.train.remat.remat_blocks(model)"
+            )
         apply = jax.checkpoint(apply, policy=REMAT_POLICIES[remat])
 
     def loss_and_grads(batch_stats, x, y, w, rng, frac):
@@ -94,15 +109,15 @@ def train_step_fn(state: TrainState, batch: dict, *, label_smoothing: float = 0.
         return jax.value_and_grad(compute_loss, has_aux=True)(state.params)
 
     if k == 1:
-        (_, (logits, updates)), grads = loss_and_grads(state.batch_stats, images, labels,
-                                                       weights, dropout_rng, None)
+        (_, (logits, updates)), grads = loss_and_grads(
+            state.batch_stats, images, labels, weights, dropout_rng, None
+        )
         new_stats = updates["batch_stats"] if has_bn else None
         metrics = classification_metrics(logits, labels, weights)
     else:
         n = images.shape[0]
         if n % k:
-            raise ValueError(f"batch of {n} does not split into grad_accum_steps={k} "
-                             f"micro-batches")
+            raise ValueError(f"batch of {n} does not split into grad_accum_steps={k} micro-batches")
         w_all = jnp.ones((n,), jnp.float32) if weights is None else weights
         micro = jax.tree.map(lambda a: _split_micro(a, k), (images, labels, w_all))
         # each micro-batch's mean loss weighted by its share of the (unmasked) examples
@@ -112,30 +127,37 @@ def train_step_fn(state: TrainState, batch: dict, *, label_smoothing: float = 0.
             grads_acc, stats, metrics_acc = carry
             x, y, w, frac, i = xs
             w_arg = None if weights is None else w
-            (_, (logits, updates)), g = loss_and_grads(stats, x, y, w_arg,
-                                                       jax.random.fold_in(dropout_rng, i), frac)
+            (_, (logits, updates)), g = loss_and_grads(
+                stats, x, y, w_arg, jax.random.fold_in(dropout_rng, i), frac
+            )
             m = classification_metrics(logits, y, w)
-            return (jax.tree.map(jnp.add, grads_acc, g),
-                    updates["batch_stats"] if has_bn else stats,
-                    jax.tree.map(jnp.add, metrics_acc, m)), None
+            return (
+                jax.tree.map(jnp.add, grads_acc, g),
+                updates["batch_stats"] if has_bn else stats,
+                jax.tree.map(jnp.add, metrics_acc, m),
+            ), None
 
         zeros = jax.tree.map(jnp.zeros_like, state.params)
         m0 = {"loss_sum": jnp.zeros(()), "correct": jnp.zeros(()), "count": jnp.zeros(())}
         (grads, new_stats, metrics), _ = jax.lax.scan(
-            body, (zeros, state.batch_stats, m0), (*micro, fracs, jnp.arange(k)))
+            body, (zeros, state.batch_stats, m0), (*micro, fracs, jnp.arange(k))
+        )
 
     changes = {"batch_stats": new_stats} if has_bn else {}
     if ds is None:
         return state.apply_gradients(grads, **changes), metrics
     grads = jax.tree.map(lambda g: g.astype(jnp.float32) / ds.scale, grads)
     finite = all_finite(grads)
-    new_state = state.apply_gradients(grads, dynamic_scale=update_dynamic_scale(ds, finite),
-                                      **changes)
+    new_state = state.apply_gradients(
+        grads, dynamic_scale=update_dynamic_scale(ds, finite), **changes
+    )
     # a step with inf/nan gradients changes nothing but the scale (and the step counter)
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa
-    new_state = new_state.replace(params=keep(new_state.params, state.params),
-                                  opt_state=keep(new_state.opt_state, state.opt_state),
-                                  batch_stats=keep(new_state.batch_stats, state.batch_stats))
+    new_state = new_state.replace(
+        params=keep(new_state.params, state.params),
+        opt_state=keep(new_state.opt_state, state.opt_state),
+        batch_stats=keep(new_state.batch_stats, state.batch_stats),
+    )
     return new_state, metrics
 
 
@@ -163,12 +185,13 @@ class ShardedStep:
         n = jax.tree.leaves(batch)[0].shape[0]
         k = self.grad_accum_steps
         if n % k:
-            raise ValueError(f"batch of {n} does not split into grad_accum_steps={k} "
-                             f"micro-batches")
+            raise ValueError(f"batch of {n} does not split into grad_accum_steps={k} micro-batches")
         if (n // k) % self.num_devices:
             what = "batch size" if k == 1 else f"micro-batch size ({n} / {k})"
-            raise ValueError(f"{what} {n // k} does not divide by the {self.num_devices} "
-                             f"devices of the data axis; use a multiple of {self.num_devices}")
+            raise ValueError(
+                f"{what} {n // k} does not divide by the {self.num_devices} "
+                f"devices of the data axis; use a multiple of {self.num_devices}"
+            )
 
     def __call__(self, state, batch):
         self._check(batch)
@@ -188,15 +211,24 @@ def _shardings(mesh):
 
     if isinstance(mesh, DataParallel):
         return mesh.replicated, mesh.data, mesh.num_devices
-    from jax.sharding import NamedSharding, PartitionSpec as P
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
 
     return NamedSharding(mesh, P()), NamedSharding(mesh, P(DATA_AXIS)), mesh.shape[DATA_AXIS]
 
 
-def make_train_step(label_smoothing: float = 0.0, aux_weight: float = 0.0,
-                    loss_fn: Callable | None = None, augment: Callable | None = None,
-                    donate: bool = True, *, mesh=None, grad_accum_steps: int = 1,
-                    remat: str | None = None, **jit_kwargs):
+def make_train_step(
+    label_smoothing: float = 0.0,
+    aux_weight: float = 0.0,
+    loss_fn: Callable | None = None,
+    augment: Callable | None = None,
+    donate: bool = True,
+    *,
+    mesh=None,
+    grad_accum_steps: int = 1,
+    remat: str | None = None,
+    **jit_kwargs,
+):
     """``jax.jit`` of :func:`train_step_fn` with the state donated (its buffers are reused).
 
     ``mesh`` (a :class:`jaxcnn.train.mesh.DataParallel` or a ``Mesh`` with a ``data`` axis):
@@ -209,16 +241,28 @@ def make_train_step(label_smoothing: float = 0.0, aux_weight: float = 0.0,
         raise ValueError(f"grad_accum_steps must be >= 1, got {grad_accum_steps}")
 
     def step(state, batch):
-        return train_step_fn(state, batch, label_smoothing=label_smoothing,
-                             aux_weight=aux_weight, loss_fn=loss_fn, augment=augment,
-                             grad_accum_steps=grad_accum_steps, remat=remat)
+        return train_step_fn(
+            state,
+            batch,
+            label_smoothing=label_smoothing,
+            aux_weight=aux_weight,
+            loss_fn=loss_fn,
+            augment=augment,
+            grad_accum_steps=grad_accum_steps,
+            remat=remat,
+        )
 
     donate_argnums = (0,) if donate else ()
     if mesh is None:
         return jax.jit(step, donate_argnums=donate_argnums, **jit_kwargs)
     replicated, data, n = _shardings(mesh)
-    jitted = jax.jit(step, donate_argnums=donate_argnums, in_shardings=(replicated, data),
-                     out_shardings=(replicated, replicated), **jit_kwargs)
+    jitted = jax.jit(
+        step,
+        donate_argnums=donate_argnums,
+        in_shardings=(replicated, data),
+        out_shardings=(replicated, replicated),
+        **jit_kwargs,
+    )
     return ShardedStep(jitted, n, int(grad_accum_steps))
 
 
@@ -231,5 +275,6 @@ def make_eval_step(num_classes: int | None = None, *, mesh=None, **jit_kwargs):
     if mesh is None:
         return jax.jit(step, **jit_kwargs)
     replicated, data, n = _shardings(mesh)
-    return ShardedStep(jax.jit(step, in_shardings=(replicated, data), out_shardings=replicated,
-                               **jit_kwargs), n)
+    return ShardedStep(
+        jax.jit(step, in_shardings=(replicated, data), out_shardings=replicated, **jit_kwargs), n
+    )

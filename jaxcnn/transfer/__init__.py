@@ -17,20 +17,68 @@ top-level params are its stages, ``head`` last).
 Rules are big_vision-style ``(pattern, label)`` lists, first match wins, unmatched parameters
 are an error; see :mod:`jaxcnn.transfer.labels`.
 """
-from jaxcnn.transfer.freeze import (FrozenBatchNorm, as_labels, create_state, finetune, freeze,
-                                    frozen_batchnorm, frozen_bn_modules, layerwise_decay,
-                                    scale_by_label, scales_from_rates)
+
+from jaxcnn.transfer.freeze import (
+    FrozenBatchNorm,
+    as_labels,
+    create_state,
+    finetune,
+    freeze,
+    frozen_batchnorm,
+    frozen_bn_modules,
+    layerwise_decay,
+    scale_by_label,
+    scales_from_rates,
+)
 from jaxcnn.transfer.heads import extract_features, fit_linear, linear_accuracy, replace_head
-from jaxcnn.transfer.labels import (FROZEN, TRAINABLE, count_params, count_trainable, describe,
-                                    label_params, map_with_path, match, param_order, path_str,
-                                    stage_rules, stages, tree_paths)
+from jaxcnn.transfer.labels import (
+    FROZEN,
+    TRAINABLE,
+    count_params,
+    count_trainable,
+    describe,
+    label_params,
+    map_with_path,
+    match,
+    param_order,
+    path_str,
+    stage_rules,
+    stages,
+    tree_paths,
+)
 from jaxcnn.transfer.lora import LoRA, LoRAApply
 from jaxcnn.transfer.unfreeze import GradualUnfreezing, carry_state
 
-__all__ = ["FROZEN", "TRAINABLE", "FrozenBatchNorm", "GradualUnfreezing", "LoRA", "LoRAApply",
-           "as_labels", "carry_state", "count_params", "count_trainable", "create_state",
-           "describe", "extract_features", "finetune", "fit_linear", "freeze",
-           "frozen_batchnorm", "frozen_bn_modules", "label_params", "layerwise_decay",
-           "linear_accuracy", "map_with_path", "match", "param_order", "path_str",
-           "replace_head", "scale_by_label", "scales_from_rates", "stage_rules", "stages",
-           "tree_paths"]
+__all__ = [
+    "FROZEN",
+    "TRAINABLE",
+    "FrozenBatchNorm",
+    "GradualUnfreezing",
+    "LoRA",
+    "LoRAApply",
+    "as_labels",
+    "carry_state",
+    "count_params",
+    "count_trainable",
+    "create_state",
+    "describe",
+    "extract_features",
+    "finetune",
+    "fit_linear",
+    "freeze",
+    "frozen_batchnorm",
+    "frozen_bn_modules",
+    "label_params",
+    "layerwise_decay",
+    "linear_accuracy",
+    "map_with_path",
+    "match",
+    "param_order",
+    "path_str",
+    "replace_head",
+    "scale_by_label",
+    "scales_from_rates",
+    "stage_rules",
+    "stages",
+    "tree_paths",
+]

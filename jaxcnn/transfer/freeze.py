@@ -11,6 +11,7 @@
   their running statistics and leave them bit-identical (the feature-extractor strategy), via
   ``flax.linen.intercept_methods``: no change to the model.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,8 +25,18 @@ import optax
 
 from jaxcnn.transfer.labels import FROZEN, TRAINABLE, label_params, tree_paths
 
-__all__ = ["freeze", "scale_by_label", "finetune", "layerwise_decay", "scales_from_rates",
-           "FrozenBatchNorm", "frozen_batchnorm", "frozen_bn_modules", "create_state", "as_labels"]
+__all__ = [
+    "freeze",
+    "scale_by_label",
+    "finetune",
+    "layerwise_decay",
+    "scales_from_rates",
+    "FrozenBatchNorm",
+    "frozen_batchnorm",
+    "frozen_bn_modules",
+    "create_state",
+    "as_labels",
+]
 
 
 def as_labels(params, labels_or_rules):
@@ -33,7 +44,8 @@ def as_labels(params, labels_or_rules):
     dict ``{pattern: label}``; a label tree's top-level values are dicts, a rule dict's not)."""
     x = labels_or_rules
     if isinstance(x, (list, tuple)) or (
-            isinstance(x, Mapping) and not any(isinstance(v, Mapping) for v in x.values())):
+        isinstance(x, Mapping) and not any(isinstance(v, Mapping) for v in x.values())
+    ):
         return label_params(params, x)
     return x
 
@@ -43,19 +55,22 @@ def freeze(tx: optax.GradientTransformation, labels) -> optax.GradientTransforma
 
     All trainable parameters share one ``tx`` (so e.g. global-norm clipping sees them all).
     """
-    mask = jax.tree.map(lambda l: FROZEN if l == FROZEN else TRAINABLE, labels)
+    mask = jax.tree.map(lambda lab: FROZEN if lab == FROZEN else TRAINABLE, labels)
     return optax.partition({FROZEN: optax.set_to_zero(), TRAINABLE: tx}, mask)
 
 
-def scale_by_label(scales: Mapping[Any, float | Callable], labels,
-                   default: float = 1.0) -> optax.GradientTransformation:
+def scale_by_label(
+    scales: Mapping[Any, float | Callable], labels, default: float = 1.0
+) -> optax.GradientTransformation:
     """Multiply the updates of each label by ``scales[label]`` (a float or a schedule
     ``step -> float``); labels not in ``scales`` use ``default``; a scale of 0 freezes."""
     present = set(jax.tree.leaves(labels))
     unknown = set(scales) - present
     if unknown:
-        raise ValueError(f"scales given for labels that no parameter has: {sorted(map(str, unknown))}"
-                         f"; labels are {sorted(map(str, present))}")
+        raise ValueError(
+            f"scales given for labels that no parameter has: {sorted(map(str, unknown))}"
+            f"; labels are {sorted(map(str, present))}"
+        )
     transforms = {}
     for label in present:
         s = scales.get(label, default)
@@ -70,8 +85,9 @@ def scale_by_label(scales: Mapping[Any, float | Callable], labels,
     return optax.partition(transforms, labels)
 
 
-def finetune(tx: optax.GradientTransformation, labels, lr_scales: Mapping | None = None,
-             lr_labels=None) -> optax.GradientTransformation:
+def finetune(
+    tx: optax.GradientTransformation, labels, lr_scales: Mapping | None = None, lr_labels=None
+) -> optax.GradientTransformation:
     """``tx`` on the trainable parameters, zero for ``"frozen"`` ones, then per-label rate
     multipliers ``lr_scales`` (over ``lr_labels``, default ``labels``).
 
@@ -80,8 +96,9 @@ def finetune(tx: optax.GradientTransformation, labels, lr_scales: Mapping | None
     """
     out = freeze(tx, labels)
     if lr_scales:
-        out = optax.chain(out, scale_by_label(lr_scales, labels if lr_labels is None
-                                              else lr_labels))
+        out = optax.chain(
+            out, scale_by_label(lr_scales, labels if lr_labels is None else lr_labels)
+        )
     return out
 
 
@@ -111,10 +128,13 @@ def frozen_bn_modules(labels, batch_stats) -> frozenset[tuple[str, ...]]:
     for mod in modules:
         for cut in range(len(mod), -1, -1):
             prefix = "/".join(mod[:cut])
-            own = [l for p, l in label_of.items()
-                   if not prefix or p == prefix or p.startswith(prefix + "/")]
+            own = [
+                lab
+                for p, lab in label_of.items()
+                if not prefix or p == prefix or p.startswith(prefix + "/")
+            ]
             if own:
-                if all(l == FROZEN for l in own):
+                if all(lab == FROZEN for lab in own):
                     frozen.add(mod)
                 break
     return frozenset(frozen)
@@ -137,8 +157,11 @@ class FrozenBatchNorm:
 
     def _intercept(self, next_fun, args, kwargs, context):
         m = context.module
-        if (context.method_name != "__call__" or not isinstance(m, nn.BatchNorm)
-                or tuple(m.path) not in self.frozen):
+        if (
+            context.method_name != "__call__"
+            or not isinstance(m, nn.BatchNorm)
+            or tuple(m.path) not in self.frozen
+        ):
             return next_fun(*args, **kwargs)
         if kwargs.get("use_running_average") is not None:
             return next_fun(*args, **{**kwargs, "use_running_average": True})
@@ -160,9 +183,16 @@ def frozen_batchnorm(apply_fn: Callable, labels, batch_stats) -> Callable:
     return FrozenBatchNorm(apply_fn, frozen_bn_modules(labels, batch_stats or {}))
 
 
-def create_state(model: nn.Module, variables: dict, tx: optax.GradientTransformation,
-                 labels, lr_scales: Mapping | None = None, seed: int = 0,
-                 apply_fn: Callable | None = None, copy: bool = True):
+def create_state(
+    model: nn.Module,
+    variables: dict,
+    tx: optax.GradientTransformation,
+    labels,
+    lr_scales: Mapping | None = None,
+    seed: int = 0,
+    apply_fn: Callable | None = None,
+    copy: bool = True,
+):
     """A ``TrainState`` that trains only the non-frozen labels (``labels``: a label tree or
     rules), with per-label rate multipliers and frozen BatchNorm statistics.
 
@@ -176,7 +206,9 @@ def create_state(model: nn.Module, variables: dict, tx: optax.GradientTransforma
     labels = as_labels(variables["params"], labels)
     if copy:
         variables = jax.tree.map(jnp.copy, dict(variables))
-    state = create_train_state(model, finetune(tx, labels, lr_scales), (), seed=seed,
-                               variables=variables)
-    return state.replace(apply_fn=frozen_batchnorm(apply_fn or model.apply, labels,
-                                                   variables.get("batch_stats", {})))
+    state = create_train_state(
+        model, finetune(tx, labels, lr_scales), (), seed=seed, variables=variables
+    )
+    return state.replace(
+        apply_fn=frozen_batchnorm(apply_fn or model.apply, labels, variables.get("batch_stats", {}))
+    )

@@ -8,6 +8,7 @@
 - :func:`fit_linear`: a multinomial logistic-regression classifier on features, returned as
   ``{"kernel", "bias"}``: exactly a Dense head, so it can be put back into the model.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -24,9 +25,15 @@ from jaxcnn.transfer.labels import match
 __all__ = ["replace_head", "extract_features", "fit_linear", "linear_accuracy"]
 
 
-def replace_head(variables: dict, model: nn.Module, input_shape: Sequence[int], *,
-                 num_classes: int | None = None, reinit: Sequence[str] = ("head",),
-                 seed: int = 0) -> dict:
+def replace_head(
+    variables: dict,
+    model: nn.Module,
+    input_shape: Sequence[int],
+    *,
+    num_classes: int | None = None,
+    reinit: Sequence[str] = ("head",),
+    seed: int = 0,
+) -> dict:
     """Variables for ``model`` (e.g. ``create_model(name, num_classes=N)``; or pass
     ``num_classes`` to clone it) built from ``variables`` of the same architecture.
 
@@ -41,10 +48,12 @@ def replace_head(variables: dict, model: nn.Module, input_shape: Sequence[int], 
     x = jnp.zeros(tuple(input_shape), jnp.float32)
     rngs = {"params": jax.random.key(seed), "dropout": jax.random.key(seed + 1)}
     init = lambda: model.init(rngs, x, train=False)  # noqa: E731
-    abstract = {c: traverse_util.flatten_dict(dict(v), sep="/")
-                for c, v in jax.eval_shape(init).items()}
-    fresh_keys = {(c, p) for c, flat in abstract.items() for p in flat
-                  if any(match(r, p) for r in reinit)}
+    abstract = {
+        c: traverse_util.flatten_dict(dict(v), sep="/") for c, v in jax.eval_shape(init).items()
+    }
+    fresh_keys = {
+        (c, p) for c, flat in abstract.items() for p in flat if any(match(r, p) for r in reinit)
+    }
     if not fresh_keys:
         raise ValueError(f"no leaf of the new model matches reinit={list(reinit)}")
 
@@ -66,15 +75,20 @@ def replace_head(variables: dict, model: nn.Module, input_shape: Sequence[int], 
             elif p not in flat_old:
                 problems.append(f"{c}/{p}: missing from the given variables")
             elif flat_old[p].shape != flat_new[p].shape:
-                problems.append(f"{c}/{p}: shape {tuple(flat_old[p].shape)} given, "
-                                f"{tuple(flat_new[p].shape)} expected")
+                problems.append(
+                    f"{c}/{p}: shape {tuple(flat_old[p].shape)} given, "
+                    f"{tuple(flat_new[p].shape)} expected"
+                )
             else:
                 merged[p] = flat_old[p]
         out[c] = traverse_util.unflatten_dict(merged, sep="/")
     if problems:
-        raise ValueError("variables do not fit the new model outside reinit="
-                         f"{list(reinit)}: " + "; ".join(problems[:10])
-                         + (f"; ... ({len(problems)} in all)" if len(problems) > 10 else ""))
+        raise ValueError(
+            "variables do not fit the new model outside reinit="
+            f"{list(reinit)}: "
+            + "; ".join(problems[:10])
+            + (f"; ... ({len(problems)} in all)" if len(problems) > 10 else "")
+        )
     return out
 
 
@@ -82,9 +96,15 @@ def _pool(f):
     return f.mean(axis=tuple(range(1, f.ndim - 1))) if f.ndim > 2 else f
 
 
-def extract_features(model: nn.Module, variables: dict, images: np.ndarray, *,
-                     batch_size: int = 256, pool: bool = True,
-                     stages: Sequence[int] | None = None) -> list[np.ndarray]:
+def extract_features(
+    model: nn.Module,
+    variables: dict,
+    images: np.ndarray,
+    *,
+    batch_size: int = 256,
+    pool: bool = True,
+    stages: Sequence[int] | None = None,
+) -> list[np.ndarray]:
     """Backbone features of ``images`` (eval mode): one ``(N, C)`` array per stage of the
     model's ``feature_info`` (global-average-pooled; ``pool=False`` keeps the maps).
 
@@ -104,7 +124,7 @@ def extract_features(model: nn.Module, variables: dict, images: np.ndarray, *,
     batch_size = min(batch_size, n)
     out = []
     for i in range(0, n, batch_size):
-        x = np.asarray(images[i:i + batch_size])
+        x = np.asarray(images[i : i + batch_size])
         k = len(x)
         if k < batch_size:
             x = np.concatenate([x, np.zeros((batch_size - k, *x.shape[1:]), x.dtype)])
@@ -112,16 +132,25 @@ def extract_features(model: nn.Module, variables: dict, images: np.ndarray, *,
     return [np.concatenate(parts) for parts in zip(*out)]
 
 
-def fit_linear(features: np.ndarray, labels: np.ndarray, num_classes: int, *,
-               steps: int = 500, learning_rate: float = 1e-2, weight_decay: float = 1e-4,
-               seed: int = 0) -> dict:
+def fit_linear(
+    features: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    *,
+    steps: int = 500,
+    learning_rate: float = 1e-2,
+    weight_decay: float = 1e-4,
+    seed: int = 0,
+) -> dict:
     """Softmax regression on ``features (N, C)``: full-batch Adam with L2 (one jitted loop).
     Returns ``{"kernel": (C, num_classes), "bias": (num_classes,)}``, a Dense head."""
     x = jnp.asarray(features, jnp.float32)
     y = jnp.asarray(labels, jnp.int32)
     k = jax.random.key(seed)
-    params = {"kernel": jax.random.normal(k, (x.shape[1], num_classes)) * 0.01,
-              "bias": jnp.zeros((num_classes,))}
+    params = {
+        "kernel": jax.random.normal(k, (x.shape[1], num_classes)) * 0.01,
+        "bias": jnp.zeros((num_classes,)),
+    }
     tx = optax.adamw(learning_rate, weight_decay=weight_decay)
 
     def loss(p):

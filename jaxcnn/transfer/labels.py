@@ -11,6 +11,7 @@ components, so a stage name matches everything under it: ``"stage3"`` matches
 *Stages* are a model's top-level parameter names in creation order (stem first, ``head`` last):
 the unit of freezing, per-stage learning rates and layer-wise decay.
 """
+
 from __future__ import annotations
 
 import functools
@@ -24,9 +25,21 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
-__all__ = ["FROZEN", "TRAINABLE", "path_str", "tree_paths", "map_with_path", "match",
-           "label_params", "stages", "param_order", "stage_rules", "count_params",
-           "count_trainable", "describe"]
+__all__ = [
+    "FROZEN",
+    "TRAINABLE",
+    "path_str",
+    "tree_paths",
+    "map_with_path",
+    "match",
+    "label_params",
+    "stages",
+    "param_order",
+    "stage_rules",
+    "count_params",
+    "count_trainable",
+    "describe",
+]
 
 FROZEN = "frozen"
 TRAINABLE = "trainable"
@@ -103,9 +116,11 @@ def label_params(params, rules: Rules):
     labels = map_with_path(one, params)
     if unmatched:
         shown = ", ".join(unmatched[:12]) + (", ..." if len(unmatched) > 12 else "")
-        raise ValueError(f"{len(unmatched)} parameter(s) match no rule: {shown}. Add a rule for "
-                         f"them (e.g. a final ('.*', 'frozen')); rules were "
-                         f"{[p for p, _ in rules]}")
+        raise ValueError(
+            f"{len(unmatched)} parameter(s) match no rule: {shown}. Add a rule for "
+            f"them (e.g. a final ('.*', 'frozen')); rules were "
+            f"{[p for p, _ in rules]}"
+        )
     return labels
 
 
@@ -114,8 +129,7 @@ def _creation_order(model: nn.Module, input_shape: Sequence[int]) -> list[str]:
 
     def init():
         x = jnp.zeros(tuple(input_shape), jnp.float32)
-        v = model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x,
-                       train=False)
+        v = model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x, train=False)
         # Inside the trace the dict still has creation order (JAX's outputs sort dict keys).
         order.extend(traverse_util.flatten_dict(dict(v.get("params", {})), sep="/"))
         return v
@@ -155,15 +169,15 @@ def stages(model_or_params, input_shape: Sequence[int] | None = None) -> list[st
                 names.append(top)
         return names
     params = model_or_params
-    if isinstance(params, Mapping) and "params" in params and isinstance(params["params"],
-                                                                         Mapping):
+    if isinstance(params, Mapping) and "params" in params and isinstance(params["params"], Mapping):
         params = params["params"]
     names = list(params)
     if "head" in names and names[-1] != "head":
         raise ValueError(
             f"the params' top-level order {names} is not creation order (JAX sorts dict keys "
             f"in jit/tree.map outputs). Pass the module instead: stages(model, input_shape), "
-            f"or params straight from model.init.")
+            f"or params straight from model.init."
+        )
     return names
 
 
@@ -179,22 +193,25 @@ def count_params(tree) -> int:
 
 def count_trainable(params, labels, frozen: Sequence[Any] = (FROZEN,)) -> int:
     """Number of parameters whose label is not frozen."""
-    flags = jax.tree.map(lambda l: l not in frozen, labels)
-    return int(sum(math.prod(p.shape) for p, f in zip(jax.tree.leaves(params),
-                                                     jax.tree.leaves(flags)) if f))
+    flags = jax.tree.map(lambda lab: lab not in frozen, labels)
+    return int(
+        sum(
+            math.prod(p.shape) for p, f in zip(jax.tree.leaves(params), jax.tree.leaves(flags)) if f
+        )
+    )
 
 
 def describe(params, labels) -> str:
     """A small table: label, number of tensors, number of parameters (frozen marked)."""
     rows: dict[Any, list[int]] = {}
-    for p, l in zip(jax.tree.leaves(params), jax.tree.leaves(labels)):
-        r = rows.setdefault(l, [0, 0])
+    for p, lab in zip(jax.tree.leaves(params), jax.tree.leaves(labels)):
+        r = rows.setdefault(lab, [0, 0])
         r[0] += 1
         r[1] += math.prod(p.shape)
     total = sum(r[1] for r in rows.values())
     lines = [f"{'label':<16}{'tensors':>8}{'params':>14}"]
-    for l, (n, c) in rows.items():
-        lines.append(f"{str(l):<16}{n:>8}{c:>14,}")
-    trainable = sum(c for l, (_, c) in rows.items() if l != FROZEN)
+    for lab, (n, c) in rows.items():
+        lines.append(f"{str(lab):<16}{n:>8}{c:>14,}")
+    trainable = sum(c for lab, (_, c) in rows.items() if lab != FROZEN)
     lines.append(f"trainable {trainable:,} of {total:,}")
     return "\n".join(lines)

@@ -10,6 +10,7 @@ multiplies its patches by. :meth:`LoRA.wrap` returns an ``apply_fn`` that merges
 (the model is unchanged), :meth:`LoRA.merge` folds the updates into plain params for inference,
 and :meth:`LoRA.rules` labels the LoRA leaves trainable and the base weights frozen.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -54,10 +55,14 @@ class LoRA:
     def chosen(self, params) -> list[str]:
         """Paths of the kernels that get LoRA leaves."""
         flat = traverse_util.flatten_dict(dict(params), sep="/")
-        return [p for p, x in flat.items()
-                if p.rsplit("/", 1)[-1] == "kernel" and x.ndim >= 2
-                and any(match(t, p) for t in self.targets)
-                and not any(match(e, p) for e in self.exclude)]
+        return [
+            p
+            for p, x in flat.items()
+            if p.rsplit("/", 1)[-1] == "kernel"
+            and x.ndim >= 2
+            and any(match(t, p) for t in self.targets)
+            and not any(match(e, p) for e in self.exclude)
+        ]
 
     def init(self, rng, params) -> dict:
         """``params`` plus ``lora_a``/``lora_b`` beside every chosen kernel (base leaves are the
@@ -67,8 +72,10 @@ class LoRA:
             raise ValueError("params already contain LoRA leaves; merge them first")
         chosen = self.chosen(params)
         if not chosen:
-            raise ValueError(f"no kernel matches LoRA targets {list(self.targets)} "
-                             f"(excluding {list(self.exclude)})")
+            raise ValueError(
+                f"no kernel matches LoRA targets {list(self.targets)} "
+                f"(excluding {list(self.exclude)})"
+            )
         out = dict(flat)
         for i, p in enumerate(chosen):
             w = flat[p]
@@ -76,7 +83,8 @@ class LoRA:
             bound = 1.0 / math.sqrt(fan_in)
             base = p.rsplit("/", 1)[0]
             out[f"{base}/lora_a"] = jax.random.uniform(
-                jax.random.fold_in(rng, i), (fan_in, self.rank), w.dtype, -bound, bound)
+                jax.random.fold_in(rng, i), (fan_in, self.rank), w.dtype, -bound, bound
+            )
             out[f"{base}/lora_b"] = jnp.zeros((self.rank, fan_out), w.dtype)
         return traverse_util.unflatten_dict(out, sep="/")
 
@@ -104,14 +112,14 @@ class LoRA:
     def rules(self, train: Sequence[str] = ("head",)) -> list[tuple[str, str | None]]:
         """Label rules: LoRA leaves ``"lora"``, ``train`` patterns ``"head"``-like labels
         (trained fully), everything else frozen."""
-        return ([(".*/lora_[ab]", "lora")] + [(t, "train") for t in train]
-                + [(".*", FROZEN)])
+        return [(".*/lora_[ab]", "lora")] + [(t, "train") for t in train] + [(".*", FROZEN)]
 
     def count(self, params) -> int:
         """Number of LoRA parameters in ``params``."""
         flat = traverse_util.flatten_dict(dict(params), sep="/")
-        return int(sum(math.prod(x.shape) for p, x in flat.items()
-                       if p.rsplit("/", 1)[-1] in LORA_LEAVES))
+        return int(
+            sum(math.prod(x.shape) for p, x in flat.items() if p.rsplit("/", 1)[-1] in LORA_LEAVES)
+        )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,6 +8,7 @@ when a phase begins, the groups that were already training keep their state (mom
 counts) and the newly unfrozen group starts fresh (a fresh Adam step count, a schedule that
 starts at its beginning: a warmup per newly unfrozen group, like ULMFiT's).
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -31,8 +32,11 @@ def carry_state(old, new):
 
     def pick(kp, x):
         o = old_leaves.get(path_str(kp))
-        if o is not None and getattr(o, "shape", None) == getattr(x, "shape", None) and \
-                getattr(o, "dtype", None) == getattr(x, "dtype", None):
+        if (
+            o is not None
+            and getattr(o, "shape", None) == getattr(x, "shape", None)
+            and getattr(o, "dtype", None) == getattr(x, "dtype", None)
+        ):
             return o
         return x
 
@@ -57,9 +61,15 @@ class GradualUnfreezing:
     :func:`~jaxcnn.transfer.finetune`), e.g. layer-wise decay over stage labels.
     """
 
-    def __init__(self, phases: Sequence[tuple[int, Sequence[str] | str]],
-                 tx: optax.GradientTransformation, apply_fn: Callable, variables: dict,
-                 lr_scales: Mapping | None = None, lr_labels: Any = None):
+    def __init__(
+        self,
+        phases: Sequence[tuple[int, Sequence[str] | str]],
+        tx: optax.GradientTransformation,
+        apply_fn: Callable,
+        variables: dict,
+        lr_scales: Mapping | None = None,
+        lr_labels: Any = None,
+    ):
         phases = [(int(s), [p] if isinstance(p, str) else list(p)) for s, p in phases]
         starts = [s for s, _ in phases]
         if not phases or starts[0] != 0 or any(b <= a for a, b in zip(starts, starts[1:])):
@@ -84,8 +94,9 @@ class GradualUnfreezing:
             groups = {f"phase{j}": tx for j in range(k + 1)}
             step_tx = optax.partition({FROZEN: optax.set_to_zero(), **groups}, labels)
             if lr_scales:
-                step_tx = optax.chain(step_tx, scale_by_label(
-                    lr_scales, labels if lr_labels is None else lr_labels))
+                step_tx = optax.chain(
+                    step_tx, scale_by_label(lr_scales, labels if lr_labels is None else lr_labels)
+                )
             self.labels.append(labels)
             self.txs.append(step_tx)
             self.apply_fns.append(frozen_batchnorm(apply_fn, labels, batch_stats))
@@ -110,5 +121,8 @@ class GradualUnfreezing:
         if state.tx is self.txs[k]:
             return state
         fresh = self.txs[k].init(state.params)
-        return state.replace(tx=self.txs[k], apply_fn=self.apply_fns[k],
-                             opt_state=carry_state(state.opt_state, fresh))
+        return state.replace(
+            tx=self.txs[k],
+            apply_fn=self.apply_fns[k],
+            opt_state=carry_state(state.opt_state, fresh),
+        )
