@@ -1,12 +1,8 @@
-"""LeNet-5 (modern) on the real MNIST test set: train on the first 8,000 images, test on the
-last 2,000 (``../shared/data/mnist-test`` or ``--config.data_dir=/path/to/idx/folder``).
+"""LeNet-5 (modern) on the real MNIST test set: first 8,000 images train, last 2,000 test.
 
     python -m experiments.train --config experiments/configs/lenet_mnist.py
 
-Expected: >= 98.5% test accuracy within 10 epochs on 2 cores (README has the measured figure).
-With a network, the same model trains on full MNIST through TFDS:
-    python -m experiments.train --config experiments/configs/lenet_mnist.py \
-        --config.dataset=tfds:mnist --config.test_split=10000 --config.split_seed=-1
+Expected >= 98.5% within 10 epochs; measured: docs/results.md#training (TFDS: docs/training.md).
 """
 
 import ml_collections

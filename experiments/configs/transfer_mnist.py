@@ -1,34 +1,9 @@
-"""Transfer-learning study on the real MNIST test set (offline): pretrain on digits 0-4 of the
-first 8,000 images, transfer to digits 5-9 with 50, 200 and 1,000 labelled examples, evaluate
-on the digits 5-9 among the last 2,000 images. Five methods per backbone: from scratch, feature
-extractor (frozen backbone + linear probe), fine-tuning with layer-wise learning-rate decay,
-gradual unfreezing, LoRA.
+"""Transfer-learning study on the real MNIST test set: digits 0-4 -> 5-9, 50/200/1,000 labels.
 
     python -m experiments.transfer --config experiments/configs/transfer_mnist.py --quick
     python -m experiments.transfer --config experiments/configs/transfer_mnist.py  # + ResNet-18
 
-``--quick`` runs LeNet-5 only (about 6 min of CPU time on 2 cores). The full run adds the CIFAR-stem
-ResNet-18 (2 pretraining epochs, cached in the workdir, so a rerun skips it). Outputs go to
-``runs/transfer_mnist/``: results.md, results.json, accuracy.png, pretrained/*.msgpack.
-TFDS instead of the IDX files is one change: ``--config.dataset=tfds:mnist`` (with
-``--config.test_split=10000``: TFDS' train+test, the last 10,000 held out).
-
-Measured (``--quick``, LeNet-5, mean ± std over 3 seeds; test accuracy on digits 5-9 of the
-last 2,000 images; wall time per run on 2 contended cores, compilation included):
-
-| method (LeNet-5, 3 seeds) | trainable | @50 | @200 | @1000 | s/run @50 | @200 | @1000 |
-|---|---:|---:|---:|---:|---:|---:|---:|
-| from scratch | 61,281 | 0.913 ± 0.025 | 0.976 ± 0.007 | 0.987 ± 0.001 | 71.5 | 27.4 | 20.7 |
-| feature extractor | 425 | 0.808 ± 0.021 | 0.896 ± 0.017 | 0.948 ± 0.005 | 18.3 | 3.8 | 4.5 |
-| fine-tune | 61,281 | 0.933 ± 0.011 | 0.979 ± 0.003 | 0.987 ± 0.003 | 63.4 | 19.9 | 21.0 |
-| gradual unfreezing | 61,281 | 0.930 ± 0.002 | 0.972 ± 0.003 | 0.981 ± 0.008 | 48.5 | 12.1 | 13.8 |
-| LoRA (rank 4) | 4,109 | **0.933 ± 0.012** | 0.974 ± 0.004 | 0.983 ± 0.000 | 57.7 | 20.2 | 23.4 |
-
-Total 1,297 s contended (45 runs; pretraining cached, 136 s).
-
-ResNet-18 (``--config.models="('resnet18_cifar',)"``, seed 0, 60 steps per run), acc @50/200/1000:
-scratch 0.860/0.948/0.965, feature extractor 0.864/0.942/0.970, fine-tune 0.943/0.967/0.979,
-gradual unfreezing 0.754/0.824/0.902, LoRA 0.858/0.888/0.895 (59 min shared; README discusses).
+Measured: docs/results.md#transfer-learning; the study itself: docs/transfer.md.
 """
 
 import ml_collections
