@@ -13,9 +13,10 @@ import pytest
 
 from jaxcnn import inspect as ji
 from jaxcnn import models
+from jaxcnn.inspect import random_variables, small_input_shape
 from jaxcnn.inspect.__main__ import main as cli_main
-from jaxcnn.inspect._common import abstract_init, random_variables, small_input_shape
 from jaxcnn.layers import ConvTranspose2d
+from jaxcnn.utils import abstract_init
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pytest
 from flax import traverse_util
 
 from jaxcnn import models
-from jaxcnn.inspect._common import random_variables, small_input_shape
+from jaxcnn.inspect import random_variables, small_input_shape
 from jaxcnn.interop import from_torch_state_dict, to_torch_state_dict
 from jaxcnn.layers.conv import ConvTranspose2d
 

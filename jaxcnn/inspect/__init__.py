@@ -14,10 +14,13 @@
   ``plot_attention`` / ``attention_map``: ViT rollout and Swin window attention (the rollout
   itself lives in ``jaxcnn.inspect.attention``).
 - ``export_model`` / ``save_exported`` / ``load_exported``: ``jax.export`` to StableHLO.
+- ``resolve(model, input_shape)``: ``(module, input_shape, name)`` from a registered name or a
+  module; ``record_calls(module, input_shape)``: one :class:`Call` per module path of an abstract
+  forward pass (what the summary, the folding and ``jaxcnn.interop`` walk).
 - Command line: ``python -m jaxcnn.inspect resnet50 --help``.
 """
 
-from jaxcnn.inspect._common import random_variables, small_input_shape
+from jaxcnn.inspect._common import Call, random_variables, record_calls, resolve, small_input_shape
 from jaxcnn.inspect.erf import EffectiveRF, effective_receptive_field
 from jaxcnn.inspect.export import export_model, load_exported, save_exported
 from jaxcnn.inspect.fold_bn import (
@@ -47,6 +50,7 @@ from jaxcnn.layers.sizes import (
 )
 
 __all__ = [
+    "Call",
     "attention_map",
     "capture_outputs",
     "conv_output_size",
@@ -67,6 +71,8 @@ __all__ = [
     "pool_output_size",
     "random_variables",
     "receptive_fields",
+    "record_calls",
+    "resolve",
     "ReceptiveFields",
     "RFRow",
     "same_output_size",

@@ -93,7 +93,8 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     from jaxcnn import inspect as ji
     from jaxcnn import models
-    from jaxcnn.inspect._common import abstract_init, random_variables
+    from jaxcnn.inspect._common import random_variables
+    from jaxcnn.utils import abstract_init
 
     try:
         info = models.model_info(args.model)

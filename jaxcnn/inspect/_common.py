@@ -12,19 +12,17 @@ import jax
 import jax.numpy as jnp
 
 from jaxcnn import models
+from jaxcnn.utils import path_str
 
 __all__ = [
     "Call",
     "resolve",
     "small_input_shape",
     "init_variables",
-    "abstract_init",
     "random_variables",
     "record_calls",
     "xla_convs",
-    "path_str",
     "subtree",
-    "count",
     "fmt_int",
 ]
 
@@ -47,20 +45,8 @@ def xla_convs():
         fast_conv._impl[0] = old
 
 
-def path_str(path: Sequence[str]) -> str:
-    """``("stage1", "block0", "conv1") -> "stage1/block0/conv1"``; the root is ``""``."""
-    return "/".join(path)
-
-
 def fmt_int(n) -> str:
     return "-" if n is None else f"{int(n):,}"
-
-
-def count(tree) -> int:
-    """Number of scalars in a pytree of arrays or ``ShapeDtypeStruct``s."""
-    import math
-
-    return sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
 
 
 def small_input_shape(name: str, batch: int = 1) -> tuple[int, int, int, int]:
@@ -106,12 +92,6 @@ def resolve(model, input_shape=None, **create_kwargs):
 def _rngs(seed: int = 0):
     k = jax.random.key(seed)
     return {"params": jax.random.fold_in(k, 0), "dropout": jax.random.fold_in(k, 1)}
-
-
-def abstract_init(model: nn.Module, input_shape, **kwargs):
-    """Variables' shapes and dtypes (``jax.eval_shape``: nothing is allocated)."""
-    x = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
-    return jax.eval_shape(lambda x: model.init(_rngs(), x, train=False, **kwargs), x)
 
 
 def init_variables(model: nn.Module, input_shape, seed: int = 0, **kwargs):

@@ -13,7 +13,7 @@ import dataclasses
 from fractions import Fraction
 from typing import NamedTuple, Sequence
 
-from jaxcnn.inspect._common import path_str
+from jaxcnn.utils import path_str
 
 TAG = "jaxcnn_rf:"
 

@@ -22,8 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend.core import Literal
 
-from jaxcnn.inspect._common import abstract_init, random_variables
+from jaxcnn.inspect._common import random_variables
 from jaxcnn.inspect.receptive_field import FieldAt, ReceptiveFields, receptive_fields
+from jaxcnn.utils import abstract_init
 
 __all__ = ["EffectiveRF", "effective_receptive_field", "eval_to"]
 

@@ -25,7 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcnn.inspect._common import count, path_str, record_calls, resolve
+from jaxcnn.inspect._common import record_calls, resolve
+from jaxcnn.utils import abstract_init, count_params, path_str
 
 __all__ = [
     "ConvBNPair",
@@ -275,7 +276,7 @@ def fold_report(
 
     ``variables`` default to random ones with random BatchNorm statistics (so that folding is
     not the identity)."""
-    from jaxcnn.inspect._common import abstract_init, random_variables
+    from jaxcnn.inspect._common import random_variables
 
     module, shape, name = resolve(model, input_shape, **create_kwargs)
     if variables is None:
@@ -290,12 +291,12 @@ def fold_report(
     big = max(float(jnp.max(jnp.abs(a))) for a in jax.tree.leaves(y0))
     tb = time_forward(module, variables, x, repeats) if timing else None
     ta = time_forward(folded, fvars, x, repeats) if timing else None
-    stats = lambda v: count({k: t for k, t in v.items() if k != "params"})  # noqa: E731
+    stats = lambda v: count_params({k: t for k, t in v.items() if k != "params"})  # noqa: E731
     return FoldReport(
         name or type(module).__name__,
         len(folded.bn_paths),
-        count(variables["params"]),
-        count(fvars["params"]),
+        count_params(variables["params"]),
+        count_params(fvars["params"]),
         stats(variables),
         stats(fvars),
         tb,

@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcnn.inspect._common import path_str, record_calls
+from jaxcnn.inspect._common import record_calls
+from jaxcnn.utils import path_str
 
 __all__ = [
     "SAMPLE_IMAGES",

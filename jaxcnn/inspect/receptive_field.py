@@ -36,8 +36,9 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from jaxcnn.inspect._common import abstract_init, path_str, resolve, xla_convs
+from jaxcnn.inspect._common import resolve, xla_convs
 from jaxcnn.inspect._rf_walk import TAG, AxisRF, FieldAt, RFRow, _entry_summary, _State, _Walker
+from jaxcnn.utils import abstract_init, path_str
 
 __all__ = ["AxisRF", "FieldAt", "RFRow", "ReceptiveFields", "receptive_fields", "trace_forward"]
 

@@ -21,7 +21,8 @@ from typing import Any, Sequence
 
 import jax
 
-from jaxcnn.inspect._common import Call, count, fmt_int, path_str, record_calls, resolve, subtree
+from jaxcnn.inspect._common import Call, fmt_int, record_calls, resolve, subtree
+from jaxcnn.utils import count_params, path_str
 
 __all__ = ["SummaryRow", "Summary", "summary", "xla_flops", "human"]
 
@@ -205,7 +206,7 @@ def summary(
     cache: dict = {}
     rows = []
     for c in calls:
-        params = count(subtree(variables, c.path).get("params", {}))
+        params = count_params(subtree(variables, c.path).get("params", {}))
         fl = _call_flops(c, variables, cache) if flops else None
         rows.append(
             SummaryRow(path_str(c.path), c.path, c.type, c.out_spec, params, fl, c.times_called)
@@ -216,12 +217,12 @@ def summary(
         total_flops = xla_flops(
             lambda v, x: module.apply(v, x, train=False), variables, x, compiled=True
         )
-    non_trainable = {col: count(tree) for col, tree in variables.items() if col != "params"}
+    non_trainable = {col: count_params(tree) for col, tree in variables.items() if col != "params"}
     return Summary(
         name or type(module).__name__,
         shape,
         rows,
-        count(variables.get("params", {})),
+        count_params(variables.get("params", {})),
         non_trainable,
         total_flops,
         depth,

@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from jaxcnn.inspect._common import record_calls, resolve
+from jaxcnn.inspect import record_calls, resolve
 
 __all__ = ["from_torch_state_dict", "to_torch_state_dict", "torchvision_transform_input"]
 

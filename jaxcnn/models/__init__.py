@@ -12,10 +12,11 @@ import difflib
 import fnmatch
 import importlib
 import pkgutil
-from collections.abc import Mapping
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
+
+from jaxcnn.utils import tree as _tree
 
 __all__ = [
     "ModelInfo",
@@ -157,54 +158,31 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     return fn(**kwargs)
 
 
-def abstract_variables(model: nn.Module, input_shape: Sequence[int], **apply_kwargs):
-    """Shapes and dtypes of ``model.init`` for an input of ``input_shape``, without allocating
-    (``jax.eval_shape``): how the tests count the parameters of VGG-19 or ViT-H cheaply."""
-    import jax
-    import jax.numpy as jnp
+def count_params(model: Any, input_shape: Sequence[int] | None = None, **kwargs: Any) -> int:
+    """Number of parameters (the ``params`` collection; BatchNorm statistics excluded) of a
+    registered model, a module, or a pytree of parameters.
 
-    order = {}
+    A name is built with ``**kwargs`` and ``input_shape`` defaults to
+    ``(1, *model_info(name).input_size)``; a module needs ``input_shape``; a pytree counts the
+    scalars of all its leaves. Modules and pytrees go to :func:`jaxcnn.utils.count_params`,
+    the one implementation.
 
-    def key_order(tree):
-        return {k: key_order(v) for k, v in tree.items()} if isinstance(tree, Mapping) else None
-
-    def reorder(tree, keys):
-        return {k: reorder(tree[k], keys[k]) for k in keys} if keys is not None else tree
-
-    def init():
-        x = jnp.zeros(tuple(input_shape), jnp.float32)
-        v = model.init(
-            {"params": jax.random.key(0), "dropout": jax.random.key(1)},
-            x,
-            train=False,
-            **apply_kwargs,
-        )
-        order["keys"] = key_order(v)  # creation (forward) order; eval_shape sorts dict keys
-        return v
-
-    return reorder(jax.eval_shape(init), order["keys"])
-
-
-def count_params(
-    model: "str | nn.Module", input_shape: Sequence[int] | None = None, **kwargs: Any
-) -> int:
-    """Number of parameters (the ``params`` collection only; BatchNorm statistics excluded).
-
-    ``model`` is a registered name (built with ``**kwargs``) or a module; ``input_shape``
-    defaults to ``(1, *model_info(name).input_size)``.
+    >>> count_params("resnet18")
+    11689512
     """
-    import math
-
-    import jax
-
     if isinstance(model, str):
         info = model_info(model)
         input_shape = input_shape or (1, *info.input_size)
         model = create_model(model, **kwargs)
-    if input_shape is None:
-        raise ValueError("count_params needs input_shape when given a module instead of a name")
-    variables = abstract_variables(model, input_shape)
-    return sum(math.prod(x.shape) for x in jax.tree.leaves(variables.get("params", {})))
+    elif kwargs:
+        raise TypeError(
+            f"keyword arguments {sorted(kwargs)} only apply to a registered model name, "
+            f"not to {type(model).__name__}"
+        )
+    return _tree.count_params(model, input_shape)
 
+
+#: Shapes and dtypes of ``model.init`` without allocating: :func:`jaxcnn.utils.abstract_init`.
+abstract_variables = _tree.abstract_init
 
 __all__ += ["abstract_variables", "count_params"]

@@ -21,6 +21,7 @@ import optax
 from flax import traverse_util
 
 from jaxcnn.transfer.labels import match
+from jaxcnn.utils import abstract_init
 
 __all__ = ["replace_head", "extract_features", "fit_linear", "linear_accuracy"]
 
@@ -49,7 +50,8 @@ def replace_head(
     rngs = {"params": jax.random.key(seed), "dropout": jax.random.key(seed + 1)}
     init = lambda: model.init(rngs, x, train=False)  # noqa: E731
     abstract = {
-        c: traverse_util.flatten_dict(dict(v), sep="/") for c, v in jax.eval_shape(init).items()
+        c: traverse_util.flatten_dict(dict(v), sep="/")
+        for c, v in abstract_init(model, input_shape, seed=seed).items()
     }
     fresh_keys = {
         (c, p) for c, flat in abstract.items() for p in flat if any(match(r, p) for r in reinit)

@@ -22,8 +22,9 @@ from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 from flax import traverse_util
+
+from jaxcnn.utils import abstract_init, count_params, map_with_path, path_str, tree_paths
 
 __all__ = [
     "FROZEN",
@@ -44,29 +45,6 @@ __all__ = [
 FROZEN = "frozen"
 TRAINABLE = "trainable"
 Rules = Sequence[tuple[str, Any]] | Mapping[str, Any]
-
-
-def path_str(key_path) -> str:
-    """``(DictKey('stage1'), DictKey('conv'), ...)`` -> ``"stage1/conv/..."``."""
-    parts = []
-    for k in key_path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(k, attr):
-                parts.append(str(getattr(k, attr)))
-                break
-        else:
-            parts.append(str(k))
-    return "/".join(parts)
-
-
-def tree_paths(tree) -> list[str]:
-    """Paths of the leaves of ``tree`` (in JAX's flattening order, i.e. dict keys sorted)."""
-    return [path_str(kp) for kp, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
-
-
-def map_with_path(fn, tree):
-    """``fn(path, leaf)`` over every leaf; same structure as ``tree``."""
-    return jax.tree_util.tree_map_with_path(lambda kp, x: fn(path_str(kp), x), tree)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -125,17 +103,8 @@ def label_params(params, rules: Rules):
 
 
 def _creation_order(model: nn.Module, input_shape: Sequence[int]) -> list[str]:
-    order: list[str] = []
-
-    def init():
-        x = jnp.zeros(tuple(input_shape), jnp.float32)
-        v = model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x, train=False)
-        # Inside the trace the dict still has creation order (JAX's outputs sort dict keys).
-        order.extend(traverse_util.flatten_dict(dict(v.get("params", {})), sep="/"))
-        return v
-
-    jax.eval_shape(init)
-    return order
+    params = abstract_init(model, input_shape).get("params", {})  # dicts in creation order
+    return list(traverse_util.flatten_dict(dict(params), sep="/"))
 
 
 def param_order(model: "nn.Module | str", input_shape: Sequence[int] | None = None) -> list[str]:
@@ -184,11 +153,6 @@ def stages(model_or_params, input_shape: Sequence[int] | None = None) -> list[st
 def stage_rules(names: Sequence[str], label=None) -> list[tuple[str, Any]]:
     """``[(re.escape(name), name-or-label), ...]``: one rule per stage (or path prefix)."""
     return [(re.escape(n), n if label is None else label) for n in names]
-
-
-def count_params(tree) -> int:
-    """Number of scalars in ``tree`` (arrays or ``ShapeDtypeStruct`` leaves)."""
-    return int(sum(math.prod(x.shape) for x in jax.tree.leaves(tree)))
 
 
 def count_trainable(params, labels, frozen: Sequence[Any] = (FROZEN,)) -> int:

@@ -1,0 +1,23 @@
+"""Helpers shared by every package of jaxcnn (the bottom layer: it imports no other package).
+
+See :mod:`jaxcnn.utils.tree`: ``path_str``, ``tree_paths``, ``map_with_path``, ``count_params``,
+``abstract_init``, ``tree_add``.
+"""
+
+from jaxcnn.utils.tree import (
+    abstract_init,
+    count_params,
+    map_with_path,
+    path_str,
+    tree_add,
+    tree_paths,
+)
+
+__all__ = [
+    "abstract_init",
+    "count_params",
+    "map_with_path",
+    "path_str",
+    "tree_add",
+    "tree_paths",
+]
