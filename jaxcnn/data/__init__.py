@@ -1,7 +1,14 @@
-"""Datasets: sources (TFDS, scikit-learn digits, IDX files, image folders), preprocessing,
-static-shape batching and device prefetch."""
+"""Datasets: random-access sources (TFDS array_record, image folders, IDX files, in-memory
+arrays) with their published splits (:func:`load_splits`), per-example transforms and grain
+iterators with exact epochs, resumable state and per-process sharding.
 
-from jaxcnn.data.idx import load_idx_folder, read_idx
+The whole-array helpers of the old loops (``load_dataset``, ``preprocess``, ``split``,
+``batches``, ``augment_batch``, ``prefetch_to_device``) stay until those loops are gone;
+``batches`` is the project's one in-memory padded batcher.
+"""
+
+from jaxcnn.data.idx import load_idx_folder, open_idx, read_idx
+from jaxcnn.data.legacy import Dataset, load_dataset
 from jaxcnn.data.pipeline import (
     augment_batch,
     batches,
@@ -10,18 +17,37 @@ from jaxcnn.data.pipeline import (
     preprocess,
     split,
 )
-from jaxcnn.data.sources import Dataset, default_mnist_dir, load_dataset
+from jaxcnn.data.sources import (
+    ArraySource,
+    FolderSource,
+    IdxSource,
+    Subset,
+    TfdsSource,
+    bundled_mnist_dir,
+    default_mnist_dir,
+)
+from jaxcnn.data.splits import Splits, load_splits, stratified_holdout
 
 __all__ = [
+    "ArraySource",
     "Dataset",
+    "FolderSource",
+    "IdxSource",
+    "Splits",
+    "Subset",
+    "TfdsSource",
     "augment_batch",
     "batches",
+    "bundled_mnist_dir",
     "default_mnist_dir",
     "load_dataset",
     "load_idx_folder",
+    "load_splits",
     "num_batches",
+    "open_idx",
     "prefetch_to_device",
     "preprocess",
     "read_idx",
     "split",
+    "stratified_holdout",
 ]

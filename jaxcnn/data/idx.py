@@ -8,7 +8,7 @@ import pathlib
 
 import numpy as np
 
-__all__ = ["read_idx", "load_idx_folder"]
+__all__ = ["read_idx", "open_idx", "find_idx", "load_idx_folder"]
 
 _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
@@ -28,6 +28,17 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
             data = f.read()
     except (OSError, EOFError) as e:  # bad gzip stream
         raise ValueError(f"{path}: not a readable IDX file ({e})") from None
+    dtype, dims, header = _header(path, data, len(data))
+    return (
+        np.frombuffer(data, dtype=dtype, offset=header)
+        .reshape(dims)
+        .astype(dtype.newbyteorder("="))
+    )
+
+
+def _header(path: pathlib.Path, data: bytes, size: int):
+    """``(dtype, dims, header length)`` of an IDX file whose first bytes are ``data`` and whose
+    payload plus header is ``size`` bytes; ``ValueError`` naming the file when it is not IDX."""
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
         raise ValueError(f"{path}: not an IDX file (bad magic number {data[:4].hex() or 'empty'})")
     code, ndim = data[2], data[3]
@@ -39,16 +50,34 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     dtype = np.dtype(_DTYPES[code])
     expected = int(np.prod(dims)) * dtype.itemsize
-    if len(data) - header != expected:
+    if size - header != expected:
         raise ValueError(
             f"{path}: IDX header promises shape {dims} ({expected:,} bytes of data) but the file "
-            f"holds {len(data) - header:,} bytes; the file is truncated or corrupt"
+            f"holds {size - header:,} bytes; the file is truncated or corrupt"
         )
-    return (
-        np.frombuffer(data, dtype=dtype, offset=header)
-        .reshape(dims)
-        .astype(dtype.newbyteorder("="))
-    )
+    return dtype, dims, header
+
+
+def open_idx(path: str | os.PathLike) -> np.ndarray:
+    """An IDX file as an array without reading it whole when it is uncompressed: a read-only
+    ``np.memmap`` (pages are read on access); a ``.gz`` file is decompressed into memory
+    (:func:`read_idx`). Same checks and errors as :func:`read_idx`."""
+    path = pathlib.Path(path)
+    if path.suffix == ".gz":
+        return read_idx(path)
+    if not path.exists():
+        raise FileNotFoundError(f"IDX file not found: {path}")
+    with open(path, "rb") as f:
+        head = f.read(4 + 4 * 255)
+    dtype, dims, header = _header(path, head, path.stat().st_size)
+    if dtype.itemsize == 1:
+        return np.memmap(path, dtype=dtype, mode="r", offset=header, shape=dims)
+    return read_idx(path)  # big-endian multi-byte types: converted in memory
+
+
+def find_idx(folder: str | os.PathLike, stem: str) -> pathlib.Path | None:
+    """``folder/stem`` or its ``.gz`` / ``.idx`` spellings, if present."""
+    return _find(pathlib.Path(folder), stem)
 
 
 def _find(folder: pathlib.Path, stem: str) -> pathlib.Path | None:

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcnn.data.sources import Dataset
+from jaxcnn.data.legacy import Dataset
 
 __all__ = ["split", "preprocess", "batches", "num_batches", "prefetch_to_device", "augment_batch"]
 

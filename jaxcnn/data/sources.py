@@ -1,175 +1,387 @@
-"""Data sources behind one function, :func:`load_dataset`.
+"""Random-access data sources: ``len(src)`` and ``src[i] -> {"image", "label", "id"}``.
 
-- ``"digits"``: scikit-learn's 1,797 real 8x8 handwritten digits (ship inside the wheel: the
-  offline default).
-- ``"mnist_idx"``: LeCun IDX files from a folder (``data_dir``; default: the real MNIST test set
-  in ``../shared/data/mnist-test`` or ``$JAXCNN_SHARED_DATA/mnist-test``).
-- ``"folder"``: an image folder with one sub-folder per class (``data_dir``).
-- ``"tfds:NAME"`` (``"tfds:mnist"``, ``"tfds:cifar10"``...): TensorFlow Datasets, when prepared
-  locally or downloadable (``data_dir`` is TFDS' data dir).
+Nothing here holds a dataset's images in memory unless it already is small and in memory:
+IDX files are memory-mapped (decompressed once when gzip-compressed), image folders decode one
+file per access with PIL, TFDS reads its array_record files through ``tfds.data_source``.
 
-Every source returns a :class:`Dataset`: uint8 or float images NHWC and int32 labels, in a
-deterministic order; splitting and preprocessing are in :mod:`jaxcnn.data.pipeline`.
+Every source also exposes ``labels`` (int array, cheap: no image is decoded) and ``ids`` (int64
+array: the example's index in the underlying data, unique across the splits of one dataset),
+which :mod:`jaxcnn.data.splits` uses for stratified splits and tests use to prove that no
+test or validation example reaches training. Sources pickle small (paths, not pixels), so
+grain's worker processes reopen them instead of copying them.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
+import difflib
 import os
 import pathlib
+from typing import Sequence
 
 import numpy as np
 
-from jaxcnn.data.idx import load_idx_folder
+from jaxcnn.data.idx import open_idx
 
-__all__ = ["Dataset", "load_dataset", "default_mnist_dir", "SOURCES"]
+__all__ = [
+    "ArraySource",
+    "IdxSource",
+    "FolderSource",
+    "TfdsSource",
+    "Subset",
+    "default_mnist_dir",
+    "bundled_mnist_dir",
+    "bundled_digits",
+    "list_image_files",
+    "IMAGE_EXTENSIONS",
+]
 
-SOURCES = ("digits", "mnist_idx", "folder", "tfds:<name>")
+ASSETS = pathlib.Path(__file__).resolve().parent / "assets"
+IMAGE_EXTENSIONS = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+)
 
 
-@dataclasses.dataclass
-class Dataset:
-    """Images ``(N, H, W, C)`` with values in ``[0, max_value]`` and labels ``(N,)``."""
-
-    images: np.ndarray
-    labels: np.ndarray
-    num_classes: int
-    max_value: float = 255.0
-    name: str = ""
-    class_names: tuple[str, ...] = ()
-
-    def __post_init__(self):
-        if self.images.ndim == 3:
-            self.images = self.images[..., None]
-        if self.images.ndim != 4 or len(self.images) != len(self.labels):
-            raise ValueError(
-                f"dataset {self.name!r}: images {self.images.shape} and labels "
-                f"{self.labels.shape} do not pair up (expected (N,H,W[,C]) and (N,))"
-            )
-        self.labels = np.asarray(self.labels, np.int32)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def subset(self, index) -> "Dataset":
-        return dataclasses.replace(self, images=self.images[index], labels=self.labels[index])
+def bundled_mnist_dir() -> pathlib.Path:
+    """The real MNIST test set shipped inside the package (CC BY-SA 3.0, see its NOTICE)."""
+    return ASSETS / "mnist"
 
 
 def default_mnist_dir() -> pathlib.Path:
-    """``$JAXCNN_SHARED_DATA/mnist-test``, else ``../shared/data/mnist-test`` next to the repo
-    (or the current directory's parent)."""
+    """Where the MNIST IDX files are read from when no ``data_dir`` is given:
+    ``$JAXCNN_SHARED_DATA/mnist-test``, else ``../shared/data/mnist-test`` beside the repository
+    (or the current directory's parent) when it exists, else the copy bundled in the package."""
     env = os.environ.get("JAXCNN_SHARED_DATA")
-    if env:
+    if env and (pathlib.Path(env) / "mnist-test").is_dir():
         return pathlib.Path(env) / "mnist-test"
     repo = pathlib.Path(__file__).resolve().parents[2]
     for base in (repo, pathlib.Path.cwd()):
         cand = base.parent / "shared" / "data" / "mnist-test"
-        if cand.exists():
+        if cand.is_dir():
             return cand
-    return repo.parent / "shared" / "data" / "mnist-test"
+    return bundled_mnist_dir()
 
 
-def _digits() -> Dataset:
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    images = d.images.astype(np.float32)  # (1797, 8, 8), values 0..16
-    return Dataset(
-        images,
-        d.target,
-        10,
-        max_value=16.0,
-        name="digits",
-        class_names=tuple(str(i) for i in range(10)),
-    )
+def bundled_digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 1,797 8x8 digits (values 0..16, uint8) and labels, shipped in the package
+    (UCI, CC BY 4.0; see ``assets/DIGITS_NOTICE``)."""
+    with np.load(ASSETS / "digits.npz") as z:
+        return z["images"], z["labels"].astype(np.int64)
 
 
-def _mnist_idx(data_dir) -> Dataset:
-    folder = pathlib.Path(data_dir) if data_dir else default_mnist_dir()
-    images, labels = load_idx_folder(folder)
-    return Dataset(
-        images, labels, 10, 255.0, name="mnist_idx", class_names=tuple(str(i) for i in range(10))
-    )
+class _Base:
+    """Shared by every source: ``ids``/``labels`` arrays and a readable ``repr``."""
+
+    name: str = ""
+    labels: np.ndarray
+    ids: np.ndarray
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, {len(self)} examples)"
+
+    def _check(self, i: int) -> int:
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"{self!r}: index {i} out of range")
+        return i % n
 
 
-def _folder(data_dir) -> Dataset:
-    from PIL import Image
+class ArraySource(_Base):
+    """In-memory (or memory-mapped) arrays: images ``(N, H, W[, C])`` uint8 (0..255) or float
+    (0..1), labels ``(N,)``; ``ids`` defaults to ``arange(N) + id_offset``."""
 
-    if not data_dir:
-        raise ValueError("dataset 'folder' needs data_dir: a folder with one sub-folder per class")
-    root = pathlib.Path(data_dir)
-    if not root.is_dir():
-        raise FileNotFoundError(f"image folder not found: {root}")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    if not classes:
-        raise ValueError(f"{root}: expected one sub-folder per class, found none")
-    images, labels, size = [], [], None
-    exts = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-    for i, c in enumerate(classes):
-        for f in sorted((root / c).iterdir()):
-            if f.suffix.lower() not in exts:
-                continue
-            img = Image.open(f).convert("RGB")
-            size = size or img.size
-            if img.size != size:
-                img = img.resize(size, Image.BILINEAR)
-            images.append(np.asarray(img))
-            labels.append(i)
-    if not images:
-        raise ValueError(f"{root}: no images found in the class folders {classes}")
-    return Dataset(
-        np.stack(images),
-        np.array(labels),
-        len(classes),
-        255.0,
-        name=f"folder:{root}",
-        class_names=tuple(classes),
-    )
+    def __init__(self, images, labels, ids=None, *, id_offset: int = 0, name: str = "arrays"):
+        labels = np.asarray(labels).astype(np.int64)
+        if len(images) != len(labels) or np.ndim(images) not in (3, 4) or labels.ndim != 1:
+            raise ValueError(
+                f"{name}: images {np.shape(images)} and labels {labels.shape} do not pair up "
+                f"(expected (N, H, W[, C]) and (N,))"
+            )
+        self.images, self.labels, self.name = images, labels, name
+        self.ids = (
+            np.arange(len(labels), dtype=np.int64) + id_offset
+            if ids is None
+            else np.asarray(ids, np.int64)
+        )
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict:
+        i = self._check(int(i))
+        img = np.asarray(self.images[i])
+        if img.ndim == 2:
+            img = img[..., None]
+        return {"image": img, "label": int(self.labels[i]), "id": int(self.ids[i])}
 
 
-def _tfds(name: str, data_dir, split: str = "train+test") -> Dataset:
+class IdxSource(ArraySource):
+    """An IDX image file and its label file (MNIST layout). Uncompressed files are memory-mapped
+    (only the pages read are resident); ``.gz`` files are decompressed once into memory. Pickles
+    as its paths (worker processes reopen the files)."""
+
+    def __init__(
+        self,
+        images_path,
+        labels_path,
+        *,
+        start: int = 0,
+        stop: int | None = None,
+        id_offset: int = 0,
+        name: str = "",
+    ):
+        self._paths = (str(images_path), str(labels_path))
+        self._range = (start, stop, id_offset)
+        images, labels = open_idx(images_path), open_idx(labels_path)
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise ValueError(
+                f"{images_path}: images {images.shape} and labels {labels.shape} do not pair up "
+                f"(expected (N, H, W) and (N,))"
+            )
+        stop = len(labels) if stop is None else stop
+        super().__init__(
+            images[start:stop],
+            labels[start:stop],
+            np.arange(start, stop, dtype=np.int64) + id_offset,
+            name=name or pathlib.Path(images_path).name,
+        )
+
+    def __reduce__(self):
+        start, stop, off = self._range
+        return (_rebuild_idx, (self._paths, start, stop, off, self.name))
+
+
+def _rebuild_idx(paths, start, stop, off, name):
+    return IdxSource(*paths, start=start, stop=stop, id_offset=off, name=name)
+
+
+def list_image_files(folder: pathlib.Path, classes: Sequence[str] | None = None):
+    """``(files, labels, classes)`` of ``folder/<class>/*.<image extension>``, sorted; with
+    ``classes`` given, a class folder not among them is an error (val/ and test/ must use the
+    train/ classes)."""
+    found = sorted(d.name for d in os.scandir(folder) if d.is_dir())
+    if classes is None:
+        classes = found
+        if not classes:
+            raise ValueError(f"{folder}: expected one sub-folder per class, found none")
+    else:
+        extra = sorted(set(found) - set(classes))
+        if extra:
+            raise ValueError(
+                f"{folder}: class folders {extra[:5]} are not among the {len(classes)} classes "
+                f"of the training folder"
+            )
+    index = {c: i for i, c in enumerate(classes)}
+    files, labels = [], []
+    for c in found:
+        names = sorted(
+            e.name
+            for e in os.scandir(folder / c)
+            if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS
+        )
+        files += [os.path.join(c, n) for n in names]
+        labels += [index[c]] * len(names)
+    if not files:
+        raise ValueError(f"{folder}: no image files in the class folders {list(found)[:5]}")
+    return files, np.asarray(labels, np.int64), tuple(classes)
+
+
+class FolderSource(_Base):
+    """Image files (``root/<relative path>``) decoded one at a time with PIL to uint8 ``HWC``
+    (``mode="RGB"``, or ``"L"`` for gray). A file PIL cannot decode raises ``ValueError``
+    naming it."""
+
+    def __init__(
+        self,
+        root,
+        files: Sequence[str],
+        labels,
+        *,
+        id_offset: int = 0,
+        mode: str = "RGB",
+        name: str = "",
+    ):
+        self.root, self.files, self.mode = str(root), list(files), mode
+        self.labels = np.asarray(labels, np.int64)
+        self.ids = np.arange(len(self.files), dtype=np.int64) + id_offset
+        self.name = name or self.root
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> dict:
+        from PIL import Image, UnidentifiedImageError
+
+        i = self._check(int(i))
+        path = os.path.join(self.root, self.files[i])
+        try:
+            with Image.open(path) as im:
+                img = np.asarray(im.convert(self.mode))
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+            raise ValueError(f"cannot decode image {path}: {type(e).__name__}: {e}") from None
+        if img.ndim == 2:
+            img = img[..., None]
+        return {"image": img, "label": int(self.labels[i]), "id": int(self.ids[i])}
+
+
+# -- TFDS -------------------------------------------------------------------------------------
+def _short(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
+
+
+@contextlib.contextmanager
+def _few_download_retries(retries: int = 3):
+    """TFDS retries a failed download 10 times with exponential back-off (3.5 minutes before an
+    offline machine hears "no network"); 3 tries fail in about a second."""
+    from tensorflow_datasets.core.download import downloader
+
+    old = getattr(downloader, "MAX_RETRIES", None)
+    if old is None:
+        yield
+        return
+    downloader.MAX_RETRIES = min(old, retries)
+    try:
+        yield
+    finally:
+        downloader.MAX_RETRIES = old
+
+
+def tfds_builder(name: str, data_dir: str | None = None, *, download: bool = True):
+    """A prepared TFDS builder for ``name`` (``"cifar10"``, ``"imagenet2012:5.1.0"``, or a
+    dataset written by ``python -m jaxcnn.data.prepare`` into ``data_dir``), in array_record
+    format (what ``tfds.data_source`` reads). Prepares it when absent and ``download`` (needs the
+    network, or for ImageNet the manual archives). Errors are one or two lines."""
     import tensorflow_datasets as tfds
 
     try:
-        ds, info = tfds.load(
-            name, split=split, as_supervised=True, data_dir=data_dir or None, with_info=True
+        builder = tfds.builder(name, data_dir=data_dir or None)
+    except tfds.core.registered.DatasetNotFoundError:
+        base = name.split(":")[0].split("/")[0]
+        close = difflib.get_close_matches(base, tfds.list_builders(with_community_datasets=False))
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        where = f" and none was prepared in {data_dir}" if data_dir else ""
+        raise ValueError(f"unknown TFDS dataset {name!r}{hint}{where}") from None
+    except Exception as e:  # noqa: BLE001  (TFDS raises many kinds; keep the message short)
+        raise RuntimeError(f"TFDS dataset {name!r}: {_short(e)}") from None
+    if not builder.is_prepared():
+        if not download:
+            raise FileNotFoundError(f"TFDS dataset {name!r} is not prepared in {builder.data_dir}")
+        try:
+            with _few_download_retries():
+                builder.download_and_prepare(file_format="array_record")
+        except Exception as e:  # noqa: BLE001
+            raise RuntimeError(
+                f"TFDS dataset {name!r} is not prepared in {builder.data_dir} and preparing it "
+                f"failed ({_short(e)}). Without a network, prepare it elsewhere (or from local "
+                f"files: python -m jaxcnn.data.prepare) and pass its data_dir."
+            ) from None
+    fmt = getattr(builder.info, "file_format", None)
+    if fmt is not None and "array_record" not in str(fmt).lower():
+        raise ValueError(
+            f"TFDS dataset {name!r} in {builder.data_dir} is stored as {fmt}; random access needs "
+            f"array_record: rebuild it with `tfds build {name} --file_format=array_record`"
         )
-    except Exception as e:  # DatasetNotFoundError, download failures offline, ...
-        raise RuntimeError(
-            f"TFDS dataset {name!r} could not be loaded ({type(e).__name__}: {e}). Without a "
-            f"network it must already be prepared in the TFDS data dir; offline, use "
-            f"dataset='digits' or dataset='mnist_idx'."
-        ) from None
-    xs, ys = [], []
-    for x, y in tfds.as_numpy(ds.batch(1024)):  # (batch_size=-1 aborts under mock_data)
-        xs.append(x)
-        ys.append(y)
-    images, labels = np.concatenate(xs), np.concatenate(ys)
-    label_feature = info.features["label"]
-    return Dataset(
-        np.asarray(images),
-        np.asarray(labels),
-        label_feature.num_classes,
-        255.0,
-        name=f"tfds:{name}",
-        class_names=tuple(label_feature.names),
+    return builder
+
+
+class TfdsSource(_Base):
+    """One split of a TFDS dataset through ``builder.as_data_source`` (array_record, random
+    access). ``image_key``/``label_key`` name the features; ``labels`` are read once without
+    decoding images. Pickles as its arguments."""
+
+    def __init__(
+        self,
+        name: str,
+        split: str,
+        data_dir: str | None = None,
+        *,
+        image_key: str = "image",
+        label_key: str = "label",
+        id_offset: int = 0,
+        builder=None,
+    ):
+        self.tfds_name, self.split, self.data_dir = name, split, data_dir
+        self.image_key, self.label_key = image_key, label_key
+        self.name = f"tfds:{name}[{split}]"
+        builder = builder or tfds_builder(name, data_dir, download=False)
+        self._builder = builder
+        self._source = None
+        n = builder.info.splits[split].num_examples
+        self.ids = np.arange(n, dtype=np.int64) + id_offset
+        self._id_offset = id_offset
+        self._labels = None
+
+    def __reduce__(self):
+        return (
+            _rebuild_tfds,
+            (
+                self.tfds_name,
+                self.split,
+                self.data_dir,
+                self.image_key,
+                self.label_key,
+                self._id_offset,
+                self._labels,
+            ),
+        )
+
+    @property
+    def source(self):
+        if self._source is None:
+            self._source = self._builder.as_data_source(split=self.split)
+        return self._source
+
+    @property
+    def labels(self) -> np.ndarray:
+        if self._labels is None:
+            import tensorflow_datasets as tfds
+
+            skip = {self.image_key: tfds.decode.SkipDecoding()}
+            src = self._builder.as_data_source(split=self.split, decoders=skip)
+            self._labels = np.fromiter(
+                (int(src[i][self.label_key]) for i in range(len(src))), np.int64, len(src)
+            )
+        return self._labels
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict:
+        i = self._check(int(i))
+        ex = self.source[i]
+        img = np.asarray(ex[self.image_key])
+        if img.ndim == 2:
+            img = img[..., None]
+        return {"image": img, "label": int(ex[self.label_key]), "id": int(self.ids[i])}
+
+
+def _rebuild_tfds(name, split, data_dir, image_key, label_key, id_offset, labels):
+    src = TfdsSource(
+        name, split, data_dir, image_key=image_key, label_key=label_key, id_offset=id_offset
     )
+    src._labels = labels
+    return src
 
 
-def load_dataset(name: str, data_dir: str | None = None, tfds_split: str = "train+test") -> Dataset:
-    """Load a whole dataset by source name (see the module docstring)."""
-    if name == "digits":
-        return _digits()
-    if name in ("mnist_idx", "mnist-test", "idx"):
-        return _mnist_idx(data_dir)
-    if name == "folder":
-        return _folder(data_dir)
-    if name.startswith("tfds:"):
-        return _tfds(name[5:], data_dir, tfds_split)
-    import difflib
+class Subset(_Base):
+    """The examples ``indices`` of ``source``, in that order (ids and labels follow)."""
 
-    close = difflib.get_close_matches(name, ["digits", "mnist_idx", "folder"], n=3)
-    raise ValueError(
-        f"unknown dataset {name!r}; expected one of {SOURCES}"
-        + (f" (did you mean {', '.join(close)}?)" if close else "")
-    )
+    def __init__(self, source, indices, name: str | None = None):
+        self.source = source
+        self.indices = np.asarray(indices, np.int64)
+        self.name = name or getattr(source, "name", "")
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.asarray(self.source.labels)[self.indices]
+
+    @property
+    def ids(self) -> np.ndarray:
+        return np.asarray(self.source.ids)[self.indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.source[int(self.indices[self._check(int(i))])]
