@@ -144,40 +144,13 @@ def _check_interpolation(interpolation: str):
 
 _LEVEL_DENOM = 10.0
 
-RAND_OPS = (
-    "AutoContrast",
-    "Equalize",
-    "Invert",
-    "Rotate",
-    "Posterize",
-    "Solarize",
-    "SolarizeAdd",
-    "Color",
-    "Contrast",
-    "Brightness",
-    "Sharpness",
-    "ShearX",
-    "ShearY",
-    "TranslateXRel",
-    "TranslateYRel",
+# timm's ``_RAND_TRANSFORMS`` and ``_RAND_INCREASING_TRANSFORMS`` (Cutout is RandomErasing).
+RAND_OPS = tuple(
+    "AutoContrast Equalize Invert Rotate Posterize Solarize SolarizeAdd Color Contrast "
+    "Brightness Sharpness ShearX ShearY TranslateXRel TranslateYRel".split()
 )
-RAND_INCREASING_OPS = (
-    "AutoContrast",
-    "Equalize",
-    "Invert",
-    "Rotate",
-    "PosterizeIncreasing",
-    "SolarizeIncreasing",
-    "SolarizeAdd",
-    "ColorIncreasing",
-    "ContrastIncreasing",
-    "BrightnessIncreasing",
-    "SharpnessIncreasing",
-    "ShearX",
-    "ShearY",
-    "TranslateXRel",
-    "TranslateYRel",
-)
+_INCREASING = ("Posterize", "Solarize", "Color", "Contrast", "Brightness", "Sharpness")
+RAND_INCREASING_OPS = tuple(o + "Increasing" if o in _INCREASING else o for o in RAND_OPS)
 
 
 def _signed(v, rng):

@@ -1,19 +1,65 @@
-"""Optimizers and learning-rate schedules from a config."""
+"""Optimizers and learning-rate schedules from a config.
+
+Weight decay can be masked off the parameters recipes exempt (``decay_mask=True``, the config
+switch ``filter_bias_and_norm``): biases, normalisation scales and every other parameter of at
+most one dimension (timm's ``param.ndim <= 1 or name.endswith(".bias")``, which also covers
+ConvNeXt's layer scale), plus the embeddings timm's and torchvision's transformer recipes
+exempt (``pos_embed``, ``cls_token``, ``dist_token``, ``relative_position_bias_table``,
+``absolute_pos_embed``). :func:`weight_decay_mask` is that rule, usable as optax's ``mask=``.
+"""
 
 from __future__ import annotations
 
+import re
+from typing import Any, Callable, Sequence
+
+import jax
+import numpy as np
 import optax
 
-__all__ = ["make_schedule", "make_optimizer"]
+__all__ = [
+    "NO_DECAY_NAMES",
+    "OPTIMIZERS",
+    "learning_rate_at",
+    "make_optimizer",
+    "make_schedule",
+    "weight_decay_mask",
+]
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "lamb", "lars")
+
+# Leaf names (the last element of a '/'-joined parameter path) that never take weight decay.
+NO_DECAY_NAMES = (
+    "bias",
+    "scale",
+    "pos_embed",
+    "cls_token",
+    "dist_token",
+    "relative_position_bias_table",
+    "absolute_pos_embed",
+)
 
 
-def make_schedule(name: str, lr: float, total_steps: int, warmup_steps: int = 0):
-    """``constant``, ``cosine`` or ``step`` (x0.1 at 50% and 75%), with linear warmup."""
+def make_schedule(
+    name: str,
+    lr: float,
+    total_steps: int,
+    warmup_steps: int = 0,
+    *,
+    min_lr: float = 0.0,
+    warmup_init_lr: float = 0.0,
+):
+    """``constant``, ``cosine`` (to ``min_lr``) or ``step`` (x0.1 at 50% and 75%), after a
+    linear warm-up from ``warmup_init_lr`` over ``warmup_steps``. Returns ``step -> lr``;
+    :func:`learning_rate_at` reads it for logging."""
     total_steps = max(total_steps, 1)
+    if min_lr and name != "cosine":
+        raise ValueError(f"min_lr applies to the cosine schedule only; got schedule {name!r}")
     if name == "constant":
         sched = optax.constant_schedule(lr)
     elif name == "cosine":
-        sched = optax.cosine_decay_schedule(lr, max(total_steps - warmup_steps, 1))
+        alpha = min_lr / lr if lr else 0.0
+        sched = optax.cosine_decay_schedule(lr, max(total_steps - warmup_steps, 1), alpha=alpha)
     elif name == "step":
         sched = optax.piecewise_constant_schedule(
             lr, {int(total_steps * 0.5): 0.1, int(total_steps * 0.75): 0.1}
@@ -22,9 +68,47 @@ def make_schedule(name: str, lr: float, total_steps: int, warmup_steps: int = 0)
         raise ValueError(f"unknown schedule {name!r}; expected constant, cosine or step")
     if warmup_steps:
         sched = optax.join_schedules(
-            [optax.linear_schedule(0.0, lr, warmup_steps), sched], [warmup_steps]
+            [optax.linear_schedule(warmup_init_lr, lr, warmup_steps), sched], [warmup_steps]
         )
     return sched
+
+
+def learning_rate_at(learning_rate, step) -> float | np.ndarray:
+    """The learning rate at ``step`` (an int or an array of steps) of a schedule or a float:
+    the value the optimizer uses for the update that takes the state from ``step`` to
+    ``step + 1`` (optax counts updates from 0)."""
+    if callable(learning_rate):
+        out = np.asarray(learning_rate(np.asarray(step)))
+        return float(out) if out.ndim == 0 else out
+    return float(learning_rate) if np.ndim(step) == 0 else np.full(np.shape(step), learning_rate)
+
+
+def _path_str(path) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def weight_decay_mask(
+    params,
+    *,
+    no_decay_names: Sequence[str] = NO_DECAY_NAMES,
+    min_ndim: int = 2,
+    exclude: Sequence[str] = (),
+) -> Any:
+    """A tree of bools like ``params``: True where weight decay applies. False for leaves with
+    fewer than ``min_ndim`` dimensions, leaves whose name is in ``no_decay_names``, and leaves
+    whose '/'-joined path matches any regex of ``exclude`` (``re.search``). Works on arrays and
+    on ``jax.ShapeDtypeStruct`` trees, and as optax's ``mask=`` callable."""
+    patterns = [re.compile(p) for p in exclude]
+    names = set(no_decay_names)
+
+    def rule(path, leaf):
+        p = _path_str(path)
+        name = p.rsplit("/", 1)[-1]
+        if len(getattr(leaf, "shape", ())) < min_ndim or name in names:
+            return False
+        return not any(r.search(p) for r in patterns)
+
+    return jax.tree_util.tree_map_with_path(rule, params)
 
 
 def make_optimizer(
@@ -33,21 +117,50 @@ def make_optimizer(
     weight_decay: float = 0.0,
     momentum: float = 0.9,
     grad_clip: float | None = None,
+    *,
+    nesterov: bool | None = None,
+    decay_mask: bool | Callable | Any = None,
 ) -> optax.GradientTransformation:
-    """``adam``, ``adamw``, ``sgd`` (Nesterov momentum, coupled weight decay) or ``rmsprop``."""
+    """``adam``, ``adamw`` (decoupled decay), ``sgd`` (momentum, Nesterov unless
+    ``nesterov=False``, coupled weight decay as torchvision's), ``rmsprop``, ``lamb`` or
+    ``lars`` (momentum, Nesterov only with ``nesterov=True``; the trust ratio skips the same
+    parameters as weight decay).
+
+    ``decay_mask``: None/False decays every parameter; True uses :func:`weight_decay_mask`;
+    a callable or a tree of bools is passed to optax as the mask. ``adam`` and ``rmsprop``
+    take no weight decay. ``grad_clip`` clips the global gradient norm first.
+    """
+    if decay_mask is True:
+        mask = weight_decay_mask
+    elif decay_mask is None or decay_mask is False:
+        mask = None
+    else:
+        mask = decay_mask
     if name == "adam":
         tx = optax.adam(learning_rate)
     elif name == "adamw":
-        tx = optax.adamw(learning_rate, weight_decay=weight_decay)
+        tx = optax.adamw(learning_rate, weight_decay=weight_decay, mask=mask)
     elif name == "sgd":
         tx = optax.chain(
-            optax.add_decayed_weights(weight_decay) if weight_decay else optax.identity(),
-            optax.sgd(learning_rate, momentum, nesterov=True),
+            optax.add_decayed_weights(weight_decay, mask) if weight_decay else optax.identity(),
+            optax.sgd(learning_rate, momentum, nesterov=True if nesterov is None else nesterov),
         )
     elif name == "rmsprop":
         tx = optax.rmsprop(learning_rate, momentum=momentum)
+    elif name == "lamb":
+        tx = optax.lamb(learning_rate, weight_decay=weight_decay, mask=mask)
+    elif name == "lars":
+        m = True if mask is None else mask
+        tx = optax.lars(
+            learning_rate,
+            weight_decay=weight_decay,
+            weight_decay_mask=m,
+            trust_ratio_mask=m,
+            momentum=momentum,
+            nesterov=bool(nesterov),
+        )
     else:
-        raise ValueError(f"unknown optimizer {name!r}; expected adam, adamw, sgd or rmsprop")
+        raise ValueError(f"unknown optimizer {name!r}; expected one of {', '.join(OPTIMIZERS)}")
     if grad_clip:
         tx = optax.chain(optax.clip_by_global_norm(grad_clip), tx)
     return tx

@@ -10,6 +10,8 @@ import jax.numpy as jnp
 import optax
 from flax import serialization, struct
 
+from jaxcnn.train.ema import ema_init
+
 __all__ = ["TrainState", "create_train_state"]
 
 
@@ -21,7 +23,8 @@ class TrainState:
     saves and restores whole. ``rng`` is a raw ``uint32[2]`` key; per-step dropout keys are
     ``jax.random.fold_in(rng, step)`` as in the Flax ImageNet example, so a resumed run draws
     the same keys as an uninterrupted one. ``dynamic_scale`` holds the float16 loss scale
-    (:func:`jaxcnn.train.precision.init_dynamic_scale`), None in float32/bfloat16.
+    (:func:`jaxcnn.train.precision.init_dynamic_scale`), None in float32/bfloat16. ``ema``
+    holds the weight EMA as a variables dict (:mod:`jaxcnn.train.ema`), None when off.
     """
 
     step: jax.Array
@@ -33,6 +36,8 @@ class TrainState:
     tx: optax.GradientTransformation = struct.field(pytree_node=False)
     # float16 loss scaling (``jaxcnn.train.precision``); None otherwise.
     dynamic_scale: Any = None
+    # weight EMA ``{"params", "batch_stats"}`` (``jaxcnn.train.ema``); None when off.
+    ema: Any = None
 
     def apply_gradients(self, grads, **changes) -> "TrainState":
         updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
@@ -48,16 +53,17 @@ class TrainState:
         return v
 
 
-_FIELDS = ("step", "params", "batch_stats", "opt_state", "rng", "dynamic_scale")
+_FIELDS = ("step", "params", "batch_stats", "opt_state", "rng", "dynamic_scale", "ema")
+_OPTIONAL = ("dynamic_scale", "ema")
 
 
 def _to_state_dict(state: TrainState) -> dict:
-    # ``dynamic_scale`` only appears when set, so float32/bfloat16 checkpoints keep the layout
-    # they had before float16 support (and old checkpoints still restore).
+    # ``dynamic_scale`` and ``ema`` only appear when set, so checkpoints without them keep the
+    # layout they had before float16 and EMA support (and old checkpoints still restore).
     return {
         k: serialization.to_state_dict(getattr(state, k))
         for k in _FIELDS
-        if k != "dynamic_scale" or state.dynamic_scale is not None
+        if k not in _OPTIONAL or getattr(state, k) is not None
     }
 
 
@@ -68,10 +74,13 @@ def _from_state_dict(state: TrainState, d: dict) -> TrainState:
     updates = {}
     for k in _FIELDS:
         if k not in d:
-            if k == "dynamic_scale":
+            if k in _OPTIONAL:
                 continue
             raise ValueError(f"missing field {k} in state dict while restoring a TrainState")
         updates[k] = serialization.from_state_dict(getattr(state, k), d[k], name=k)
+    if "ema" not in d and state.ema is not None:
+        # EMA switched on for a run saved without one: it starts at the restored weights.
+        updates["ema"] = ema_init(updates["params"], updates["batch_stats"])
     return state.replace(**updates)
 
 
@@ -87,11 +96,13 @@ def create_train_state(
     seed: int = 0,
     variables: dict | None = None,
     dynamic_scale: Any = None,
+    ema: bool = False,
 ) -> TrainState:
     """Initialise ``model`` for inputs of ``input_shape`` (batch first) and wrap it with ``tx``.
 
     Pass ``variables`` to start from existing parameters (transfer learning, converted weights),
-    ``dynamic_scale`` for float16 training (``precision.init_dynamic_scale("float16")``).
+    ``dynamic_scale`` for float16 training (``precision.init_dynamic_scale("float16")``),
+    ``ema=True`` to keep a weight EMA (starting at the initial weights) in ``state.ema``.
     """
     rng = jax.random.PRNGKey(seed)
     init_rng, state_rng = jax.random.split(rng)
@@ -111,4 +122,5 @@ def create_train_state(
         apply_fn=model.apply,
         tx=tx,
         dynamic_scale=dynamic_scale,
+        ema=ema_init(params, batch_stats) if ema else None,
     )
