@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from jaxcnn.train import losses
-from jaxcnn.train.metrics import add_sums, classification_sums, summarize, topk_correct
+from jaxcnn.train.metrics import classification_sums, summarize, topk_correct
+from jaxcnn.utils import tree_add
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -57,7 +58,7 @@ def test_sums_add_across_batches_and_summarize():
     whole = classification_sums(logits, labels)
     parts = None
     for i in range(0, 60, 20):
-        parts = add_sums(parts, classification_sums(logits[i : i + 20], labels[i : i + 20]))
+        parts = tree_add(parts, classification_sums(logits[i : i + 20], labels[i : i + 20]))
     chex.assert_trees_all_close(parts, whole, rtol=1e-5)
     names = tuple(f"c{i}" for i in range(10))
     out = summarize(parts, class_names=names)

@@ -1,7 +1,7 @@
 """Classification metrics as on-device sums: top-1, top-5, per-class accuracy and loss.
 
 :func:`classification_sums` returns sums, never means, so the results of batches add up
-(:func:`add_sums`, or ``jax.tree.map(jnp.add, ...)``) and a jitted step over a batch sharded
+(``jaxcnn.utils.tree_add``) and a jitted step over a batch sharded
 across devices sums over all of them; :func:`summarize` turns the totals into the numbers a
 ``metrics.json`` holds. Padded examples carry weight 0 and count nowhere.
 """
@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-__all__ = ["add_sums", "classification_sums", "summarize", "topk_correct"]
+__all__ = ["classification_sums", "summarize", "topk_correct"]
 
 
 def topk_correct(logits, labels, k: int):
@@ -52,11 +52,6 @@ def classification_sums(
         out["class_correct"] = correct @ onehot
         out["class_count"] = weights @ onehot
     return out
-
-
-def add_sums(a: dict | None, b: dict) -> dict:
-    """``a + b`` leaf by leaf (``a`` None: ``b``)."""
-    return b if a is None else jax.tree.map(jnp.add, a, b)
 
 
 def summarize(sums: dict, class_names: Sequence[str] | None = None) -> dict:

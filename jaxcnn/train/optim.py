@@ -13,9 +13,10 @@ from __future__ import annotations
 import re
 from typing import Any, Callable, Sequence
 
-import jax
 import numpy as np
 import optax
+
+from jaxcnn.utils.tree import map_with_path
 
 __all__ = [
     "NO_DECAY_NAMES",
@@ -83,10 +84,6 @@ def learning_rate_at(learning_rate, step) -> float | np.ndarray:
     return float(learning_rate) if np.ndim(step) == 0 else np.full(np.shape(step), learning_rate)
 
 
-def _path_str(path) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
-
-
 def weight_decay_mask(
     params,
     *,
@@ -102,13 +99,12 @@ def weight_decay_mask(
     names = set(no_decay_names)
 
     def rule(path, leaf):
-        p = _path_str(path)
-        name = p.rsplit("/", 1)[-1]
+        name = path.rsplit("/", 1)[-1]
         if len(getattr(leaf, "shape", ())) < min_ndim or name in names:
             return False
-        return not any(r.search(p) for r in patterns)
+        return not any(r.search(path) for r in patterns)
 
-    return jax.tree_util.tree_map_with_path(rule, params)
+    return map_with_path(rule, params)
 
 
 def make_optimizer(
