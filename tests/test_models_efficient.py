@@ -182,15 +182,16 @@ def test_stochastic_depth_uses_dropout_stream_and_is_off_in_eval(build, with_bn)
 
 
 def test_stochastic_depth_schedules():
-    from jaxcnn.layers.inverted_residual import drop_path_schedule
-    from jaxcnn.models.convnext import drop_path_rates
+    from jaxcnn.layers import drop_path_schedule
 
     # torchvision EfficientNet: rate * block_id / total_blocks (last block below the rate)
     sched = drop_path_schedule(0.2, (1, 2, 2))
     assert [len(s) for s in sched] == [1, 2, 2]
     np.testing.assert_allclose(sum(sched, ()), [0.0, 0.04, 0.08, 0.12, 0.16])
     # torchvision ConvNeXt / Swin: rate * block_id / (total - 1) (last block at the rate)
-    np.testing.assert_allclose(drop_path_rates((2, 3), 0.4), [0.0, 0.1, 0.2, 0.3, 0.4])
+    convnext = drop_path_schedule(0.4, (2, 3), endpoint=True)
+    assert [len(s) for s in convnext] == [2, 3]
+    np.testing.assert_allclose(sum(convnext, ()), [0.0, 0.1, 0.2, 0.3, 0.4])
     assert models.create_model("convnext_tiny").drop_path_rate == 0.1
     assert models.create_model("efficientnet_b0").drop_path_rate == 0.2
     assert models.create_model("mobilenet_v2").drop_path_rate == 0.0  # torchvision has none

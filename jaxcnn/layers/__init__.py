@@ -1,6 +1,6 @@
 """Building blocks shared by the model families."""
 
-from jaxcnn.layers.blocks import DropPath, Mlp, SqueezeExcite, make_divisible
+from jaxcnn.layers.blocks import DropPath, Mlp, SqueezeExcite, drop_path_schedule, make_divisible
 from jaxcnn.layers.checks import check_image
 from jaxcnn.layers.conv import (
     ConvBNAct,
@@ -39,6 +39,7 @@ __all__ = [
     "conv2d",
     "conv_output_size",
     "depthwise_conv",
+    "drop_path_schedule",
     "global_avg_pool",
     "global_max_pool",
     "make_divisible",

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-__all__ = ["SqueezeExcite", "DropPath", "Mlp", "make_divisible"]
+__all__ = ["SqueezeExcite", "DropPath", "Mlp", "drop_path_schedule", "make_divisible"]
 
 
 def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> int:
@@ -18,6 +18,29 @@ def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> 
     if new_v < 0.9 * v:
         new_v += divisor
     return new_v
+
+
+def drop_path_schedule(
+    rate: float, depths: Sequence[int], *, endpoint: bool = False
+) -> tuple[tuple[float, ...], ...]:
+    """Per-stage, per-block stochastic-depth rates, linear in the block index ``i`` over all
+    ``total = sum(depths)`` blocks; one tuple per stage. The first block gets 0.
+
+    - ``endpoint=False``: ``rate * i / total`` (the last block below ``rate``), as torchvision's
+      EfficientNet and MobileNets compute it;
+    - ``endpoint=True``: ``rate * i / (total - 1)`` (the last block at ``rate``), as
+      torchvision's ConvNeXt, Swin and ViT (and timm) compute it.
+
+    >>> drop_path_schedule(0.5, (2, 3), endpoint=True)
+    ((0.0, 0.125), (0.25, 0.375, 0.5))
+    """
+    total = sum(depths)
+    denom = max(total - 1, 1) if endpoint else total
+    out, i = [], 0
+    for d in depths:
+        out.append(tuple(rate * (i + j) / denom for j in range(d)))
+        i += d
+    return tuple(out)
 
 
 class SqueezeExcite(nn.Module):

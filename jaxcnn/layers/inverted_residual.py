@@ -25,19 +25,7 @@ import jax.numpy as jnp
 from jaxcnn.layers.blocks import DropPath, SqueezeExcite
 from jaxcnn.layers.conv import ConvBNAct
 
-__all__ = ["InvertedResidual", "drop_path_schedule"]
-
-
-def drop_path_schedule(rate: float, depths) -> tuple[tuple[float, ...], ...]:
-    """Per-stage, per-block stochastic-depth rates growing linearly with the block index:
-    ``rate * i / total`` for the i-th block of ``total`` (the first block gets 0), exactly as
-    torchvision's EfficientNet computes them."""
-    total = sum(depths)
-    out, i = [], 0
-    for d in depths:
-        out.append(tuple(rate * (i + j) / total for j in range(d)))
-        i += d
-    return tuple(out)
+__all__ = ["InvertedResidual"]
 
 
 class InvertedResidual(nn.Module):

@@ -23,20 +23,14 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxcnn.layers import DropPath, check_image, conv2d
+from jaxcnn.layers import DropPath, check_image, conv2d, drop_path_schedule
 from jaxcnn.layers.attention import PatchEmbed
 from jaxcnn.models import register_model
 
-__all__ = ["ConvNeXt", "ConvNeXtBlock", "drop_path_rates"]
+__all__ = ["ConvNeXt", "ConvNeXtBlock"]
 
 _INIT = nn.initializers.truncated_normal(0.02)  # torchvision: trunc_normal_(std=0.02), bias 0
 _EPS = 1e-6
-
-
-def drop_path_rates(depths: Sequence[int], rate: float) -> list[float]:
-    """Per-block stochastic depth rates, linear from 0 to ``rate`` over all blocks."""
-    total = sum(depths)
-    return [rate * i / max(total - 1, 1) for i in range(total)]
 
 
 def _layer_norm(dtype, param_dtype, name):
@@ -123,19 +117,18 @@ class ConvNeXt(nn.Module):
         check_image(x, model=self.variant, channels=self.in_channels, min_size=32)
         common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         x = PatchEmbed(self.dims[0], 4, norm_eps=_EPS, kernel_init=_INIT, name="stem", **common)(x)
-        rates = drop_path_rates(self.depths, self.drop_path_rate)
-        feats, start = [], 0
-        for i, (depth, dim) in enumerate(zip(self.depths, self.dims)):
+        rates = drop_path_schedule(self.drop_path_rate, self.depths, endpoint=True)
+        feats = []
+        for i, dim in enumerate(self.dims):
             x = ConvNeXtStage(
                 dim,
-                tuple(rates[start : start + depth]),
+                rates[i],
                 downsample=i > 0,
                 layer_scale=self.layer_scale,
                 name=f"stage{i + 1}",
                 **common,
             )(x, train)
             feats.append(x)
-            start += depth
         if self.features_only:
             return feats
         x = jnp.mean(x, axis=(1, 2))

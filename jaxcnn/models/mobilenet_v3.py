@@ -26,7 +26,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxcnn.layers import ConvBNAct, check_image, make_divisible
-from jaxcnn.layers.inverted_residual import InvertedResidual, drop_path_schedule
+from jaxcnn.layers.blocks import drop_path_schedule
+from jaxcnn.layers.inverted_residual import InvertedResidual
 from jaxcnn.models import register_model
 
 _PAPER = (

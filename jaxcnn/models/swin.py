@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxcnn.layers import DropPath, Mlp, check_image
+from jaxcnn.layers import DropPath, Mlp, check_image, drop_path_schedule
 from jaxcnn.layers.attention import (
     MultiHeadSelfAttention,
     PatchEmbed,
@@ -35,7 +35,6 @@ from jaxcnn.layers.attention import (
     window_reverse,
 )
 from jaxcnn.models import register_model
-from jaxcnn.models.convnext import drop_path_rates
 
 __all__ = ["PatchMerging", "SwinBlock", "SwinTransformer", "window_attention_shift"]
 
@@ -194,12 +193,12 @@ class SwinTransformer(nn.Module):
         check_image(x, model=self.variant, channels=self.in_channels, min_size=32)
         common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         x = PatchEmbed(self.embed_dim, self.patch_size, norm_eps=_EPS, name="stem", **common)(x)
-        rates = drop_path_rates(self.depths, self.drop_path_rate)
-        feats, k = [], 0
-        for i, (depth, heads) in enumerate(zip(self.depths, self.num_heads)):
+        rates = drop_path_schedule(self.drop_path_rate, self.depths, endpoint=True)
+        feats = []
+        for i, heads in enumerate(self.num_heads):
             x = SwinStage(
                 heads,
-                tuple(rates[k : k + depth]),
+                rates[i],
                 i > 0,
                 self.window_size,
                 self.mlp_ratio,
@@ -209,7 +208,6 @@ class SwinTransformer(nn.Module):
                 **common,
             )(x, train)
             feats.append(x)
-            k += depth
         if self.features_only:
             return feats
         x = nn.LayerNorm(_EPS, use_fast_variance=False, name="norm", **common)(x)

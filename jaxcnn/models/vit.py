@@ -32,7 +32,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxcnn.layers import DropPath, Mlp, check_image, conv2d, pair
+from jaxcnn.layers import DropPath, Mlp, check_image, conv2d, drop_path_schedule, pair
 from jaxcnn.layers.attention import MultiHeadSelfAttention
 from jaxcnn.models import register_model
 
@@ -170,8 +170,8 @@ class VisionTransformer(nn.Module):
             "pos_embed", nn.initializers.normal(0.02), (1, 1 + gh * gw, d), self.param_dtype
         )
         x = nn.Dropout(self.dropout)(x + pos.astype(x.dtype), deterministic=not train)
-        for i in range(self.depth):
-            dp = self.drop_path_rate * i / max(self.depth - 1, 1)
+        (rates,) = drop_path_schedule(self.drop_path_rate, (self.depth,), endpoint=True)
+        for i, dp in enumerate(rates):
             x = EncoderBlock(
                 self.num_heads,
                 self.mlp_dim,
