@@ -202,13 +202,11 @@ def jax_resnet_step(batch, impl):
     import numpy as np
     import optax
 
-    from jaxcnn.layers import fast_conv
     from jaxcnn.models import create_model
     from jaxcnn.train.state import create_train_state
     from jaxcnn.train.steps import make_train_step
 
-    fast_conv.set_conv_impl(impl)  # read when the model is traced (here: first call of step)
-    model = create_model("resnet18_cifar", num_classes=10, in_channels=1)
+    model = create_model("resnet18_cifar", num_classes=10, in_channels=1, conv_impl=impl)
     state = create_train_state(model, optax.sgd(0.1, momentum=0.9), (batch, 32, 32, 1))
     rng = np.random.default_rng(0)
     data = {
@@ -227,8 +225,6 @@ def jax_resnet_step(batch, impl):
 
 
 def run_jax(args, configs, impls):
-    from jaxcnn.layers import fast_conv
-
     results = {}
     if not args.only_e2e:
         ops = {(c[0], i): jax_ops(c, i) for c in configs for i in impls}
@@ -245,7 +241,6 @@ def run_jax(args, configs, impls):
             results.setdefault(name, {})[f"{o}:{i}"] = statistics.median(v)
     if args.e2e or args.only_e2e:
         steps = {i: jax_resnet_step(args.e2e_batch, i) for i in impls}
-        fast_conv.set_conv_impl(None)
         samples = {i: [] for i in impls}
         for _ in range(args.e2e_repeats):
             for i in impls:

@@ -1,5 +1,7 @@
 """jaxcnn.layers.fast_conv: same values and gradients as lax.conv_general_dilated, switchable."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,12 +12,6 @@ from jaxcnn.layers import ConvTranspose2d, conv2d, depthwise_conv
 from jaxcnn.layers import fast_conv as fc
 
 DN = fc.NHWC_DN
-
-
-@pytest.fixture(autouse=True)
-def _reset_impl():
-    yield
-    fc.set_conv_impl(None)
 
 
 def _rel(a, b):
@@ -118,58 +114,79 @@ def _all_eqns(jaxpr):
                     yield from _all_eqns(getattr(inner, "jaxpr", inner))
 
 
-def test_fast_path_is_taken_and_switch_works(monkeypatch):
-    # fresh functions per check: jax caches traces per function object, so the impl is read
-    # when a function is first traced (as documented: re-jit after switching)
+def test_fast_path_is_taken_and_the_impl_is_explicit():
     x = jnp.ones((2, 8, 8, 4))
     w = jnp.ones((3, 3, 1, 4))
     wt = jnp.ones((2, 2, 4, 3))
 
-    def depthwise():
+    def depthwise(impl):
         return lambda x, w: fc.conv_general_dilated(
-            x, w, (1, 1), "SAME", dimension_numbers=DN, feature_group_count=4
+            x, w, (1, 1), "SAME", dimension_numbers=DN, feature_group_count=4, impl=impl
         )
 
-    def kernel_grad_transposed():
+    def kernel_grad_transposed(impl):
         return jax.grad(
             lambda w: fc.conv_general_dilated(
-                x, w, (1, 1), ((1, 1), (1, 1)), lhs_dilation=(2, 2), dimension_numbers=DN
+                x, w, (1, 1), ((1, 1), (1, 1)), lhs_dilation=(2, 2), dimension_numbers=DN, impl=impl
             ).sum()
         )
 
-    assert "conv_general_dilated" not in _primitives(depthwise(), x, w)
-    assert "dot_general" in _primitives(kernel_grad_transposed(), wt)
-    fc.set_conv_impl("xla")
-    assert fc.get_conv_impl() == "xla"
-    assert "conv_general_dilated" in _primitives(depthwise(), x, w)
-    assert "dot_general" not in _primitives(kernel_grad_transposed(), wt)
-    fc.set_conv_impl(None)
-    monkeypatch.setenv("JAXCNN_CONV_IMPL", "xla")
-    assert fc.get_conv_impl() == "xla"
-    monkeypatch.setenv("JAXCNN_CONV_IMPL", "fast")
-    assert fc.get_conv_impl() == "fast"
-    with pytest.raises(ValueError, match="conv impl"):
-        fc.set_conv_impl("cudnn")
-    monkeypatch.setenv("JAXCNN_CONV_IMPL", "bogus")
-    with pytest.raises(ValueError, match="JAXCNN_CONV_IMPL"):
-        fc.get_conv_impl()
+    assert "conv_general_dilated" not in _primitives(depthwise("fast"), x, w)
+    assert "dot_general" in _primitives(kernel_grad_transposed("fast"), wt)
+    assert "conv_general_dilated" in _primitives(depthwise("xla"), x, w)
+    assert "dot_general" not in _primitives(kernel_grad_transposed("xla"), wt)
+    with pytest.raises(ValueError, match="conv_impl must be one of"):
+        fc.get_conv_fn("cudnn")
+
+
+def test_model_conv_impl_is_a_field_that_jit_sees():
+    """The model's field decides, and a jitted function never serves one impl's trace to the
+    other: the module is part of the cache key (as in a TrainState's apply_fn)."""
+    from jaxcnn import models
+
+    x = jnp.ones((1, 32, 32, 3))
+    fast = models.create_model("mobilenet_v2", num_classes=4, small_input=True)
+    xla = fast.clone(conv_impl="xla")
+    assert fast.conv_impl == "fast" and xla.conv_impl == "xla"
+    v = fast.init(jax.random.key(0), x)
+    traces = []
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def forward(model, v, x):
+        traces.append(model.conv_impl)
+        return model.apply(v, x)
+
+    def depthwise_convs(m):  # convolutions with one input channel per group
+        jaxpr = jax.make_jaxpr(lambda v, x: m.apply(v, x))(v, x).jaxpr
+        return sum(
+            e.primitive.name == "conv_general_dilated" and e.params["feature_group_count"] > 1
+            for e in _all_eqns(jaxpr)
+        )
+
+    # MobileNet v2's 17 depthwise convs: shifted multiplies on the fast path, convolutions on xla
+    assert depthwise_convs(fast) == 0 and depthwise_convs(xla) == 17
+    np.testing.assert_allclose(forward(fast, v, x), forward(xla, v, x), rtol=1e-4, atol=1e-5)
+    assert traces == ["fast", "xla"]  # one trace each: the second call was not a cache hit
+    with pytest.raises(ValueError, match="conv_impl must be one of"):
+        models.create_model("resnet18", conv_impl="cudnn")
 
 
 @pytest.mark.parametrize(
     "make",
     [
-        lambda: conv2d(6, 3, 2, dilation=1),
-        lambda: depthwise_conv(8, 3, 2),
-        lambda: ConvTranspose2d(5, 4, 2, 1),
-        lambda: ConvTranspose2d(5, 3, 2, 1, output_padding=1, dilation=2, use_bias=False),
+        lambda impl: conv2d(6, 3, 2, dilation=1, conv_impl=impl),
+        lambda impl: depthwise_conv(8, 3, 2, conv_impl=impl),
+        lambda impl: ConvTranspose2d(5, 4, 2, 1, conv_impl=impl),
+        lambda impl: ConvTranspose2d(
+            5, 3, 2, 1, output_padding=1, dilation=2, use_bias=False, conv_impl=impl
+        ),
     ],
 )
 def test_layers_same_params_values_grads_both_impls(make):
-    m = make()
     x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 6, 7, 8), np.float32))
     out = {}
     for impl in ("xla", "fast"):
-        fc.set_conv_impl(impl)
+        m = make(impl)
         v = jax.jit(m.init)(jax.random.PRNGKey(0), x)
         loss = lambda v, x: (m.apply(v, x) ** 2).sum()  # noqa: E731
         out[impl] = (v,) + jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(v, x)

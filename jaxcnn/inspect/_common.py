@@ -3,7 +3,6 @@ variables, and recording every module call with ``flax.linen.intercept_methods``
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from typing import Any, Sequence
 
@@ -27,22 +26,14 @@ __all__ = [
 ]
 
 
-@contextlib.contextmanager
-def xla_convs():
-    """Trace convolutions as plain ``lax.conv_general_dilated`` (``jaxcnn.layers.fast_conv``'s
-    "xla" implementation), so that the receptive-field walk sees one convolution primitive per
-    conv (the "fast" path computes depthwise convs as sums of shifted slices)."""
-    try:
-        from jaxcnn.layers import fast_conv
-    except ImportError:  # an older jaxcnn without selectable conv implementations
-        yield
-        return
-    old = fast_conv._impl[0]
-    fast_conv.set_conv_impl("xla")
-    try:
-        yield
-    finally:
-        fast_conv._impl[0] = old
+def xla_convs(model: nn.Module) -> nn.Module:
+    """``model`` computing its convolutions as plain ``lax.conv_general_dilated``
+    (``conv_impl="xla"``, a field of every jaxcnn model), so that the receptive-field walk sees
+    one convolution primitive per conv (the "fast" path computes depthwise convs as sums of
+    shifted slices). A module without the field is returned as it is."""
+    if "conv_impl" in {f.name for f in dataclasses.fields(model)}:
+        return model.clone(conv_impl="xla")
+    return model
 
 
 def fmt_int(n) -> str:

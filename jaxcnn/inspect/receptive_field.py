@@ -174,6 +174,7 @@ class ReceptiveFields:
 def trace_forward(model: nn.Module, input_shape, variables=None, **kwargs):
     """``(closed_jaxpr, variables_treedef, module_calls)`` of the eval forward pass, with each
     module's output tagged ``jaxcnn_rf:<index>`` (identity ``name`` equations)."""
+    model = xla_convs(model)
     if variables is None:
         variables = abstract_init(model, input_shape, **kwargs)
     calls: dict[int, tuple] = {}
@@ -195,8 +196,7 @@ def trace_forward(model: nn.Module, input_shape, variables=None, **kwargs):
             return model.apply(v, x, train=False, **kwargs)
 
     x = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
-    with xla_convs():
-        closed = jax.make_jaxpr(fwd)(variables, x)
+    closed = jax.make_jaxpr(fwd)(variables, x)
     return closed, jax.tree.structure(variables), calls
 
 

@@ -3,6 +3,7 @@
 from jaxcnn.layers.blocks import DropPath, Mlp, SqueezeExcite, drop_path_schedule, make_divisible
 from jaxcnn.layers.checks import check_image
 from jaxcnn.layers.conv import (
+    Conv,
     ConvBNAct,
     ConvTranspose2d,
     DepthwiseSeparableConv,
@@ -25,6 +26,7 @@ from jaxcnn.layers.pooling import (
 from jaxcnn.layers.sizes import conv_output_size, pool_output_size, transposed_output_size
 
 __all__ = [
+    "Conv",
     "ConvBNAct",
     "ConvTranspose2d",
     "DepthwiseSeparableConv",

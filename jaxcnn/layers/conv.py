@@ -5,14 +5,17 @@ Padding follows PyTorch where an integer is given (``p`` pads ``p`` on every sid
 torchvision architectures and their weights carry over exactly; ``"SAME"``/``"VALID"`` follow
 TensorFlow/Keras. ``None`` means "keep the size at stride 1": ``dilation * (k - 1) // 2``.
 
-How the convolutions are computed is chosen by ``jaxcnn.layers.fast_conv.set_conv_impl``
-(``"fast"``, the default: depthwise convs as shifted multiplies, kernel gradients as per-tap
-matmuls, several times to 100x faster on CPU; ``"xla"``: plain ``lax.conv_general_dilated``) or
-the environment variable ``JAXCNN_CONV_IMPL``. Parameters and results are the same either way.
+How the convolutions are computed is a field, ``conv_impl``: ``"fast"`` (the default: depthwise
+convs as shifted multiplies, kernel gradients as per-tap matmuls, several times to 100x faster on
+CPU) or ``"xla"`` (plain ``lax.conv_general_dilated``). A layer uses its own ``conv_impl`` when
+set, else that of the nearest enclosing module that has one (every jaxcnn model has the field:
+``create_model(name, conv_impl="xla")``); see ``jaxcnn.layers.fast_conv``. Parameters and results
+are the same either way.
 """
 
 from __future__ import annotations
 
+import contextvars
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -20,7 +23,7 @@ import jax.numpy as jnp
 from flax.linen.dtypes import promote_dtype
 
 from jaxcnn.layers import fast_conv
-from jaxcnn.layers.fast_conv import get_conv_impl, set_conv_impl
+from jaxcnn.layers.fast_conv import conv_impl_of
 
 Dtype = Any
 IntOr2 = int | Sequence[int]
@@ -28,6 +31,7 @@ IntOr2 = int | Sequence[int]
 __all__ = [
     "pair",
     "torch_padding",
+    "Conv",
     "conv2d",
     "pointwise_conv",
     "depthwise_conv",
@@ -35,8 +39,6 @@ __all__ = [
     "ConvTranspose2d",
     "ConvBNAct",
     "batch_norm",
-    "set_conv_impl",
-    "get_conv_impl",
 ]
 
 
@@ -70,6 +72,31 @@ def torch_padding(padding, kernel_size: IntOr2, dilation: IntOr2 = 1):
     return tuple(tuple(p) for p in padding)
 
 
+# The convolution function of the Conv being called: set by Conv.__call__ for the length of the
+# call (from the module's conv_impl), read by flax's Conv code through _conv_of_current_call.
+_CURRENT_CONV: contextvars.ContextVar[Callable] = contextvars.ContextVar("jaxcnn_current_conv")
+
+
+def _conv_of_current_call(*args, **kwargs):
+    return _CURRENT_CONV.get()(*args, **kwargs)
+
+
+class Conv(nn.Conv):
+    """``flax.linen.Conv`` (same fields and parameters) computed by jaxcnn's chosen
+    implementation: ``conv_impl`` when set, else the ``conv_impl`` of the nearest enclosing
+    module that has one (a jaxcnn model's field), else ``"fast"``."""
+
+    conv_impl: str | None = None
+
+    @nn.compact
+    def __call__(self, inputs):
+        token = _CURRENT_CONV.set(fast_conv.get_conv_fn(conv_impl_of(self)))
+        try:
+            return nn.Conv.__call__.__wrapped__(self, inputs)  # flax's own code
+        finally:
+            _CURRENT_CONV.reset(token)
+
+
 def conv2d(
     features: int,
     kernel_size: IntOr2 = 3,
@@ -82,14 +109,18 @@ def conv2d(
     param_dtype: Dtype = jnp.float32,
     kernel_init: Callable | None = None,
     name: str | None = None,
-) -> nn.Conv:
+    conv_impl: str | None = None,
+) -> Conv:
     """A 2-D convolution with PyTorch-style arguments (NHWC data, HWIO kernel).
 
     ``groups > 1`` gives a grouped convolution (``groups == in_channels``: depthwise).
-    The convolution goes through ``fast_conv.conv_general_dilated`` (see the module docstring).
+    ``conv_impl`` (``"fast"``/``"xla"``; default: the enclosing model's) picks how it is
+    computed (see the module docstring).
     """
     kw = {} if kernel_init is None else {"kernel_init": kernel_init}
-    return nn.Conv(
+    if conv_impl is not None:
+        fast_conv.check_conv_impl(conv_impl)
+    return Conv(
         features,
         kernel_size=pair(kernel_size),
         strides=pair(stride),
@@ -100,12 +131,13 @@ def conv2d(
         dtype=dtype,
         param_dtype=param_dtype,
         name=name,
-        conv_general_dilated=fast_conv.conv_general_dilated,
+        conv_general_dilated=_conv_of_current_call,
+        conv_impl=conv_impl,
         **kw,
     )
 
 
-def pointwise_conv(features: int, use_bias: bool = True, **kwargs) -> nn.Conv:
+def pointwise_conv(features: int, use_bias: bool = True, **kwargs) -> Conv:
     """1x1 convolution: mixes channels at every pixel (``Cin*Cout (+Cout)`` parameters)."""
     return conv2d(features, kernel_size=1, padding=0, use_bias=use_bias, **kwargs)
 
@@ -118,7 +150,7 @@ def depthwise_conv(
     dilation: IntOr2 = 1,
     use_bias: bool = False,
     **kwargs,
-) -> nn.Conv:
+) -> Conv:
     """Depthwise convolution: one ``k x k`` filter per input channel (``groups == channels``)."""
     return conv2d(
         channels,
@@ -198,6 +230,7 @@ class ConvTranspose2d(nn.Module):
     dtype: Dtype = None
     param_dtype: Dtype = jnp.float32
     kernel_init: Callable = nn.initializers.lecun_normal()
+    conv_impl: str | None = None  # None: the enclosing model's (see the module docstring)
 
     @nn.compact
     def __call__(self, x):
@@ -223,14 +256,15 @@ class ConvTranspose2d(nn.Module):
 
 class _ConvTranspose(nn.ConvTranspose):
     """``nn.ConvTranspose`` (same fields, parameters ``kernel``/``bias``) computed through
-    ``fast_conv`` when the conv impl is ``"fast"`` (its kernel gradient is then ~40x faster on
+    ``fast_conv`` when the conv_impl is ``"fast"`` (its kernel gradient is then ~40x faster on
     CPU); explicit padding, one batch axis and ``transpose_kernel=False`` only, as
     :class:`ConvTranspose2d` uses it."""
 
     @nn.compact
     def __call__(self, inputs):
+        impl = conv_impl_of(self)
         if (
-            get_conv_impl() != "fast"
+            impl != "fast"
             or self.transpose_kernel
             or self.mask is not None
             or isinstance(self.padding, str)
@@ -257,6 +291,7 @@ class _ConvTranspose(nn.ConvTranspose):
             dimension_numbers=fast_conv.NHWC_DN,
             precision=self.precision,
             preferred_element_type=self.preferred_element_type,
+            impl=impl,
         )
         return y if bias is None else y + bias.reshape((1,) * (y.ndim - 1) + (-1,))
 

@@ -19,26 +19,33 @@ the same values another way:
 The values agree with ``lax.conv_general_dilated`` to float32 rounding (summation order differs);
 ``tests/test_fast_conv.py`` checks values and both gradients over a sweep of configurations.
 
-Choose the implementation with :func:`set_conv_impl` (``"fast"``, the default, or ``"xla"``) or
-the environment variable ``JAXCNN_CONV_IMPL``; it is read when a model is traced, so re-jit after
-changing it. Forward-mode differentiation (``jax.jvp``/``jacfwd``) of a dense convolution is not
-available on the fast path (it uses ``jax.custom_vjp``); use ``set_conv_impl("xla")`` for that.
+The implementation is chosen explicitly, by a field of the model: every jaxcnn model has
+``conv_impl`` (``"fast"``, the default, or ``"xla"``: ``create_model(name, conv_impl="xla")``),
+and every conv layer of ``jaxcnn.layers`` uses the ``conv_impl`` of the nearest enclosing module
+that has one (:func:`conv_impl_of`), or its own ``impl`` field when that is set. Because the
+choice is a field of the module, it is part of what ``jax.jit`` sees (the module's hash, the
+``apply_fn`` of a train state): a model with another ``conv_impl`` is traced anew, never served
+from a cache built for the other one. Nothing reads a global or an environment variable.
+
+Forward-mode differentiation (``jax.jvp``/``jacfwd``) of a dense convolution is not available on
+the fast path (it uses ``jax.custom_vjp``); use ``conv_impl="xla"`` for that.
 """
 
 from __future__ import annotations
 
 import functools
-import os
-from typing import Sequence
+from typing import Any, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 __all__ = [
+    "CONV_IMPLS",
     "NHWC_DN",
-    "set_conv_impl",
-    "get_conv_impl",
+    "check_conv_impl",
+    "conv_impl_of",
     "get_conv_fn",
     "conv_general_dilated",
     "depthwise_conv_shifted",
@@ -46,30 +53,31 @@ __all__ = [
 ]
 
 NHWC_DN = ("NHWC", "HWIO", "NHWC")
-_IMPLS = ("fast", "xla")
-_impl: list[str | None] = [None]
+CONV_IMPLS = ("fast", "xla")
 
 
-def set_conv_impl(impl: str | None) -> None:
-    """``"fast"`` (default) or ``"xla"``; ``None`` returns to the ``JAXCNN_CONV_IMPL`` default."""
-    if impl is not None and impl not in _IMPLS:
-        raise ValueError(f"conv impl must be one of {_IMPLS} (or None), got {impl!r}")
-    _impl[0] = impl
-
-
-def get_conv_impl() -> str:
-    impl = _impl[0] or os.environ.get("JAXCNN_CONV_IMPL", "fast").strip().lower() or "fast"
-    if impl not in _IMPLS:
-        raise ValueError(f"JAXCNN_CONV_IMPL must be one of {_IMPLS}, got {impl!r}")
+def check_conv_impl(impl: Any) -> str:
+    """``impl`` if it is one of :data:`CONV_IMPLS`, else ``ValueError`` naming them."""
+    if impl not in CONV_IMPLS:
+        raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {impl!r}")
     return impl
 
 
-def get_conv_fn(impl: str | None = None):
-    """The ``lax.conv_general_dilated``-compatible function for ``impl`` (default: the current)."""
-    impl = impl or get_conv_impl()
-    if impl not in _IMPLS:
-        raise ValueError(f"conv impl must be one of {_IMPLS}, got {impl!r}")
-    return _fast_conv if impl == "fast" else lax.conv_general_dilated
+def conv_impl_of(module: Any) -> str:
+    """The ``conv_impl`` of ``module`` or of its nearest enclosing module that has one
+    (a jaxcnn model's field); ``"fast"`` when none has."""
+    m = module
+    while isinstance(m, nn.Module):
+        impl = getattr(m, "conv_impl", None)
+        if impl is not None:
+            return check_conv_impl(impl)
+        m = m.parent
+    return "fast"
+
+
+def get_conv_fn(impl: str = "fast"):
+    """The ``lax.conv_general_dilated``-compatible function for ``impl`` (``"fast"``/``"xla"``)."""
+    return _fast_conv if check_conv_impl(impl) == "fast" else lax.conv_general_dilated
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -282,10 +290,12 @@ def conv_general_dilated(
     batch_group_count=1,
     precision=None,
     preferred_element_type=None,
+    *,
+    impl: str = "fast",
 ):
-    """``lax.conv_general_dilated`` through the implementation chosen by :func:`set_conv_impl`
-    (read at trace time). ``flax.linen.Conv(conv_general_dilated=...)`` takes this."""
-    return get_conv_fn()(
+    """``lax.conv_general_dilated`` computed by the implementation ``impl`` (``"fast"`` or
+    ``"xla"``); same arguments and result."""
+    return get_conv_fn(impl)(
         lhs,
         rhs,
         window_strides,

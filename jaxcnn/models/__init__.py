@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 
+from jaxcnn.layers.fast_conv import check_conv_impl
 from jaxcnn.utils import tree as _tree
 
 __all__ = [
@@ -148,9 +149,14 @@ def model_info(name: str) -> ModelInfo:
 def create_model(name: str, **kwargs: Any) -> nn.Module:
     """Build the registered model ``name``; keyword arguments go to its constructor.
 
+    Every model takes ``conv_impl``: ``"fast"`` (default) or ``"xla"``, how its convolutions
+    are computed (``jaxcnn.layers.fast_conv``).
+
     >>> model = create_model("lenet5", num_classes=10)
     """
     fn, info = _lookup(name)
+    if "conv_impl" in kwargs:
+        check_conv_impl(kwargs["conv_impl"])
     if "num_classes" in kwargs:
         n = kwargs["num_classes"]
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:

@@ -111,6 +111,7 @@ class ConvNeXt(nn.Module):
     dtype: Any = None
     param_dtype: Any = jnp.float32
     variant: str = "convnext"
+    conv_impl: str = "fast"  # "xla": plain lax convolutions (jaxcnn.layers.fast_conv)
 
     @nn.compact
     def __call__(self, x, train: bool = False):

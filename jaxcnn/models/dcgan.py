@@ -82,6 +82,7 @@ class DCGANGenerator(nn.Module):
     dtype: Any = None
     param_dtype: Any = jnp.float32
     variant: str = "dcgan_generator"
+    conv_impl: str = "fast"  # "xla": plain lax convolutions (jaxcnn.layers.fast_conv)
 
     @nn.compact
     def __call__(self, z, train: bool = False):
@@ -208,6 +209,7 @@ class DCGANDiscriminator(nn.Module):
     dtype: Any = None
     param_dtype: Any = jnp.float32
     variant: str = "dcgan_discriminator"
+    conv_impl: str = "fast"  # "xla": plain lax convolutions (jaxcnn.layers.fast_conv)
 
     @nn.compact
     def __call__(self, x, train: bool = False):

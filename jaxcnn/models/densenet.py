@@ -141,6 +141,7 @@ class DenseNet(nn.Module):
     dtype: Any = None
     param_dtype: Any = jnp.float32
     variant: str = "densenet"
+    conv_impl: str = "fast"  # "xla": plain lax convolutions (jaxcnn.layers.fast_conv)
 
     @nn.compact
     def __call__(self, x, train: bool = False):

@@ -111,6 +111,7 @@ class EfficientNet(nn.Module):
     dtype: Any = None
     param_dtype: Any = jnp.float32
     variant: str = "efficientnet_b0"
+    conv_impl: str = "fast"  # "xla": plain lax convolutions (jaxcnn.layers.fast_conv)
 
     @nn.compact
     def __call__(self, x, train: bool = False):

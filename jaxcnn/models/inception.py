@@ -204,6 +204,7 @@ class InceptionV3(nn.Module):
     features_only: bool = False
     dtype: Any = None
     param_dtype: Any = jnp.float32
+    conv_impl: str = "fast"  # "xla": plain lax convolutions (jaxcnn.layers.fast_conv)
 
     @nn.compact
     def __call__(self, x, train: bool = False):

@@ -40,6 +40,7 @@ class LeNet5(nn.Module):
     dtype: Any = None
     param_dtype: Any = jnp.float32
     variant: str = "lenet5"
+    conv_impl: str = "fast"  # "xla": plain lax convolutions (jaxcnn.layers.fast_conv)
 
     @nn.compact
     def __call__(self, x, train: bool = False):

@@ -123,6 +123,7 @@ class MobileNetV1(nn.Module):
     dtype: Any = None
     param_dtype: Any = jnp.float32
     variant: str = "mobilenet_v1"
+    conv_impl: str = "fast"  # "xla": plain lax convolutions (jaxcnn.layers.fast_conv)
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -194,6 +195,7 @@ class MobileNetV2(nn.Module):
     dtype: Any = None
     param_dtype: Any = jnp.float32
     variant: str = "mobilenet_v2"
+    conv_impl: str = "fast"  # "xla": plain lax convolutions (jaxcnn.layers.fast_conv)
 
     @nn.compact
     def __call__(self, x, train: bool = False):

@@ -120,6 +120,7 @@ class MobileNetV3(nn.Module):
     dtype: Any = None
     param_dtype: Any = jnp.float32
     variant: str = "mobilenet_v3_large"
+    conv_impl: str = "fast"  # "xla": plain lax convolutions (jaxcnn.layers.fast_conv)
 
     @nn.compact
     def __call__(self, x, train: bool = False):

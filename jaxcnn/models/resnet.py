@@ -155,6 +155,7 @@ class ResNet(nn.Module):
     dtype: Any = None
     param_dtype: Any = jnp.float32
     variant: str = "resnet"
+    conv_impl: str = "fast"  # "xla": plain lax convolutions (jaxcnn.layers.fast_conv)
 
     @nn.compact
     def __call__(self, x, train: bool = False):

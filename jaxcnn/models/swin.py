@@ -187,6 +187,7 @@ class SwinTransformer(nn.Module):
     dtype: Any = None
     param_dtype: Any = jnp.float32
     variant: str = "swin"
+    conv_impl: str = "fast"  # "xla": plain lax convolutions (jaxcnn.layers.fast_conv)
 
     @nn.compact
     def __call__(self, x, train: bool = False):

@@ -151,6 +151,7 @@ class UNet(nn.Module):
     dtype: Any = None
     param_dtype: Any = jnp.float32
     variant: str = "unet"
+    conv_impl: str = "fast"  # "xla": plain lax convolutions (jaxcnn.layers.fast_conv)
 
     def min_size(self) -> int:
         return 2**self.depth if self.padding == "same" else valid_min_size(self.depth)

@@ -77,6 +77,7 @@ class VGG(nn.Module):
     dtype: Any = None
     param_dtype: Any = jnp.float32
     variant: str = "vgg"
+    conv_impl: str = "fast"  # "xla": plain lax convolutions (jaxcnn.layers.fast_conv)
 
     @nn.compact
     def __call__(self, x, train: bool = False):

@@ -133,6 +133,7 @@ class VisionTransformer(nn.Module):
     dtype: Any = None
     param_dtype: Any = jnp.float32
     variant: str = "vit"
+    conv_impl: str = "fast"  # "xla": plain lax convolutions (jaxcnn.layers.fast_conv)
 
     def grid(self) -> tuple[int, int]:
         """Patches per side, ``(H // p, W // p)``, for ``img_size``."""

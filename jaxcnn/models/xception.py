@@ -177,6 +177,7 @@ class Xception(nn.Module):
     dtype: Any = None
     param_dtype: Any = jnp.float32
     variant: str = "xception"
+    conv_impl: str = "fast"  # "xla": plain lax convolutions (jaxcnn.layers.fast_conv)
 
     @nn.compact
     def __call__(self, x, train: bool = False):
