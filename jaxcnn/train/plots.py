@@ -1,20 +1,33 @@
-"""Learning curves and confusion matrices as PNG (matplotlib, Agg backend)."""
+"""Learning curves and confusion matrices as PNG.
+
+Drawn on ``matplotlib.figure.Figure`` (the Agg canvas) without pyplot: nothing global changes,
+neither at import (matplotlib is imported only when a plot is drawn) nor while drawing (no
+backend switch, no pyplot figure registry), so importing ``jaxcnn.train`` leaves a user's
+matplotlib set-up alone. matplotlib is in the ``plots`` extra.
+"""
 
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
 
 __all__ = ["plot_history", "plot_confusion"]
+
+
+def _figure(figsize):
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise ImportError(
+            "plots need matplotlib: pip install 'jaxcnn[plots]' (or pip install matplotlib)"
+        ) from e
+    return Figure(figsize=figsize)
 
 
 def plot_history(history: list[dict], path) -> None:
     """Loss and accuracy per epoch, train vs test."""
     ep = [h["epoch"] for h in history]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig = _figure((10, 4))
+    axes = fig.subplots(1, 2)
     for ax, key in zip(axes, ("loss", "accuracy")):
         ax.plot(ep, [h[f"train_{key}"] for h in history], "o-", label="train")
         if "test_" + key in history[0]:
@@ -25,7 +38,6 @@ def plot_history(history: list[dict], path) -> None:
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def plot_confusion(cm: np.ndarray, path, class_names=None, title: str = "") -> None:
@@ -33,7 +45,8 @@ def plot_confusion(cm: np.ndarray, path, class_names=None, title: str = "") -> N
     cm = np.asarray(cm)
     n = cm.shape[0]
     names = list(class_names) if class_names else [str(i) for i in range(n)]
-    fig, ax = plt.subplots(figsize=(1 + 0.5 * n, 1 + 0.5 * n))
+    fig = _figure((1 + 0.5 * n, 1 + 0.5 * n))
+    ax = fig.subplots()
     ax.imshow(cm, cmap="Blues")
     if n <= 30:
         thresh = cm.max() / 2 if cm.size else 0
@@ -55,4 +68,3 @@ def plot_confusion(cm: np.ndarray, path, class_names=None, title: str = "") -> N
     ax.set_title(title or "confusion matrix")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
