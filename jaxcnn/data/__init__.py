@@ -8,6 +8,14 @@ The whole-array helpers of the old loops (``load_dataset``, ``preprocess``, ``sp
 """
 
 from jaxcnn.data.idx import load_idx_folder, open_idx, read_idx
+from jaxcnn.data.iterators import (
+    EvalIterator,
+    TrainIterator,
+    eval_iterator,
+    num_eval_batches,
+    steps_per_epoch,
+    train_iterator,
+)
 from jaxcnn.data.legacy import Dataset, load_dataset
 from jaxcnn.data.pipeline import (
     augment_batch,
@@ -27,8 +35,26 @@ from jaxcnn.data.sources import (
     default_mnist_dir,
 )
 from jaxcnn.data.splits import Splits, load_splits, stratified_holdout
+from jaxcnn.data.transforms import (
+    CONFIG_DEFAULTS,
+    Preprocess,
+    imagenet_eval,
+    preprocess_from_config,
+    splits_from_config,
+)
 
 __all__ = [
+    "CONFIG_DEFAULTS",
+    "EvalIterator",
+    "Preprocess",
+    "TrainIterator",
+    "eval_iterator",
+    "imagenet_eval",
+    "num_eval_batches",
+    "preprocess_from_config",
+    "splits_from_config",
+    "steps_per_epoch",
+    "train_iterator",
     "ArraySource",
     "Dataset",
     "FolderSource",
