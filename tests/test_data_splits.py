@@ -88,7 +88,7 @@ def test_mnist_bundled_is_the_real_test_set_with_the_established_split(monkeypat
     assert "jaxcnn/data/assets/mnist" in s.provenance["test"]  # no machine path
 
 
-def test_idx_folder_published_split_memmap_and_pickle(tmp_path):
+def test_idx_folder_published_split_read_from_disk_and_pickle(tmp_path):
     import pickle
 
     rng = np.random.default_rng(0)
@@ -101,7 +101,8 @@ def test_idx_folder_published_split_memmap_and_pickle(tmp_path):
     np.testing.assert_array_equal(s.test.ids, np.arange(50, 62))
     assert_disjoint(s)
     base = s.train.source
-    assert isinstance(base, data.IdxSource) and isinstance(base.images, np.memmap)
+    assert isinstance(base, data.IdxSource) and not isinstance(base.images, np.ndarray)
+    assert isinstance(data.open_idx(tmp_path / "train-images-idx3-ubyte"), np.memmap)
     clone = pickle.loads(pickle.dumps(base))
     assert len(pickle.dumps(base)) < 1000  # paths, not pixels
     np.testing.assert_array_equal(clone[7]["image"], base[7]["image"])

@@ -1,7 +1,7 @@
 """Random-access data sources: ``len(src)`` and ``src[i] -> {"image", "label", "id"}``.
 
 Nothing here holds a dataset's images in memory unless it already is small and in memory:
-IDX files are memory-mapped (decompressed once when gzip-compressed), image folders decode one
+IDX files are read row by row (decompressed once when gzip-compressed), image folders decode one
 file per access with PIL, TFDS reads its array_record files through ``tfds.data_source``.
 
 Every source also exposes ``labels`` (int array, cheap: no image is decoded) and ``ids`` (int64
@@ -115,10 +115,59 @@ class ArraySource(_Base):
         return {"image": img, "label": int(self.labels[i]), "id": int(self.ids[i])}
 
 
+class _PreadArray:
+    """Rows of an uncompressed uint8 IDX file read with ``os.pread`` on access: the bytes stay in
+    the OS page cache, not in this process (a memory map's touched pages would count in its
+    resident memory, growing with the dataset over an epoch)."""
+
+    def __init__(self, path: str, offset: int, shape: tuple, start: int = 0, stop=None):
+        self.path, self.offset, self.row_shape = path, offset, tuple(shape[1:])
+        self.row_bytes = int(np.prod(self.row_shape))
+        self.start, self.stop = start, shape[0] if stop is None else stop
+        self._fd = None
+
+    @property
+    def shape(self):
+        return (self.stop - self.start, *self.row_shape)
+
+    @property
+    def ndim(self):
+        return len(self.shape)
+
+    def __len__(self):
+        return self.stop - self.start
+
+    def __getstate__(self):
+        return {**self.__dict__, "_fd": None}
+
+    def __del__(self):
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            a, b, step = i.indices(len(self))
+            if step != 1:
+                raise IndexError("only contiguous slices")
+            return _PreadArray(
+                self.path,
+                self.offset,
+                (self.stop, *self.row_shape),
+                self.start + a,
+                self.start + b,
+            )
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        pos = self.offset + (self.start + int(i)) * self.row_bytes
+        buf = os.pread(self._fd, self.row_bytes, pos)
+        return np.frombuffer(buf, np.uint8).reshape(self.row_shape)
+
+
 class IdxSource(ArraySource):
-    """An IDX image file and its label file (MNIST layout). Uncompressed files are memory-mapped
-    (only the pages read are resident); ``.gz`` files are decompressed once into memory. Pickles
-    as its paths (worker processes reopen the files)."""
+    """An IDX image file ``(N, H, W[, C])`` and its label file (MNIST layout). Uncompressed
+    files are read row by row from disk (``os.pread``; nothing is loaded up front); ``.gz``
+    files are decompressed once into memory. Pickles as its paths (worker processes reopen
+    the files)."""
 
     def __init__(
         self,
@@ -133,11 +182,14 @@ class IdxSource(ArraySource):
         self._paths = (str(images_path), str(labels_path))
         self._range = (start, stop, id_offset)
         images, labels = open_idx(images_path), open_idx(labels_path)
-        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        if images.ndim not in (3, 4) or labels.ndim != 1 or len(images) != len(labels):
             raise ValueError(
                 f"{images_path}: images {images.shape} and labels {labels.shape} do not pair up "
-                f"(expected (N, H, W) and (N,))"
+                f"(expected (N, H, W[, C]) and (N,))"
             )
+        if isinstance(images, np.memmap):
+            images = _PreadArray(str(images_path), int(images.offset), images.shape)
+        labels = np.asarray(labels)
         stop = len(labels) if stop is None else stop
         super().__init__(
             images[start:stop],
