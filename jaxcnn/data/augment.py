@@ -280,11 +280,12 @@ _ENHANCE = ("Brightness", "Color", "Contrast", "Sharpness")
 
 
 def _tv_apply(image, op, magnitude, fill, interpolation):
-    """torchvision's ``_apply_op``: enhance ops take ``1 + magnitude``, translate whole pixels."""
+    """torchvision's ``_apply_op``: enhance ops take ``1 + magnitude``; translations move the
+    content by ``int(magnitude)`` pixels towards +x / +y (PIL's matrix takes the opposite)."""
     if op in _ENHANCE:
         magnitude = 1.0 + magnitude
     elif op in ("TranslateX", "TranslateY"):
-        magnitude = float(int(magnitude))
+        magnitude = -float(int(magnitude))
     return apply_op(image, op, magnitude, fill, interpolation)
 
 
