@@ -77,6 +77,19 @@ def test_randaugment_magnitude_scale_follows_timm():
     assert any(np.array_equal(out, t) for t in turned)
 
 
+def test_posterize_keeps_high_bits_down_to_zero_bits():
+    img = _image(3)
+    for bits in (7, 4, 1):
+        out = A.apply_op(img, "Posterize", bits)
+        np.testing.assert_array_equal(out, img & (0xFF << (8 - bits) & 0xFF))
+    np.testing.assert_array_equal(A.apply_op(img, "Posterize", 8), img)
+    # timm's PosterizeIncreasing at level 10 keeps 0 bits: black (Pillow >= 12 refuses 0 itself)
+    ra = A.RandAugment(
+        num_ops=1, magnitude=10, magnitude_std=0, prob=1.0, ops=("PosterizeIncreasing",)
+    )
+    assert not ra(img, np.random.default_rng(0)).any()
+
+
 def test_randaugment_prob_zero_and_num_ops_zero_are_identity():
     img = _image(3)
     for ra in (A.RandAugment(prob=0.0), A.RandAugment(num_ops=0)):
@@ -205,3 +218,19 @@ def test_bad_input_is_a_clear_error():
         A.RandAugment()(np.zeros((8, 8, 3), np.float32), np.random.default_rng(0))
     with pytest.raises(ValueError, match="unknown ops"):
         A.RandAugment(ops=("Rotate", "Wobble"))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_every_op_runs_at_every_magnitude(channels):
+    # Every op of every policy at its extremes: no Pillow argument error anywhere in the range.
+    img = _image(channels)
+    for ops in (A.RAND_OPS, A.RAND_INCREASING_OPS):
+        for m in (0, 5, 10):
+            for op in ops:
+                ra = A.RandAugment(num_ops=1, magnitude=m, magnitude_std=0, prob=1.0, ops=(op,))
+                out = ra(img, np.random.default_rng(m))
+                assert out.shape == img.shape and out.dtype == np.uint8
+    rng = np.random.default_rng(0)
+    for pol in (A.TrivialAugment(), A.AutoAugment(), A.RandAugment(magnitude=10, magnitude_std=1)):
+        for _ in range(150):
+            assert pol(img, rng).shape == img.shape

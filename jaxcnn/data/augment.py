@@ -78,8 +78,13 @@ def _solarize_add(img, add, thresh=128):
 
 
 def _posterize(img, bits):
+    # Keep the ``bits`` high bits. Pillow >= 12 refuses bits=0, which timm's PosterizeIncreasing
+    # reaches at level 10: there it keeps none (a black image), as older Pillow did.
     bits = int(bits)
-    return img if bits >= 8 else ImageOps.posterize(img, max(bits, 0))
+    if bits >= 8:
+        return img
+    mask = ~(2 ** (8 - max(bits, 0)) - 1) & 0xFF
+    return img.point([i & mask for i in range(256)] * len(img.getbands()))
 
 
 OPS: dict[str, Callable] = {
