@@ -54,7 +54,7 @@ def _trace(model, shape, train_apply=False):
 )
 def test_aux_heads_built_at_init_sown_in_train_absent_in_eval(name, heads, weight):
     info = models.model_info(name)
-    assert info.extra["aux_weight"] == weight
+    assert info.aux_weight == weight
     nc = 5
     model = models.create_model(name, num_classes=nc, aux_logits=True)
     side = info.input_size[0] if name == "inception_v3" else 64

@@ -46,15 +46,12 @@ def _sweep(names):
 
 
 # models whose output is not a class vector (segmentation, generators, discriminators)
-NON_CLASSIFIERS = {
-    n for n in ALL if models.model_info(n).extra.get("task", "classification") != "classification"
-}
+NON_CLASSIFIERS = {n for n in ALL if models.model_info(n).task != "classification"}
 
 
 def small_input(name, batch=2):
     info = models.model_info(name)
-    side = info.extra.get("test_size", max(info.min_size, 32))
-    return (batch, side, side, info.input_size[2])
+    return (batch, info.test_size, info.test_size, info.input_size[2])
 
 
 def test_registry_lists_and_info():
@@ -63,6 +60,25 @@ def test_registry_lists_and_info():
     for n in ALL:
         info = models.model_info(n)
         assert info.name == n and len(info.input_size) == 3 and info.paper
+
+
+def test_model_info_typed_fields():
+    """What code reads from the registry is a typed field, not a key of ``extra``."""
+    for n in ALL:
+        info = models.model_info(n)
+        assert info.task in models.TASKS
+        assert isinstance(info.test_size, int) and info.test_size >= info.min_size
+        assert isinstance(info.aux_weight, float) and info.aux_weight >= 0
+    assert models.model_info("unet").task == "segmentation"
+    assert models.model_info("dcgan_generator_28").task == "generation"
+    assert models.model_info("dcgan_discriminator_28").task == "discrimination"
+    assert models.model_info("resnet50").task == "classification"
+    assert models.model_info("resnet50").test_size == 32  # max(min_size, 32)
+    assert models.model_info("vit_b_16").test_size == 224
+    assert models.model_info("googlenet").aux_weight == 0.3
+    assert models.model_info("resnet50").aux_weight == 0.0
+    with pytest.raises(ValueError, match="task must be one of"):
+        models.register_model("never_registered", params=1, input_size=(8, 8, 1), task="x")
 
 
 def test_unknown_model_suggests_close_matches():

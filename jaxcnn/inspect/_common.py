@@ -41,11 +41,10 @@ def fmt_int(n) -> str:
 
 
 def small_input_shape(name: str, batch: int = 1) -> tuple[int, int, int, int]:
-    """The smallest input the registry sweep uses for ``name``: side ``extra["test_size"]`` or
-    ``max(min_size, 32)``, the model's channels."""
+    """The smallest input the registry sweep uses for ``name``: side ``ModelInfo.test_size``,
+    the model's channels."""
     info = models.model_info(name)
-    side = info.extra.get("test_size", max(info.min_size, 32))
-    return (batch, side, side, info.input_size[2])
+    return (batch, info.test_size, info.test_size, info.input_size[2])
 
 
 def resolve(model, input_shape=None, **create_kwargs):

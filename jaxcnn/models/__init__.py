@@ -20,6 +20,7 @@ from jaxcnn.layers.fast_conv import check_conv_impl
 from jaxcnn.utils import tree as _tree
 
 __all__ = [
+    "TASKS",
     "ModelInfo",
     "create_model",
     "list_models",
@@ -44,7 +45,14 @@ class ModelInfo:
         ``name``, ``channels`` and ``reduction`` (input side / feature side).
       min_size: smallest input side the model accepts.
       slow: the model is big enough that tests only build it abstractly (``jax.eval_shape``).
-      extra: anything else (e.g. ``{"params_without_aux": ...}``).
+      task: what the output is: ``"classification"`` (class logits), ``"segmentation"``
+        (per-pixel logits), ``"generation"`` (images from latent vectors) or
+        ``"discrimination"`` (a real/fake logit).
+      test_size: the smallest square side the test sweep feeds (``max(min_size, 32)`` unless
+        the model needs another).
+      aux_weight: weight of the auxiliary classifiers' loss in training (GoogLeNet 0.3,
+        Inception v3 0.4; 0 for models without them).
+      extra: reference figures that no code depends on (e.g. ``{"params_with_aux": ...}``).
     """
 
     name: str
@@ -57,7 +65,13 @@ class ModelInfo:
     feature_info: tuple[dict, ...] = ()
     min_size: int = 1
     slow: bool = False
+    task: str = "classification"
+    test_size: int = 32
+    aux_weight: float = 0.0
     extra: dict = dataclasses.field(default_factory=dict)
+
+
+TASKS = ("classification", "segmentation", "generation", "discrimination")
 
 
 _REGISTRY: dict[str, tuple[Callable[..., nn.Module], ModelInfo]] = {}
@@ -75,13 +89,19 @@ def register_model(
     feature_info: Sequence[dict] = (),
     min_size: int = 1,
     slow: bool = False,
+    task: str = "classification",
+    test_size: int | None = None,
+    aux_weight: float = 0.0,
     **extra: Any,
 ):
     """Decorator registering a constructor ``fn(**kwargs) -> nn.Module`` under ``name``.
 
     The constructor receives every keyword of ``create_model`` (``num_classes``, ``dtype``,
-    ``param_dtype``, ``features_only``, ...) and returns an unbound Flax module.
+    ``param_dtype``, ``features_only``, ...) and returns an unbound Flax module. The keywords
+    are the fields of :class:`ModelInfo`; others go to its ``extra``.
     """
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
 
     def deco(fn):
         key = name or fn.__name__
@@ -99,7 +119,13 @@ def register_model(
             feature_info=tuple(dict(f) for f in feature_info),
             min_size=min_size,
             slow=slow,
-            extra=dict(extra),
+            task=task,
+            test_size=max(min_size, 32) if test_size is None else test_size,
+            aux_weight=aux_weight,
+            # The training loop of jaxcnn.train.loop still reads these three from ``extra``
+            # until the new engine (which reads the fields) replaces it.
+            extra={**extra, "task": task, "aux_weight": aux_weight}
+            | ({} if test_size is None else {"test_size": test_size}),
         )
         _REGISTRY[key] = (fn, info)
         return fn

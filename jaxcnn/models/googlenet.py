@@ -22,7 +22,7 @@ collection from its own scope: ``aux_logits/aux1/logits`` and ``aux_logits/aux2/
 (Flax ``sow``: each value is a 1-tuple). They cannot be sown at the top level under ``aux1``:
 Flax forbids a variable and a submodule of the same name. A train step applies with
 ``mutable=["batch_stats", "aux_logits"]`` and adds ``0.3 * CE(aux)`` for every leaf of that
-collection (``model_info("googlenet").extra["aux_weight"]``). In eval mode the heads do not run.
+collection (``model_info("googlenet").aux_weight``). In eval mode the heads do not run.
 
 The smallest input is 15x15 (15 -> 8 -> 4 -> 2 -> 1 -> 1 through conv1 and the ceil-mode pools).
 ``features_only=True`` returns ``conv1`` (64, reduction 2), ``conv3`` (192, 4),

@@ -17,7 +17,7 @@ head is built at init (so its parameters exist even when ``init`` runs with ``tr
 in training mode, it sows its logits into the ``aux_logits`` collection from its own scope, as
 ``aux_logits/aux/logits`` (a 1-tuple, Flax ``sow``; GoogLeNet does the same). A train step
 applies with ``mutable=["batch_stats", "aux_logits"]`` and adds ``0.4 * CE(aux)`` for every
-leaf of that collection (``model_info("inception_v3").extra["aux_weight"]``). In eval mode it
+leaf of that collection (``model_info("inception_v3").aux_weight``). In eval mode it
 does not run.
 
 Input size: the trunk needs 75x75 (75 -> 37 -> 35 -> 17 -> 15 -> 7 -> 3 -> 1), but the auxiliary
