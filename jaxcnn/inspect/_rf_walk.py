@@ -1,10 +1,12 @@
 """The rules that carry receptive fields through jaxpr primitives (used by
 ``jaxcnn.inspect.receptive_field``; see its docstring for the arithmetic).
 
-A state maps each input spatial axis (0: H, 1: W) to an entry ``(tensor_axis, AxisRF, n)`` or to
-``None`` (global: the value depends on the whole input along that axis, or its position can no
-longer be told). ``tensor_axis`` is ``None`` for a single position (collapsed); ``n`` is the number
-of positions along it.
+A :class:`_State` maps each input spatial axis (0: H, 1: W) to an :class:`_Entry` or to ``None``
+(global: the value depends on the whole input along that axis, or its position can no longer be
+told). An entry says which tensor axis of the value holds that input axis (``axis``; ``None`` for a
+single, collapsed position), the receptive field along it (``rf``) and the number of positions
+(``n``). :data:`_Walker.RULES` maps each primitive to the rule that moves entries through it;
+primitives without a rule are pointwise when an operand has the output's shape, else global.
 """
 
 from __future__ import annotations
@@ -27,15 +29,35 @@ class AxisRF:
     start: Fraction | None
 
 
+class _Entry(NamedTuple):
+    """Where one input spatial axis sits in a value, and its receptive field there."""
+
+    axis: int | None  # tensor axis holding it; None: collapsed to one position
+    rf: AxisRF
+    n: int  # number of positions along ``axis``
+
+
+class _Window(NamedTuple):
+    """A windowed op along one tensor axis: ``kernel`` taps ``dilation`` apart, ``stride``,
+    ``low_pad`` padding before the first element, over an input dilated by ``input_dilation``
+    (> 1: a transposed convolution or a base-dilated pooling)."""
+
+    kernel: int
+    stride: int | Fraction
+    low_pad: int
+    dilation: int = 1
+    input_dilation: int = 1
+
+
 @dataclasses.dataclass(frozen=True)
 class _State:
-    axes: tuple
+    axes: tuple  # one _Entry or None per input spatial axis
     context: bool = False
 
 
-def _window(rf: AxisRF, k: int, s: int, lo: int, d: int = 1, ld: int = 1) -> AxisRF:
-    """A window of ``k`` taps ``d`` apart, stride ``s``, low padding ``lo``, over an input
-    dilated by ``ld`` (``ld > 1``: transposed convolution / base dilation)."""
+def _window(rf: AxisRF, w: _Window) -> AxisRF:
+    """The receptive field after the window ``w`` (see :class:`_Window`)."""
+    k, s, lo, d, ld = w
     keff = d * (k - 1) + 1
     span = 0  # real input units spanned minus one, over the window's possible phases
     for phase in range(ld):
@@ -60,10 +82,11 @@ def _union(rf: AxisRF, n: int) -> AxisRF:
 
 
 def _holders(state: _State) -> dict:
+    """tensor axis -> the input axes it holds (two when H and W were merged into tokens)."""
     h: dict = {}
     for i, e in enumerate(state.axes):
-        if e is not None and e[0] is not None:
-            h.setdefault(e[0], []).append(i)
+        if e is not None and e.axis is not None:
+            h.setdefault(e.axis, []).append(i)
     return h
 
 
@@ -79,19 +102,19 @@ def _merge(states: Sequence[_State], include_context: bool = False) -> _State | 
         if any(e is None for e in entries):
             axes.append(None)
             continue
-        pos = [e for e in entries if e[0] is not None]
-        col = [e for e in entries if e[0] is None]
+        pos = [e for e in entries if e.axis is not None]
+        col = [e for e in entries if e.axis is None]
         if pos:
-            best = max(pos, key=lambda e: e[1].size)
+            best = max(pos, key=lambda e: e.rf.size)
             if col:
-                big = max(col, key=lambda e: e[1].size)
-                if include_context and big[1].size > best[1].size:
-                    best = (best[0], AxisRF(big[1].size, best[1].jump, best[1].start), best[2])
+                big = max(col, key=lambda e: e.rf.size)
+                if include_context and big.rf.size > best.rf.size:
+                    best = best._replace(rf=AxisRF(big.rf.size, best.rf.jump, best.rf.start))
                 else:
                     context = True
             axes.append(best)
         else:
-            axes.append(max(col, key=lambda e: e[1].size))
+            axes.append(max(col, key=lambda e: e.rf.size))
     return _State(tuple(axes), context)
 
 
@@ -109,9 +132,14 @@ def _fix_n(state: _State | None, shape) -> _State | None:
     return _remap(
         state,
         lambda i, e: (
-            (e[0], e[1], shape[e[0]]) if e[0] is not None and len(holders[e[0]]) == 1 else e
+            e._replace(n=shape[e.axis]) if e.axis is not None and len(holders[e.axis]) == 1 else e
         ),
     )
+
+
+def _unknown_start(e: _Entry) -> _Entry:
+    """The same field whose position (``start``) can no longer be told."""
+    return e._replace(rf=AxisRF(e.rf.size, e.rf.jump, None))
 
 
 def _global(state: _State | None) -> _State | None:
@@ -160,10 +188,10 @@ def _entry_summary(state: _State | None) -> FieldAt:
         return FieldAt((None, None), (None, None), (None, None), False)
     size, jump, start, axes = [], [], [], []
     for e in state.axes:
-        size.append(None if e is None else e[1].size)
-        jump.append(None if e is None else e[1].jump)
-        start.append(None if e is None else e[1].start)
-        axes.append(None if e is None else e[0])
+        size.append(None if e is None else e.rf.size)
+        jump.append(None if e is None else e.rf.jump)
+        start.append(None if e is None else e.rf.start)
+        axes.append(None if e is None else e.axis)
     return FieldAt(tuple(size), tuple(jump), tuple(start), state.context, tuple(axes))
 
 
@@ -180,6 +208,46 @@ def _sub_jaxprs(eqn):
 
 
 class _Walker:
+    """Walks a jaxpr, carrying a :class:`_State` per value and recording a :class:`RFRow` per
+    convolution and pooling. Call-like equations (pjit, custom_vjp, remat...) are walked into;
+    ``cond`` merges its branches; every other primitive goes to its rule in :data:`RULES`
+    (``p_*`` methods taking ``(eqn, in_states, name_stack, loc)`` and returning out states) or,
+    without one, to :meth:`fallback`."""
+
+    # primitive name -> the method that carries fields through it
+    RULES = {
+        "conv_general_dilated": "p_conv_general_dilated",
+        **dict.fromkeys(
+            ("reduce_window", "reduce_window_max", "reduce_window_min", "reduce_window_sum"),
+            "p_reduce_window",
+        ),
+        **dict.fromkeys(
+            (
+                "reduce_sum",
+                "reduce_max",
+                "reduce_min",
+                "reduce_prod",
+                "reduce_and",
+                "reduce_or",
+                "argmax",
+                "argmin",
+            ),
+            "p_reduce",
+        ),
+        "transpose": "p_transpose",
+        "squeeze": "p_squeeze",
+        "broadcast_in_dim": "p_broadcast_in_dim",
+        "reshape": "p_reshape",
+        "slice": "p_slice",
+        "pad": "p_pad",
+        "concatenate": "p_concatenate",
+        "split": "p_split",
+        "rev": "p_rev",
+        "sort": "p_sort",
+        **dict.fromkeys(("cumsum", "cumprod", "cummax", "cummin", "cumlogsumexp"), "p_cumsum"),
+        "dot_general": "p_dot_general",
+    }
+
     def __init__(self, root_name: str, calls: dict, include_context: bool):
         self.root = root_name
         self.calls = calls
@@ -234,22 +302,9 @@ class _Walker:
                 for k, b in enumerate(p["branches"])
             ]
             return [_merge(list(o), self.include_context) for o in zip(*outs)]
-        handler = getattr(self, "p_" + name, None)
-        if handler is None and name.startswith("reduce_window"):
-            handler = self.p_reduce_window
-        if handler is None and name in (
-            "reduce_sum",
-            "reduce_max",
-            "reduce_min",
-            "reduce_prod",
-            "reduce_and",
-            "reduce_or",
-            "argmax",
-            "argmin",
-        ):
-            handler = self.p_reduce
-        if handler is not None:
-            return handler(eqn, ins, stack, loc)
+        rule = self.RULES.get(name)
+        if rule is not None:
+            return getattr(self, rule)(eqn, ins, stack, loc)
         return self.fallback(eqn, ins)
 
     def fallback(self, eqn, ins):
@@ -276,8 +331,8 @@ class _Walker:
                             s,
                             lambda i, e, ishape=ishape: (
                                 e
-                                if e[0] is None or ishape[e[0]] == shape[e[0]]
-                                else (None, e[1], 1)
+                                if e.axis is None or ishape[e.axis] == shape[e.axis]
+                                else _Entry(None, e.rf, 1)
                             ),
                         )
                     )
@@ -286,7 +341,7 @@ class _Walker:
             if same:
                 st = _merge(same, self.include_context)
                 for o in other:  # different shape: fine if it is collapsed (context) only
-                    if any(e is None or e[0] is not None for e in o.axes):
+                    if any(e is None or e.axis is not None for e in o.axes):
                         st = _global(st)
                     else:
                         st = _merge([st, o], self.include_context)
@@ -296,18 +351,19 @@ class _Walker:
         return outs
 
     # -- spatial primitives -------------------------------------------------------------------
-    def _row(self, op, stack, loc, state, windows, out_shape):
+    def _row(self, op, stack, loc, state, windows: dict[int, _Window], out_shape):
+        """Record a convolution/pooling row; ``windows`` by output tensor axis."""
         path = self._path(stack)
         size, jump, start, ctx, axes = _entry_summary(state)
         kernel, stride, dil, pad, out_hw = [], [], [], [], []
         for i in range(2):
             e = state.axes[i] if state is not None else None
-            t = e[0] if e is not None else None
-            w = windows.get(t, (1, 1, 0, 1))
-            kernel.append(w[0])
-            stride.append(w[1])
-            pad.append(w[2])
-            dil.append(w[3])
+            t = e.axis if e is not None else None
+            w = windows.get(t, _Window(1, 1, 0))
+            kernel.append(w.kernel)
+            stride.append(w.stride)
+            pad.append(w.low_pad)
+            dil.append(w.dilation)
             out_hw.append(out_shape[t] if t is not None else 1)
         self.rows.append(
             RFRow(
@@ -333,9 +389,9 @@ class _Walker:
             self._cbp = {path: t for path, t in self.calls.values()}
         return self._cbp
 
-    def _spatial(self, state, axis_map, windows):
+    def _spatial(self, state, axis_map, windows: dict[int, _Window]):
         """Move tracked axes through a windowed op: ``axis_map`` in->out tensor axis,
-        ``windows[in_axis] = (k, s, lo, d, ld)``."""
+        ``windows`` by input tensor axis."""
         holders = _holders(state)
 
         def f(i, e):
@@ -347,9 +403,8 @@ class _Walker:
             if t in windows:
                 if len(holders[t]) > 1:
                     return None
-                k, s, lo, d, ld = windows[t]
-                rf = _window(rf, k, s, lo, d, ld)
-            return (axis_map[t], rf, n)
+                rf = _window(rf, windows[t])
+            return _Entry(axis_map[t], rf, n)
 
         return _remap(state, f)
 
@@ -369,20 +424,18 @@ class _Walker:
         windows = {}
         for i in range(nsp):
             axis_map[lhs_spec[2 + i]] = out_spec[2 + i]
-            windows[lhs_spec[2 + i]] = (
-                kshape[rhs_spec[2 + i]],
-                p["window_strides"][i],
-                pad[i][0],
-                rd[i],
-                ld[i],
+            windows[lhs_spec[2 + i]] = _Window(
+                kshape[rhs_spec[2 + i]], p["window_strides"][i], pad[i][0], rd[i], ld[i]
             )
         # a spatial field sitting on the feature axis would be mixed by the contraction
-        if any(e is not None and e[0] == lhs_spec[1] for e in lhs.axes):
+        if any(e is not None and e.axis == lhs_spec[1] for e in lhs.axes):
             lhs = _global(lhs)
         out = self._spatial(lhs, axis_map, windows)
         op = "conv_transpose" if any(x > 1 for x in ld) else "conv"
+        # the row reports the stride relative to the (dilated) input: s / ld
         win_out = {
-            axis_map[t]: (w[0], Fraction(w[1], w[4]), w[2], w[3]) for t, w in windows.items()
+            axis_map[t]: w._replace(stride=Fraction(w.stride, w.input_dilation), input_dilation=1)
+            for t, w in windows.items()
         }
         self._row(
             op,
@@ -403,7 +456,9 @@ class _Walker:
         bd = p.get("base_dilation") or (1,) * nd
         wd = p.get("window_dilation") or (1,) * nd
         windows = {
-            t: (p["window_dimensions"][t], p["window_strides"][t], p["padding"][t][0], wd[t], bd[t])
+            t: _Window(
+                p["window_dimensions"][t], p["window_strides"][t], p["padding"][t][0], wd[t], bd[t]
+            )
             for t in range(nd)
         }
         out = self._spatial(state, {t: t for t in range(nd)}, windows)
@@ -418,7 +473,7 @@ class _Walker:
             stack,
             loc,
             _fix_n(out, oshape),
-            {t: (w[0], w[1], w[2], w[3]) for t, w in windows.items()},
+            {t: w._replace(input_dilation=1) for t, w in windows.items()},
             oshape,
         )
         return [out] * len(eqn.outvars)
@@ -431,26 +486,30 @@ class _Walker:
             if t is None:
                 return e
             if t in axes:
-                return (None, _union(rf, n), 1)
-            return (t - sum(a < t for a in axes), rf, n)
+                return _Entry(None, _union(rf, n), 1)
+            return _Entry(t - sum(a < t for a in axes), rf, n)
 
         return [_remap(ins[0], f)] * len(eqn.outvars) if ins[0] is not None else [None]
 
     # -- shape primitives ---------------------------------------------------------------------
     def p_transpose(self, eqn, ins, stack, loc):
         perm = list(eqn.params["permutation"])
-        return [_remap(ins[0], lambda i, e: e if e[0] is None else (perm.index(e[0]), *e[1:]))]
+        return [
+            _remap(
+                ins[0], lambda i, e: e if e.axis is None else e._replace(axis=perm.index(e.axis))
+            )
+        ]
 
     def p_squeeze(self, eqn, ins, stack, loc):
         dims = tuple(d % len(eqn.invars[0].aval.shape) for d in eqn.params["dimensions"])
 
         def f(i, e):
-            t = e[0]
+            t = e.axis
             if t is None:
                 return e
             if t in dims:
-                return (None, e[1], 1)
-            return (t - sum(d < t for d in dims), *e[1:])
+                return _Entry(None, e.rf, 1)
+            return e._replace(axis=t - sum(d < t for d in dims))
 
         return [_remap(ins[0], f)]
 
@@ -459,91 +518,30 @@ class _Walker:
         ishape, oshape = eqn.invars[0].aval.shape, eqn.params["shape"]
 
         def f(i, e):
-            t = e[0]
+            t = e.axis
             if t is None:
                 return e
             o = bd[t]
             if ishape[t] == 1 and oshape[o] != 1:
-                return (None, e[1], 1)
-            return (o, *e[1:])
+                return _Entry(None, e.rf, 1)
+            return e._replace(axis=o)
 
         return [_remap(ins[0], f)]
 
     def p_reshape(self, eqn, ins, stack, loc):
+        """A reshape keeps, merges or splits tensor axes. The axes of size > 1 are paired into
+        groups whose sizes multiply to the same number (:func:`_reshape_groups`); size-1 axes
+        move to a size-1 output axis at the same position (:func:`_reshape_unit_axes`); each
+        group then carries its tracked axes (:func:`_reshape_group`)."""
         state = ins[0]
         a, b = eqn.invars[0].aval.shape, tuple(eqn.params["new_sizes"])
         if eqn.params.get("dimensions") is not None:
             return [_global(state)]
         holders = _holders(state)
-        ai = [k for k in range(len(a)) if a[k] != 1]
-        bj = [k for k in range(len(b)) if b[k] != 1]
-        groups, i, j = [], 0, 0
-        while i < len(ai) and j < len(bj):
-            gi, gj = [ai[i]], [bj[j]]
-            pa, pb = a[ai[i]], b[bj[j]]
-            i, j = i + 1, j + 1
-            while pa != pb:
-                if pa < pb:
-                    gi.append(ai[i])
-                    pa *= a[ai[i]]
-                    i += 1
-                else:
-                    gj.append(bj[j])
-                    pb *= b[bj[j]]
-                    j += 1
-            groups.append((gi, gj))
-        new = list(state.axes)
-        # size-1 axes: keep them on a size-1 output axis at the same prefix product if any
-        pre_a = [1]
-        for s in a:
-            pre_a.append(pre_a[-1] * s)
-        pre_b = [1]
-        for s in b:
-            pre_b.append(pre_b[-1] * s)
-        used = set()
-        for t in holders:
-            if a[t] == 1:
-                cand = [
-                    k for k in range(len(b)) if b[k] == 1 and pre_b[k] == pre_a[t] and k not in used
-                ]
-                for in_ax in holders[t]:
-                    e = state.axes[in_ax]
-                    new[in_ax] = (cand[0], e[1], e[2]) if cand else (None, e[1], 1)
-                if cand:
-                    used.add(cand[0])
-        for gi, gj in groups:
-            tracked = [t for t in gi if t in holders]
-            if not tracked:
-                continue
-            if len(gi) == 1 and len(gj) == 1:
-                for in_ax in holders[gi[0]]:
-                    new[in_ax] = (gj[0], *state.axes[in_ax][1:])
-            elif len(gj) == 1:  # merge into one axis (tokens, or nearest upsampling)
-                if len(tracked) == 1 and tracked[0] == gi[0] and len(holders[gi[0]]) == 1:
-                    r = 1
-                    for t in gi[1:]:
-                        r *= a[t]
-                    in_ax = holders[gi[0]][0]
-                    _, rf, n = state.axes[in_ax]
-                    start = (
-                        None if rf.start is None else rf.start - Fraction(r - 1, 2) * rf.jump / r
-                    )
-                    new[in_ax] = (gj[0], AxisRF(rf.size, rf.jump / r, start), n * r)
-                else:
-                    for t in tracked:
-                        for in_ax in holders[t]:
-                            new[in_ax] = (gj[0], *state.axes[in_ax][1:])
-            elif (
-                len(gi) == 1
-                and len(holders[gi[0]]) == len(gj) == 2
-                and all(state.axes[k][2] == b[o] for k, o in zip(holders[gi[0]], gj))
-            ):
-                for in_ax, o in zip(sorted(holders[gi[0]]), gj):  # un-merge tokens -> H, W
-                    new[in_ax] = (o, *state.axes[in_ax][1:])
-            else:
-                for t in tracked:
-                    for in_ax in holders[t]:
-                        new[in_ax] = None
+        new = _reshape_unit_axes(state, holders, a, b)
+        for gi, gj in _reshape_groups(a, b):
+            if any(t in holders for t in gi):
+                _reshape_group(state, holders, a, b, gi, gj, new)
         return [_State(tuple(new), state.context)]
 
     def p_slice(self, eqn, ins, stack, loc):
@@ -558,7 +556,7 @@ class _Walker:
             if len(holders[t]) > 1:
                 return None
             start = None if rf.start is None else rf.start + p["start_indices"][t] * rf.jump
-            return (t, AxisRF(rf.size, rf.jump * strides[t], start), n)
+            return _Entry(t, AxisRF(rf.size, rf.jump * strides[t], start), n)
 
         return [_remap(ins[0], f)]
 
@@ -576,19 +574,14 @@ class _Walker:
             lo, _, interior = cfg[t]
             jump = rf.jump / (interior + 1)
             start = None if rf.start is None else rf.start - lo * jump
-            return (t, AxisRF(rf.size, jump, start), n)
+            return _Entry(t, AxisRF(rf.size, jump, start), n)
 
         return [_remap(state, f)]
 
     def p_concatenate(self, eqn, ins, stack, loc):
         dim = eqn.params["dimension"]
         st = _merge(ins, self.include_context)
-        return [
-            _remap(
-                st,
-                lambda i, e: e if e[0] != dim else (e[0], AxisRF(e[1].size, e[1].jump, None), e[2]),
-            )
-        ]
+        return [_remap(st, lambda i, e: e if e.axis != dim else _unknown_start(e))]
 
     def p_split(self, eqn, ins, stack, loc):
         axis, sizes = eqn.params["axis"], eqn.params["sizes"]
@@ -603,7 +596,7 @@ class _Walker:
                 if len(holders[t]) > 1:
                     return None
                 start = None if rf.start is None else rf.start + off * rf.jump
-                return (t, AxisRF(rf.size, rf.jump, start), n)
+                return _Entry(t, AxisRF(rf.size, rf.jump, start), n)
 
             outs.append(_remap(ins[0], f))
             off += s
@@ -611,19 +604,13 @@ class _Walker:
 
     def p_rev(self, eqn, ins, stack, loc):
         dims = eqn.params["dimensions"]
-        return [
-            _remap(
-                ins[0],
-                lambda i, e: (
-                    e if e[0] not in dims else (e[0], AxisRF(e[1].size, e[1].jump, None), e[2])
-                ),
-            )
-        ]
+        return [_remap(ins[0], lambda i, e: e if e.axis not in dims else _unknown_start(e))]
 
     def _along_axis(self, eqn, ins, axis):
         outs = self.fallback(eqn, ins)
         return [
-            None if o is None else _remap(o, lambda i, e: None if e[0] == axis else e) for o in outs
+            None if o is None else _remap(o, lambda i, e: None if e.axis == axis else e)
+            for o in outs
         ]
 
     def p_sort(self, eqn, ins, stack, loc):
@@ -631,8 +618,6 @@ class _Walker:
 
     def p_cumsum(self, eqn, ins, stack, loc):
         return self._along_axis(eqn, ins, eqn.params["axis"])
-
-    p_cumprod = p_cummax = p_cummin = p_cumlogsumexp = p_cumsum
 
     def p_dot_general(self, eqn, ins, stack, loc):
         (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
@@ -653,10 +638,10 @@ class _Walker:
                 if t is None:
                     return e
                 if t in c:
-                    return (None, _union(rf, n), 1)
+                    return _Entry(None, _union(rf, n), 1)
                 if t in b:
-                    return (list(b).index(t), rf, n)
-                return (offsets[k] + free[k].index(t), rf, n)
+                    return _Entry(list(b).index(t), rf, n)
+                return _Entry(offsets[k] + free[k].index(t), rf, n)
 
             contribs.append(_remap(st, f))
         if len(contribs) == 2:  # both operands carry a field: positions must agree
@@ -665,9 +650,9 @@ class _Walker:
                 if (
                     ea is not None
                     and eb is not None
-                    and ea[0] is not None
-                    and eb[0] is not None
-                    and ea[0] != eb[0]
+                    and ea.axis is not None
+                    and eb.axis is not None
+                    and ea.axis != eb.axis
                 ):
                     axes.append(None)
                 else:
@@ -676,3 +661,91 @@ class _Walker:
                     )
             return [_State(tuple(axes), contribs[0].context or contribs[1].context)]
         return contribs
+
+
+# -- reshape --------------------------------------------------------------------------------
+def _reshape_groups(a: Sequence[int], b: Sequence[int]) -> list[tuple[list[int], list[int]]]:
+    """Pair the axes of size > 1 of shape ``a`` with those of ``b``: consecutive runs whose
+    sizes multiply to the same number, e.g. ``(2, 7, 7, 64) -> (2, 49, 64)`` gives
+    ``([0], [0]), ([1, 2], [1]), ([3], [2])``."""
+    ai = [k for k in range(len(a)) if a[k] != 1]
+    bj = [k for k in range(len(b)) if b[k] != 1]
+    groups, i, j = [], 0, 0
+    while i < len(ai) and j < len(bj):
+        gi, gj = [ai[i]], [bj[j]]
+        pa, pb = a[ai[i]], b[bj[j]]
+        i, j = i + 1, j + 1
+        while pa != pb:
+            if pa < pb:
+                gi.append(ai[i])
+                pa *= a[ai[i]]
+                i += 1
+            else:
+                gj.append(bj[j])
+                pb *= b[bj[j]]
+                j += 1
+        groups.append((gi, gj))
+    return groups
+
+
+def _reshape_unit_axes(state: _State, holders: dict, a, b) -> list:
+    """The new entries for input axes held on a size-1 tensor axis: the first unused size-1
+    output axis with the same product of sizes before it, else collapsed. Other entries are
+    copied unchanged (:func:`_reshape_group` moves them)."""
+    new = list(state.axes)
+    pre_a, pre_b = [1], [1]
+    for s in a:
+        pre_a.append(pre_a[-1] * s)
+    for s in b:
+        pre_b.append(pre_b[-1] * s)
+    used = set()
+    for t in holders:
+        if a[t] != 1:
+            continue
+        cand = [k for k in range(len(b)) if b[k] == 1 and pre_b[k] == pre_a[t] and k not in used]
+        for in_ax in holders[t]:
+            e = state.axes[in_ax]
+            new[in_ax] = e._replace(axis=cand[0]) if cand else _Entry(None, e.rf, 1)
+        if cand:
+            used.add(cand[0])
+    return new
+
+
+def _reshape_group(state: _State, holders: dict, a, b, gi, gj, new: list) -> None:
+    """Move the tracked axes of one group ``gi -> gj`` into ``new`` (in place):
+
+    - one axis to one axis: renumbered;
+    - several to one (H, W -> tokens; or nearest upsampling's (H, r) -> H*r): when only the
+      outermost input axis is tracked, the positions interleave by ``r`` (the product of the
+      inner sizes), so the jump divides by ``r``; otherwise the tracked axes share the token axis;
+    - one token axis holding H and W back to two axes (un-merging tokens): each to its own;
+    - anything else: the position can no longer be told (global).
+    """
+    tracked = [t for t in gi if t in holders]
+    if len(gi) == 1 and len(gj) == 1:
+        for in_ax in holders[gi[0]]:
+            new[in_ax] = state.axes[in_ax]._replace(axis=gj[0])
+    elif len(gj) == 1:
+        if len(tracked) == 1 and tracked[0] == gi[0] and len(holders[gi[0]]) == 1:
+            r = 1
+            for t in gi[1:]:
+                r *= a[t]
+            in_ax = holders[gi[0]][0]
+            _, rf, n = state.axes[in_ax]
+            start = None if rf.start is None else rf.start - Fraction(r - 1, 2) * rf.jump / r
+            new[in_ax] = _Entry(gj[0], AxisRF(rf.size, rf.jump / r, start), n * r)
+        else:
+            for t in tracked:
+                for in_ax in holders[t]:
+                    new[in_ax] = state.axes[in_ax]._replace(axis=gj[0])
+    elif (
+        len(gi) == 1
+        and len(holders[gi[0]]) == len(gj) == 2
+        and all(state.axes[k].n == b[o] for k, o in zip(holders[gi[0]], gj))
+    ):
+        for in_ax, o in zip(sorted(holders[gi[0]]), gj):
+            new[in_ax] = state.axes[in_ax]._replace(axis=o)
+    else:
+        for t in tracked:
+            for in_ax in holders[t]:
+                new[in_ax] = None

@@ -37,7 +37,16 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from jaxcnn.inspect._common import resolve, xla_convs
-from jaxcnn.inspect._rf_walk import TAG, AxisRF, FieldAt, RFRow, _entry_summary, _State, _Walker
+from jaxcnn.inspect._rf_walk import (
+    TAG,
+    AxisRF,
+    FieldAt,
+    RFRow,
+    _Entry,
+    _entry_summary,
+    _State,
+    _Walker,
+)
 from jaxcnn.utils import abstract_init, path_str
 
 __all__ = ["AxisRF", "FieldAt", "RFRow", "ReceptiveFields", "receptive_fields", "trace_forward"]
@@ -236,8 +245,8 @@ def receptive_fields(
     n_vars = treedef.num_leaves
     x_state = _State(
         (
-            (1, AxisRF(Fraction(1), Fraction(1), Fraction(0)), shape[1]),
-            (2, AxisRF(Fraction(1), Fraction(1), Fraction(0)), shape[2]),
+            _Entry(1, AxisRF(Fraction(1), Fraction(1), Fraction(0)), shape[1]),
+            _Entry(2, AxisRF(Fraction(1), Fraction(1), Fraction(0)), shape[2]),
         )
     )
     in_states = [None] * n_vars + [x_state]
