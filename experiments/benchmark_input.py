@@ -115,6 +115,19 @@ def write_idx(path: str, arr: np.ndarray) -> None:
         f.write(np.ascontiguousarray(arr, np.uint8).tobytes())
 
 
+def _peak_rss_mib() -> float:
+    """This process's peak resident memory: ``VmHWM`` (``ru_maxrss`` is no good in a child:
+    Linux carries the parent's peak across ``exec``)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def rss_child(folder: str, batch: int, workers: int) -> None:
     """One epoch over the IDX dataset in ``folder``; prints peak RSS (MiB) as JSON."""
     from jaxcnn import data
@@ -130,7 +143,7 @@ def rss_child(folder: str, batch: int, workers: int) -> None:
     for _ in range(steps):
         seen += len(next(it)["id"])
     it.close()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _peak_rss_mib()
     print(
         json.dumps(
             {

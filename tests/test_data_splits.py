@@ -211,3 +211,28 @@ def test_tfds_unknown_name_is_short(tfds_dir):
     msg = str(e.value)
     assert len(msg) < 300 and "did you mean" in msg and "mnist" in msg
     assert "abstract_reasoning" not in msg  # not the whole catalogue
+
+
+def test_tfds_prepared_from_a_jpeg_folder_by_the_documented_commands(tmp_path, capsys):
+    pytest.importorskip("tensorflow_datasets")
+    from jaxcnn.data import prepare
+
+    folder, tfds_dir = tmp_path / "jpeg", tmp_path / "tfds"
+    idx = str(data.bundled_mnist_dir())
+    assert prepare.main(["jpegs", "--out", str(folder), "--idx", idx, "--limit", "100"]) == 0
+    assert (
+        prepare.main(
+            ["folder", "--root", str(folder), "--name", "mnist_jpeg", "--data-dir", str(tfds_dir)]
+        )
+        == 0
+    )
+    assert 'load_splits("tfds:mnist_jpeg"' in capsys.readouterr().out
+    s = data.load_splits("tfds:mnist_jpeg", data_dir=str(tfds_dir), validation_split=0)
+    f = data.load_splits("folder", str(folder), validation_split=0)
+    assert len(s.train) == len(f.train) and len(s.test) == len(f.test)
+    assert s.class_names == f.class_names
+    for i in (0, 7, len(s.test) - 1):  # JPEG bytes stored unchanged: the same decoded pixels
+        a, b = s.test[i], f.test[i]
+        assert a["label"] == b["label"] and a["image"].shape[-1] == 1
+        np.testing.assert_array_equal(a["image"], b["image"])  # gray stays 1 channel
+    assert_disjoint(s)

@@ -239,8 +239,9 @@ def list_image_files(folder: pathlib.Path, classes: Sequence[str] | None = None)
 
 
 class FolderSource(_Base):
-    """Image files (``root/<relative path>``) decoded one at a time with PIL to uint8 ``HWC``
-    (``mode="RGB"``, or ``"L"`` for gray). A file PIL cannot decode raises ``ValueError``
+    """Image files (``root/<relative path>``) decoded one at a time with PIL to uint8 ``HWC``:
+    gray files as 1 channel and everything else (palette, CMYK, RGBA...) as RGB, or all as
+    ``mode`` (``"RGB"`` / ``"L"``) when given. A file PIL cannot decode raises ``ValueError``
     naming it."""
 
     def __init__(
@@ -250,7 +251,7 @@ class FolderSource(_Base):
         labels,
         *,
         id_offset: int = 0,
-        mode: str = "RGB",
+        mode: str | None = None,
         name: str = "",
     ):
         self.root, self.files, self.mode = str(root), list(files), mode
@@ -268,7 +269,8 @@ class FolderSource(_Base):
         path = os.path.join(self.root, self.files[i])
         try:
             with Image.open(path) as im:
-                img = np.asarray(im.convert(self.mode))
+                mode = self.mode or ("L" if im.mode in ("L", "1", "I;16") else "RGB")
+                img = np.asarray(im.convert(mode))
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
             raise ValueError(f"cannot decode image {path}: {type(e).__name__}: {e}") from None
         if img.ndim == 2:
