@@ -155,3 +155,29 @@ def test_preprocess_from_config_choices(tmp_path):
         and pre.kind == "none"
         and pre(big.train[0]["image"]).shape == (64, 64, 3)
     )
+
+
+def test_augment_policies_from_config_join_the_train_transform():
+    import pickle
+
+    x = rng().integers(0, 255, (20, 16, 16, 3), dtype=np.uint8)
+    small = data.load_splits("arrays", arrays=(x, np.arange(20) % 2))
+    cfg = {
+        "augment_policy": "randaugment",
+        "random_erasing": 1.0,
+        "mean": (0.5,) * 3,
+        "std": (0.25,) * 3,
+    }
+    pre = data.preprocess_from_config(cfg, info((16, 16, 3)), small)
+    plain = data.preprocess_from_config(
+        {k: cfg[k] for k in ("mean", "std")}, info((16, 16, 3)), small
+    )
+    assert pre.policy is not None and pre.erasing is not None and plain.policy is None
+    img = small.train[0]["image"]
+    np.testing.assert_array_equal(pre(img), plain(img))  # eval: no augmentation
+    a, b = pre(img, rng(3)), pre(img, rng(3))
+    np.testing.assert_array_equal(a, b)  # seeded
+    assert a.shape == (16, 16, 3) and a.dtype == np.float32
+    assert not np.array_equal(a, plain(img, rng(3)))
+    clone = pickle.loads(pickle.dumps(pre))  # what a grain worker receives
+    np.testing.assert_array_equal(clone(img, rng(3)), a)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -239,7 +240,9 @@ class Preprocess:
     ``size`` ``(h, w)`` and ``channels`` are the model's input; ``mean``/``std`` (per channel, on
     the [0, 1] scale) normalise; ``kind`` picks the geometry (module docstring); ``shift`` (px,
     mnist/cifar) and ``flip`` are the train-time augmentations; ``crop_pct``, ``interpolation``,
-    ``scale`` and ``ratio`` parametrise the ImageNet pair.
+    ``scale`` and ``ratio`` parametrise the ImageNet pair. ``policy(image, rng)`` (e.g.
+    RandAugment from :mod:`jaxcnn.data.augment`) runs in train mode on the uint8 image after the
+    geometry; ``erasing(x, rng)`` (random erasing) on the normalised float image.
     """
 
     size: tuple[int, int]
@@ -253,6 +256,8 @@ class Preprocess:
     interpolation: str = "bilinear"
     scale: tuple[float, float] = (0.08, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    policy: Callable | None = None
+    erasing: Callable | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -293,11 +298,19 @@ class Preprocess:
 
     def unnormalised(self, image, rng: np.random.Generator | None = None) -> np.ndarray:
         """float32 in [0, 1] at the model's size and channels, before mean/std."""
-        return to_channels(to_float(self.geometry(load_image(image), rng)), self.channels)
+        img = self.geometry(load_image(image), rng)
+        if rng is not None and self.policy is not None:
+            if img.dtype != np.uint8:  # policies work on uint8 (PIL)
+                img = np.clip(np.rint(to_float(img) * 255), 0, 255).astype(np.uint8)
+            img = self.policy(img, rng)
+        return to_channels(to_float(img), self.channels)
 
     def __call__(self, image, rng: np.random.Generator | None = None) -> np.ndarray:
         x = self.unnormalised(image, rng)
-        return ((x - self._mean) * self._inv_std).astype(np.float32, copy=False)
+        x = ((x - self._mean) * self._inv_std).astype(np.float32, copy=False)
+        if rng is not None and self.erasing is not None:
+            x = np.asarray(self.erasing(x, rng), np.float32)
+        return x
 
     def replace(self, **changes) -> "Preprocess":
         return dataclasses.replace(self, **changes)
@@ -416,7 +429,9 @@ def preprocess_from_config(cfg: dict, info, splits) -> Preprocess:
     ["in_channels"]`` too), kind from the dataset (:func:`auto_kind`), shift 4 for cifar and 0
     otherwise, flip for cifar/imagenet, mean/std from the model's metadata or ImageNet's for the
     imagenet kind and computed on the train split otherwise, crop_pct and interpolation from the
-    model's metadata, else 0.875 and bilinear.
+    model's metadata, else 0.875 and bilinear. The augmentation policy keys of
+    :data:`jaxcnn.data.augment.AUGMENT_DEFAULTS` (``augment_policy``, ``color_jitter``,
+    ``random_erasing``...) add ``policy`` / ``erasing`` stages (train mode only).
     """
     c = {**CONFIG_DEFAULTS, **dict(cfg)}
     size = tuple(c["input_size"] or ()) or tuple(info.input_size[:2])
@@ -446,4 +461,9 @@ def preprocess_from_config(cfg: dict, info, splits) -> Preprocess:
         else:
             m, s = compute_mean_std(splits.train, pre)
             mean, std = mean or m, std or s
-    return pre.replace(mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std))
+    mean, std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+    from jaxcnn.data.augment import policies_from_config
+
+    fill = tuple(int(round(255 * m)) for m in mean)
+    stages = policies_from_config(c, fill=fill if len(fill) > 1 else fill[0], interpolation=interp)
+    return pre.replace(mean=mean, std=std, policy=stages.image, erasing=stages.normalized)
