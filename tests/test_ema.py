@@ -1,6 +1,7 @@
 """Weight EMA (jaxcnn.train.ema) and its TrainState field: timm's ModelEmaV3 decay, checkpointed."""
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,7 +9,6 @@ import optax
 import pytest
 from flax import serialization
 
-from jaxcnn import models
 from jaxcnn.checkpoint import Checkpointer
 from jaxcnn.train import create_train_state
 from jaxcnn.train.ema import ema_decay, ema_init, ema_update
@@ -66,9 +66,18 @@ def test_ema_of_constant_stream_and_bf16_leaves():
     np.testing.assert_allclose(np.asarray(ema["params"]["w"], np.float32), 1.0, atol=1e-2)
 
 
+class _TinyBN(nn.Module):
+    """Conv + BatchNorm + Dense: parameters and batch statistics, cheap to build."""
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        x = nn.Conv(4, (3, 3))(x)
+        x = nn.BatchNorm(use_running_average=not train)(x)
+        return nn.Dense(3)(x.mean((1, 2)))
+
+
 def _state(ema):
-    model = models.create_model("resnet18_cifar", num_classes=3)
-    return create_train_state(model, optax.sgd(0.1), (1, 8, 8, 3), seed=0, ema=ema)
+    return create_train_state(_TinyBN(), optax.sgd(0.1), (1, 8, 8, 3), seed=0, ema=ema)
 
 
 def test_train_state_ema_field_and_evaluation():
