@@ -159,7 +159,9 @@ class RelPosAttention(nn.Module):
         q, k, v = jnp.split(qkv.reshape(b, n, heads, 3 * hd), 3, axis=-1)  # (B, N, heads, hd)
         logits = jnp.einsum("bqhd,bkhd->bhqk", q * hd**-0.5, k)
         bias = RelPosBias((h, w), heads, self.param_dtype, name="rel_pos")()
-        weights = jax.nn.softmax((logits + bias.astype(logits.dtype)).astype(jnp.float32), -1)
+        logits = logits + bias.astype(logits.dtype)
+        # softmax in float32 at least (bfloat16 inputs), float64 when the model runs in it
+        weights = jax.nn.softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), -1)
         if not self.is_initializing():
             self.sow("intermediates", "attention", weights)
         out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v).reshape(b, n, -1)

@@ -72,7 +72,7 @@ class StdConv(nn.Module):
     def __call__(self, x):
         k = self.kernel_size
         kernel = self.param("kernel", _he, (k, k, x.shape[-1], self.features), self.param_dtype)
-        w = kernel.astype(jnp.float32)
+        w = kernel.astype(jnp.promote_types(kernel.dtype, jnp.float32))  # f32 at least
         mean = jnp.mean(w, axis=(0, 1, 2), keepdims=True)
         var = jnp.mean(jnp.square(w - mean), axis=(0, 1, 2), keepdims=True)
         w = (w - mean) * jax.lax.rsqrt(var + self.eps)
