@@ -1,6 +1,13 @@
-"""jaxcnn.interop (torch state_dict <-> jaxcnn variables), without torch: state dicts are built
-here from jaxcnn variables in torch's layout (OIHW convs, (out, in) linears, BatchNorm
-weight/bias/running_mean/running_var/num_batches_tracked, keys in call order)."""
+"""jaxcnn.interop without torch: the reference libraries' own key lists and shapes
+(tests/data/reference_keys.json.gz, written by ``python -m experiments.verify_interop --keys``
+from torchvision 0.29.1, timm 1.0.31 and Keras 3.15) stand in for their state dicts.
+
+Every registered layout must name exactly its reference's tensors; any key order must give the
+same variables; misfits are named (torch key and jaxcnn path first); ``strict=False`` frees the
+whole classifier and nothing else. Numerical agreement with the real libraries is checked by
+``experiments/verify_interop.py`` (docs/interop.md has the figures)."""
+
+import random
 
 import chex
 import flax.linen as nn
@@ -8,213 +15,361 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import traverse_util
+from interop_data import CASES, REFERENCE, _param, identical, random_state_dict, reference_shapes
 
 from jaxcnn import models
-from jaxcnn.inspect import random_variables, small_input_shape
-from jaxcnn.interop import from_torch_state_dict, to_torch_state_dict
+from jaxcnn.interop import (
+    ConversionError,
+    core,
+    from_torch_state_dict,
+    load_file,
+    save_file,
+    to_torch_state_dict,
+)
+from jaxcnn.interop.pretrained import names as reference_names
 from jaxcnn.layers.conv import ConvTranspose2d
 
-TORCH_NAME = {
-    "kernel": "weight",
-    "scale": "weight",
-    "bias": "bias",
-    "mean": "running_mean",
-    "var": "running_var",
-    "cls_token": "class_token",
-    "pos_embed": "pos_embedding",
-}
+
+def test_every_reference_is_in_the_fixture():
+    for src in REFERENCE:
+        assert sorted(REFERENCE[src]) == reference_names(src), src
 
 
-def torch_layout(variables, flat_maps=None) -> dict:
-    """A torch-style state dict of ``variables`` (numpy), modules in creation order.
-    ``flat_maps``: {dense module path: (H, W, C)} for dense layers fed by a flattened map."""
-    flat_maps = flat_maps or {}
-    cols = {
-        c: traverse_util.flatten_dict(dict(variables.get(c, {}))) for c in ("params", "batch_stats")
-    }
-    modules = list(dict.fromkeys(p[:-1] for c in cols.values() for p in c))
-    sd = {}
-    for mp in modules:
-        for col in cols.values():
-            for path, v in col.items():
-                if path[:-1] != mp:
-                    continue
-                a, name = np.asarray(v), path[-1]
-                if name == "kernel" and a.ndim == 4:
-                    a = a.transpose(3, 2, 0, 1)
-                elif name == "kernel" and a.ndim == 2 and mp in flat_maps:
-                    h, w, c = flat_maps[mp]
-                    a = a.reshape(h, w, c, -1).transpose(3, 2, 0, 1).reshape(a.shape[1], -1)
-                elif name == "kernel" and a.ndim == 2:
-                    a = a.T
-                sd[".".join(mp + (TORCH_NAME[name],))] = a
-        if "mean" in {p[-1] for p in cols["batch_stats"] if p[:-1] == mp}:
-            sd[".".join(mp + ("num_batches_tracked",))] = np.array(7)
-    return sd
+@pytest.mark.parametrize("src,name", [_param(s, n) for s, n in CASES])
+def test_layout_names_exactly_the_reference_tensors(src, name):
+    """The layout found from the keys is ``src``'s and fits every tensor, nothing left."""
+    shapes = reference_shapes(src, name)
+    plan = core.prepare(name, shapes.keys(), None, "auto", {})
+    layout_keys = set(plan.keys)
+    if src == "timm" and name in reference_names("torchvision"):
+        same = set(reference_shapes("torchvision", name)) == set(shapes)
+        assert plan.layout.source == ("torchvision" if same else "timm")
+    else:
+        assert plan.layout.source == src
+    assert core._check(plan, shapes, strict=True, adapt_input=False) == set()
+    ignored = {k for k in shapes if k.rpartition(".")[2] in plan.layout.ignore}
+    assert layout_keys == set(shapes) - ignored
 
 
-def in_order(tree, ref):
-    """``tree`` with the dict key order of ``ref`` (tree_map sorts keys; torch keeps order)."""
-    return {k: in_order(tree[k], ref[k]) for k in ref} if isinstance(ref, dict) else tree
+SMALL = [
+    ("torchvision", "resnet18"),
+    ("torchvision", "mobilenet_v3_small"),
+    ("torchvision", "efficientnet_b0"),
+    ("torchvision", "mobilenet_v2"),
+    ("torchvision", "densenet121"),
+    ("torchvision", "googlenet"),
+    ("torchvision", "swin_t"),
+    ("torchvision", "convnext_tiny"),
+    ("timm", "efficientnet_b0"),
+    ("timm", "mobilenet_v3_small"),
+    ("timm", "swin_t"),
+    ("timm", "vit_ti_16"),
+    ("timm", "convnext_tiny"),
+    ("timm", "xception"),
+    ("keras", "mobilenet_v1_025"),
+    ("keras", "xception"),
+]
 
 
-def random_setup(name, **kwargs):
-    """Model, input shape and random variables (NumPy, no compilation) in creation order."""
-    shape = small_input_shape(name)
-    model = models.create_model(name, **kwargs)
-    abstract = models.abstract_variables(model, shape)
-    return model, shape, in_order(random_variables(abstract), abstract)
+@pytest.mark.parametrize("src,name", SMALL, ids=[f"{s}-{n}" for s, n in SMALL])
+def test_any_key_order_gives_identical_variables(src, name):
+    """State-dict order, sorted by name (safetensors' order), reversed and shuffled (3 seeds)."""
+    sd = random_state_dict(src, name)
+    ref = from_torch_state_dict(name, sd)
+    keys = list(sd)
+    orders = [sorted(keys), keys[::-1]]
+    for seed in range(3):
+        shuffled = list(keys)
+        random.Random(seed).shuffle(shuffled)
+        orders.append(shuffled)
+    for order in orders:
+        identical(from_torch_state_dict(name, {k: sd[k] for k in order}), ref)
 
 
-@pytest.fixture(scope="module")
-def resnet18():
-    model, shape, variables = random_setup("resnet18")
-    return model, shape, variables, torch_layout(variables)
+@pytest.mark.slow
+@pytest.mark.parametrize("src,name", [(s, n) for s, n in CASES if (s, n) not in SMALL])
+def test_any_key_order_gives_identical_variables_all(src, name):
+    test_any_key_order_gives_identical_variables(src, name)
 
 
-class FakeTensor:
-    """Has ``.numpy()`` and ``.shape`` but no ``__array__`` (like a tensor of another library)."""
-
-    def __init__(self, a):
-        self._a, self.shape = a, a.shape
-
-    def numpy(self):
-        return self._a
-
-
-@pytest.mark.parametrize("name", ["lenet5", "resnet18", "mobilenet_v3_small"])
-def test_round_trip_leaves_and_logits(name):
-    model, shape, variables = random_setup(name)
-    sd = torch_layout(variables)
-    assert any(k.endswith("num_batches_tracked") for k in sd) == (name != "lenet5")
-    given = {k: FakeTensor(v) if i % 2 else v for i, (k, v) in enumerate(sd.items())}
-    got = from_torch_state_dict(name, given, input_shape=shape)
-    chex.assert_trees_all_equal(got, variables)
-    apply = jax.jit(lambda v, x: model.apply(v, x))
-    x = jax.random.normal(jax.random.key(0), shape)
-    np.testing.assert_array_equal(apply(got, x), apply(variables, x))
-    back = to_torch_state_dict(name, got, sd, input_shape=shape)
-    assert list(back) == list(sd)
+@pytest.mark.parametrize("src,name", SMALL[:-2], ids=[f"{s}-{n}" for s, n in SMALL[:-2]])
+def test_safetensors_round_trip(src, name, tmp_path):
+    """reference -> jaxcnn -> torch layout (no reference) -> .safetensors -> jaxcnn: exact;
+    the keys and shapes written are the library's own."""
+    sd = random_state_dict(src, name)
+    variables = from_torch_state_dict(name, sd)
+    kwargs = {"aux_logits": True} if name == "googlenet" else {}
+    back = to_torch_state_dict(name, variables, source=src, **kwargs)
+    assert {k: v.shape for k, v in back.items()} == reference_shapes(src, name)
+    for k, v in sd.items():
+        if not k.endswith(("num_batches_tracked", "relative_position_index")):
+            np.testing.assert_array_equal(back[k], v, err_msg=k)
+    path = save_file(back, tmp_path / f"{name}.safetensors")
+    identical(from_torch_state_dict(name, load_file(path)), variables)
+    again = to_torch_state_dict(name, variables, sd)
+    assert list(again) == list(sd)
     for k in sd:
-        np.testing.assert_array_equal(back[k], sd[k], err_msg=k)
+        np.testing.assert_array_equal(again[k], sd[k], err_msg=k)
 
 
-def test_shape_mismatch_names_both_sides(resnet18):
-    _, shape, _, sd = resnet18
-    sd = dict(sd)
-    sd["stage2.block1.conv1.weight"] = np.zeros((96, 128, 3, 3), np.float32)
-    with pytest.raises(ValueError) as e:
-        from_torch_state_dict("resnet18", sd, input_shape=shape)
+def test_swin_relative_position_index_is_torchvision_s():
+    """torchvision's formula (2w-1)^2 table rows, flattened index (w = 7)."""
+    from jaxcnn.interop.layouts import relative_position_index
+
+    idx = relative_position_index(7)
+    assert idx.shape == (2401,) and idx.dtype == np.int64
+    assert idx[0] == 84 and idx[48] == 0 and idx[-1] == 84 and idx.max() == 168
+
+
+# -- errors -------------------------------------------------------------------------------
+ERROR_CASES = [
+    ("torchvision", "resnet18", "layer3.1.conv2.weight", "params/stage3/block1/conv2/kernel"),
+    ("torchvision", "swin_t", "features.5.3.mlp.0.weight", "params/stage3/block3/mlp/fc1/kernel"),
+    (
+        "torchvision",
+        "efficientnet_b0",
+        "features.4.1.block.2.fc1.bias",
+        "params/stage4/block1/se/fc1/bias",
+    ),
+    (
+        "torchvision",
+        "densenet121",
+        "features.denseblock3.denselayer10.norm2.running_var",
+        "batch_stats/stage3/block9/bn2/var",
+    ),
+    (
+        "torchvision",
+        "vit_b_16",
+        "encoder.layers.encoder_layer_7.ln_2.weight",
+        "params/block7/norm2/scale",
+    ),
+    (
+        "torchvision",
+        "googlenet",
+        "inception4c.branch3.1.bn.bias",
+        "params/inception4c/branch3_2/bn/bias",
+    ),
+    ("torchvision", "vgg16_bn", "features.24.running_mean", "batch_stats/stage4/bn1/mean"),
+    (
+        "timm",
+        "swin_t",
+        "layers.2.blocks.3.attn.proj.weight",
+        "params/stage3/block3/attn/proj/kernel",
+    ),
+    (
+        "timm",
+        "mobilenet_v3_large",
+        "blocks.3.2.bn2.weight",
+        "params/stage4/block2/depthwise/bn/scale",
+    ),
+    (
+        "timm",
+        "xception",
+        "block5.rep.4.pointwise.weight",
+        "params/stage3/block2/sepconv2/pointwise/kernel",
+    ),
+    (
+        "keras",
+        "xception",
+        "separable_conv2d_7/pointwise_kernel",
+        "params/stage3/block2/sepconv2/pointwise/kernel",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "src,name,key,path", ERROR_CASES, ids=[c[1] + "-" + c[0] for c in ERROR_CASES]
+)
+def test_one_missing_tensor_is_named_first(src, name, key, path):
+    shapes = reference_shapes(src, name)
+    del shapes[key]
+    with pytest.raises(ConversionError) as e:
+        from_torch_state_dict(name, shapes, source=src)
+    lines = str(e.value).splitlines()
+    assert lines[0].startswith(f"{name}: missing: {key!r} for {path} ("), lines[0]
+    assert len(lines) == 2 and lines[1].startswith(f"({src} layout: 1 missing;")
+    assert "downsample" not in str(e.value) and "unexpected" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "src,name,key,path", ERROR_CASES, ids=[c[1] + "-" + c[0] for c in ERROR_CASES]
+)
+def test_one_misshaped_tensor_is_named_first(src, name, key, path):
+    shapes = reference_shapes(src, name)
+    shapes[key] = tuple(d + 1 for d in shapes[key])
+    with pytest.raises(ConversionError) as e:
+        from_torch_state_dict(name, shapes, source=src)
+    lines = str(e.value).splitlines()
+    assert lines[0].startswith(f"{name}: wrong shape: {key!r} "), lines[0]
+    assert f"for {path} (" in lines[0] and len(lines) == 2
+
+
+def test_one_unexpected_tensor_is_named_first():
+    shapes = reference_shapes("torchvision", "swin_t")
+    shapes["features.3.1.attn.extra.weight"] = (4, 4)
+    with pytest.raises(ConversionError) as e:
+        from_torch_state_dict("swin_t", shapes)
+    assert str(e.value).splitlines() == [
+        "swin_t: unexpected: 'features.3.1.attn.extra.weight' (4, 4)",
+        "(torchvision layout: 1 unexpected; 186 tensors given, 173 variables)",
+    ]
+
+
+def test_renamed_tensor_suggests_the_given_name():
+    shapes = reference_shapes("torchvision", "resnet18")
+    shapes["layer2.0.conv1.weight_orig"] = shapes.pop("layer2.0.conv1.weight")
+    with pytest.raises(ConversionError) as e:
+        from_torch_state_dict("resnet18", shapes)
     msg = str(e.value)
-    assert "shape mismatch" in msg and "'stage2.block1.conv1.weight' (96, 128, 3, 3)" in msg
-    assert "params/stage2/block1/conv1/kernel expects (3, 3, 128, 128)" in msg
-
-
-def test_missing_tensor_is_located(resnet18):
-    _, shape, _, sd = resnet18
-    sd = {k: v for k, v in sd.items() if k != "stage2.block0.bn1.running_mean"}
-    with pytest.raises(
-        ValueError,
-        match=r"no torch tensor for batch_stats/stage2/block0/bn1/mean "
-        r"\(128,\)",
-    ) as e:
-        from_torch_state_dict("resnet18", sd, input_shape=shape)
-    assert "left over" not in str(e.value)
-
-
-def test_extra_tensors_are_listed(resnet18):
-    _, shape, _, sd = resnet18
-    items = list(sd.items())
-    sd = dict(
-        items[:10]
-        + [("stem.extra.weight", np.ones((5, 3), np.float32))]
-        + items[10:]
-        + [("fc2.bias", np.ones(7, np.float32))]
+    assert msg.startswith(
+        "resnet18: missing: 'layer2.0.conv1.weight' for params/stage2/block0/conv1/kernel "
+        "(3, 3, 64, 128) (given: 'layer2.0.conv1.weight_orig'?)"
     )
-    with pytest.raises(ValueError) as e:
-        from_torch_state_dict("resnet18", sd, input_shape=shape)
+    assert "  unexpected: 'layer2.0.conv1.weight_orig' (128, 64, 3, 3)" in msg
+
+
+def test_many_misfits_are_counted_not_listed():
+    shapes = {
+        k: s
+        for k, s in reference_shapes("torchvision", "resnet50").items()
+        if not k.startswith("layer3.")
+    }
+    with pytest.raises(ConversionError) as e:
+        from_torch_state_dict("resnet50", shapes)
+    lines = str(e.value).splitlines()
+    assert len(lines) == 7 and lines[5] == "  ... and 103 more missing"
+    assert lines[6].startswith("(torchvision layout: 108 missing;")
+
+
+def test_unknown_names_say_so():
+    with pytest.raises(ConversionError, match=r"resnet18: missing: 'conv1.weight'"):
+        from_torch_state_dict("resnet18", {"foo.weight": (3, 3)})
+    with pytest.raises(TypeError, match="mapping"):
+        from_torch_state_dict("resnet18", [np.zeros(3)])
+    with pytest.raises(ValueError, match="input_shape"):
+        from_torch_state_dict(models.create_model("lenet5"), {})
+    with pytest.raises(ValueError, match="no 'keras' layout for ResNet"):
+        from_torch_state_dict("resnet18", {}, source="keras")
+
+
+# -- the classifier: strict=False --------------------------------------------------------------
+def test_other_class_count_needs_strict_false_and_then_only_the_head_is_new():
+    sd = random_state_dict("torchvision", "resnet18")
+    with pytest.raises(ConversionError) as e:
+        from_torch_state_dict("resnet18", sd, num_classes=10)
     msg = str(e.value)
-    assert "torch tensor left over: 'stem.extra.weight' (5, 3); 'fc2.bias' (7,)" in msg
-    assert "no torch tensor" not in msg and "mismatch" not in msg
-
-
-def test_wrong_num_classes_says_what_to_do(resnet18):
-    _, shape, _, sd = resnet18
-    with pytest.raises(ValueError) as e:
-        from_torch_state_dict("resnet18", sd, input_shape=shape, num_classes=10)
-    msg = str(e.value)
-    assert "'head.weight' (1000, 512) has 1000 classes" in msg
-    assert "num_classes=1000" in msg and "strict=False" in msg and "replace_head" in msg
-
-
-def test_strict_false_keeps_a_fresh_head():
-    _, shape, variables = random_setup("lenet5")
-    sd = torch_layout(variables)
-    with pytest.raises(ValueError, match="num_classes=10"):
-        from_torch_state_dict("lenet5", sd, num_classes=5)
-    got = from_torch_state_dict("lenet5", sd, strict=False, num_classes=5)
-    assert got["params"]["head"]["kernel"].shape == (84, 5)
+    assert msg.splitlines()[0] == (
+        "resnet18: wrong shape: 'fc.weight' (1000, 512) (as (512, 1000)) for "
+        "params/head/kernel (512, 10)"
+    )
+    assert "The classifier head has 10 classes, the tensors 1000" in msg
+    assert "num_classes=1000" in msg and "strict=False" in msg
+    got = from_torch_state_dict("resnet18", sd, num_classes=10, strict=False)
+    full = from_torch_state_dict("resnet18", sd)
+    assert got["params"]["head"]["kernel"].shape == (512, 10)
     assert float(jnp.abs(got["params"]["head"]["kernel"]).sum()) > 0
-    rest = lambda v: {k: t for k, t in v["params"].items() if k != "head"}  # noqa: E731
-    chex.assert_trees_all_equal(rest(got), rest(variables))
-    # strict=False lets only the head differ.
-    sd2 = dict(sd, **{"c3.weight": np.zeros((16, 6, 3, 3), np.float32)})
-    with pytest.raises(ValueError, match="strict=False only lets"):
-        from_torch_state_dict("lenet5", sd2, strict=False, num_classes=5)
+    body = lambda v: {k: t for k, t in v["params"].items() if k != "head"}  # noqa: E731
+    identical(body(got), body(full))
+    identical(got["batch_stats"], full["batch_stats"])
 
 
-def test_features_only_ignores_the_classifier_when_not_strict():
-    _, shape, variables = random_setup("lenet5")
-    sd = torch_layout(variables)
-    with pytest.raises(ValueError, match="left over: 'head.weight'"):
-        from_torch_state_dict("lenet5", sd, features_only=True)
-    got = from_torch_state_dict("lenet5", sd, strict=False, features_only=True)
-    assert "head" not in got["params"]
-    chex.assert_trees_all_equal(got["params"]["f6"], variables["params"]["f6"])
+def test_strict_false_does_not_excuse_part_of_the_head():
+    """The issue's case: right class count, head bias missing -> an error, not a fresh bias."""
+    shapes = reference_shapes("torchvision", "efficientnet_b3")
+    del shapes["classifier.1.bias"]
+    for strict in (True, False):
+        with pytest.raises(ConversionError) as e:
+            from_torch_state_dict("efficientnet_b3", shapes, strict=strict)
+        msg = str(e.value)
+        assert msg.startswith("efficientnet_b3: missing: 'classifier.1.bias' for params/head/bias")
+        assert "Only part of the classifier head is there" in msg
 
 
+def test_strict_false_does_not_excuse_the_body():
+    shapes = reference_shapes("torchvision", "resnet18")
+    del shapes["layer1.0.bn1.running_mean"]
+    with pytest.raises(ConversionError) as e:
+        from_torch_state_dict("resnet18", shapes, strict=False, num_classes=10)
+    msg = str(e.value)
+    assert msg.startswith("resnet18: missing: 'layer1.0.bn1.running_mean' for ")
+    assert "strict=False lets only the whole classifier differ or be absent" in msg
+
+
+def test_absent_classifier_is_a_new_head_only_with_strict_false():
+    sd = {
+        k: v for k, v in random_state_dict("timm", "vit_ti_16").items() if not k.startswith("head.")
+    }
+    with pytest.raises(ConversionError, match="The tensors have no classifier"):
+        from_torch_state_dict("vit_ti_16", sd)
+    got = from_torch_state_dict("vit_ti_16", sd, strict=False)
+    assert got["params"]["head"]["kernel"].shape == (192, 1000)
+
+
+def test_features_only_leaves_the_classifier_side_unused():
+    sd = random_state_dict("torchvision", "mobilenet_v3_small")
+    full = from_torch_state_dict("mobilenet_v3_small", sd)
+    feats = from_torch_state_dict("mobilenet_v3_small", sd, features_only=True)
+    assert "head" not in feats["params"] and "pre_logits" not in feats["params"]
+    identical(feats["params"]["stage3"], full["params"]["stage3"])
+    bad = dict(sd, **{"classifier.9.weight": np.zeros((2, 2), np.float32)})
+    with pytest.raises(ConversionError, match="unexpected: 'classifier.9.weight'"):
+        from_torch_state_dict("mobilenet_v3_small", bad, features_only=True)
+
+
+def test_model_options_the_weights_need():
+    """timm's MobileNet v3 needs bn_eps=1e-5: set when built by name, an error for a module."""
+    shapes = reference_shapes("timm", "mobilenet_v3_small")
+    plan = core.prepare("mobilenet_v3_small", shapes.keys(), None, "auto", {})
+    assert plan.layout.source == "timm" and plan.model.bn_eps == 1e-5
+    with pytest.raises(ValueError, match=r"timm's weights need the model built with bn_eps=1e-05"):
+        from_torch_state_dict(
+            models.create_model("mobilenet_v3_small"), shapes, input_shape=(224, 224, 3)
+        )
+    plan = core.prepare(
+        "inception_v3", reference_shapes("timm", "inception_v3").keys(), None, "auto", {}
+    )
+    assert plan.model.aux_logits is False
+
+
+# -- the jaxcnn layout, layouts of arrays -------------------------------------------------------
 class Tiny(nn.Module):
-    """conv -> an aux branch run mid-network -> conv -> flatten -> fc -> head."""
+    """conv -> conv -> flatten -> fc -> head (torch flattens NCHW: fc's rows are permuted)."""
 
     @nn.compact
     def __call__(self, x, train=False):
-        x = Aux(name="aux")(nn.Conv(8, (3, 3), padding=1, name="a")(x))
-        x = nn.Conv(8, (3, 3), padding=1, name="b")(x)
+        x = nn.Conv(8, (3, 3), padding=1, name="a")(x)
         x = nn.Conv(4, (3, 3), strides=2, padding=1, name="c")(x)
         x = nn.Dropout(0.5)(x.reshape((x.shape[0], -1)), deterministic=True)
         return nn.Dense(3, name="head")(nn.relu(nn.Dense(5, name="fc")(x)))
 
 
-class Aux(nn.Module):
-    """An auxiliary classifier: its conv has the shape of Tiny's ``b``; returns its input."""
-
-    @nn.compact
-    def __call__(self, x):
-        nn.Dense(2, name="fc")(nn.Conv(8, (3, 3), name="conv")(x).mean((1, 2)))
-        return x
-
-
-def test_blocks_registered_elsewhere_and_flattened_dense():
-    """Torch registers the aux branch last (like GoogLeNet's aux1): the block is matched as a
-    whole, not conv by conv (``b`` has aux's conv shape). ``fc`` sees torch's (C, H, W) order."""
-    model = Tiny()
-    shape = (1, 8, 8, 3)
-    abstract = models.abstract_variables(model, shape)
-    variables = in_order(random_variables(abstract), abstract)
-    sd = torch_layout(variables, flat_maps={("fc",): (4, 4, 4)})
-    order = [k for k in sd if not k.startswith("aux.")] + [k for k in sd if k.startswith("aux.")]
-    assert order[2] == "b.weight"
-    got = from_torch_state_dict(model, {k: sd[k] for k in order}, input_shape=shape)
-    chex.assert_trees_all_equal(got, variables)
-    # The permutation is torch's: W @ map.flatten() in NCHW == map.flatten() in NHWC @ kernel.
-    fmap = np.random.default_rng(0).normal(size=(1, 4, 4, 4)).astype(np.float32)
+def test_jaxcnn_layout_and_flattened_dense():
+    """A module without a registered layout: keys are its paths with dots and torch leaf names;
+    the dense layer after the flatten sees torch's (C, H, W) order."""
+    model, shape = Tiny(), (1, 8, 8, 3)
+    rng = np.random.default_rng(0)
+    sd = {
+        "a.weight": rng.normal(size=(8, 3, 3, 3)).astype(np.float32),
+        "a.bias": rng.normal(size=8).astype(np.float32),
+        "c.weight": rng.normal(size=(4, 8, 3, 3)).astype(np.float32),
+        "c.bias": rng.normal(size=4).astype(np.float32),
+        "fc.weight": rng.normal(size=(5, 64)).astype(np.float32),
+        "fc.bias": rng.normal(size=5).astype(np.float32),
+        "head.weight": rng.normal(size=(3, 5)).astype(np.float32),
+        "head.bias": rng.normal(size=3).astype(np.float32),
+    }
+    got = from_torch_state_dict(model, sd, input_shape=shape)
+    fmap = rng.normal(size=(1, 4, 4, 4)).astype(np.float32)  # NHWC after c
     np.testing.assert_allclose(
         fmap.reshape(1, -1) @ np.asarray(got["params"]["fc"]["kernel"]),
         fmap.transpose(0, 3, 1, 2).reshape(1, -1) @ sd["fc.weight"].T,
         rtol=1e-5,
-        atol=1e-6,
+        atol=1e-5,
     )
+    back = to_torch_state_dict(model, got, input_shape=shape)
+    assert list(back) == list(sd)
+    for k in sd:
+        np.testing.assert_array_equal(back[k], sd[k])
 
 
 class Up(nn.Module):
@@ -240,14 +395,45 @@ def test_transposed_conv_matches_torch_formula():
     ref = full[:, 1:8, 1:8] + b[:, None, None]
     y = model.apply(variables, jnp.asarray(x.transpose(1, 2, 0)[None]))
     np.testing.assert_allclose(np.asarray(y[0]).transpose(2, 0, 1), ref, rtol=1e-5, atol=1e-5)
-    back = to_torch_state_dict(
-        model, variables, {"up.weight": w.shape, "up.bias": (3,)}, input_shape=(4, 4, 2)
-    )
+    back = to_torch_state_dict(model, variables, input_shape=(4, 4, 2))
     np.testing.assert_array_equal(back["up.weight"], w)
 
 
-def test_bad_arguments():
-    with pytest.raises(TypeError, match="mapping"):
-        from_torch_state_dict("lenet5", [np.zeros(3)])
-    with pytest.raises(ValueError, match="input_shape"):
-        from_torch_state_dict(models.create_model("lenet5"), {})
+def test_torch_tensors_and_objects_with_numpy():
+    class FakeTensor:
+        """Has ``.numpy()`` and ``.shape`` but no ``__array__`` (another library's tensor)."""
+
+        def __init__(self, a):
+            self._a, self.shape = a, a.shape
+
+        def numpy(self):
+            return self._a
+
+    sd = random_state_dict("torchvision", "resnet18")
+    got = from_torch_state_dict("resnet18", {k: FakeTensor(v) for k, v in sd.items()})
+    identical(got, from_torch_state_dict("resnet18", sd))
+
+
+def test_adapt_input_conv_follows_timm():
+    from jaxcnn.interop.core import adapt_input_conv
+
+    k = np.random.default_rng(0).normal(size=(3, 3, 3, 8)).astype(np.float32)
+    np.testing.assert_allclose(adapt_input_conv(k, 1), k.sum(axis=2, keepdims=True), rtol=1e-6)
+    five = adapt_input_conv(k, 5)
+    np.testing.assert_allclose(five, np.concatenate([k, k[:, :, :2]], axis=2) * 3 / 5, rtol=1e-6)
+    six = np.concatenate([k, 2 * k], axis=2)
+    np.testing.assert_allclose(
+        adapt_input_conv(six, 1), 3 * k.sum(axis=2, keepdims=True), rtol=1e-5
+    )
+    with pytest.raises(ValueError, match="cannot adapt a 4-channel"):
+        adapt_input_conv(np.zeros((3, 3, 4, 8), np.float32), 2)
+
+
+def test_chex_variants_of_loading_are_jittable():
+    sd = random_state_dict("torchvision", "resnet18")
+    variables = from_torch_state_dict("resnet18", sd)
+    model = models.create_model("resnet18")
+    x = jnp.ones((1, 32, 32, 3))
+    y = jax.jit(lambda v, x: model.apply(v, x))(variables, x)
+    chex.assert_shape(y, (1, 1000))
+    chex.assert_tree_all_finite(y)

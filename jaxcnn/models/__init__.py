@@ -183,6 +183,11 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     fn, info = _lookup(name)
     if "conv_impl" in kwargs:
         check_conv_impl(kwargs["conv_impl"])
+    if "pretrained" in kwargs:  # interop uses models, not the other way round
+        raise TypeError(
+            f"{name}: pretrained weights load with jaxcnn.interop.create_model(name, "
+            f"pretrained=..., num_classes=..., in_channels=...) -> (model, variables)"
+        )
     if "num_classes" in kwargs:
         n = kwargs["num_classes"]
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:

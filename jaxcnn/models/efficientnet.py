@@ -150,14 +150,9 @@ def _feature_info(width):
 
 def _efficientnet(name, width, depth, dropout, tf_bn=False, **kwargs) -> EfficientNet:
     kwargs.setdefault("dropout", dropout)
-    return EfficientNet(
-        width=width,
-        depth=depth,
-        bn_eps=1e-3 if tf_bn else 1e-5,
-        bn_momentum=0.99 if tf_bn else 0.9,
-        variant=name,
-        **kwargs,
-    )
+    kwargs.setdefault("bn_eps", 1e-3 if tf_bn else 1e-5)  # timm's B5-B7 weights: 1e-5
+    kwargs.setdefault("bn_momentum", 0.99 if tf_bn else 0.9)
+    return EfficientNet(width=width, depth=depth, variant=name, **kwargs)
 
 
 def _info(width, side):

@@ -5,7 +5,8 @@ squeeze-and-excitation whose squeeze width is ``make_divisible(expanded // 4, 8)
 and a hard-sigmoid gate (``relu6(x + 3) / 6``, like ``torch.nn.Hardsigmoid``). Stem: 3x3
 stride-2 conv + BN + hard-swish. Tail: 1x1 ``conv_head`` to ``6 * last`` channels + hard-swish,
 global average pool, ``pre_logits`` Dense (1280 / 1024) + hard-swish, dropout 0.2, ``head``
-Dense. BatchNorm eps 1e-3, torch momentum 0.01 (0.99 here). Channels scale with ``width_mult``
+Dense. BatchNorm eps 1e-3 (``bn_eps``; timm's weights use 1e-5), torch momentum 0.01 (0.99
+here). Channels scale with ``width_mult``
 through ``make_divisible(c * width_mult, 8)``. torchvision's ``reduced_tail``/``dilated``
 segmentation options are not implemented.
 
@@ -80,6 +81,7 @@ class MobileNetV3Stage(nn.Module):
 
     blocks: tuple  # (kernel, expanded, out, se, act, stride) per block
     drop_paths: tuple = ()
+    bn_eps: float = 1e-3
     dtype: Any = None
     param_dtype: Any = jnp.float32
 
@@ -96,7 +98,7 @@ class MobileNetV3Stage(nn.Module):
                 se_act=nn.relu,
                 se_gate=jax.nn.hard_sigmoid,
                 drop_path=self.drop_paths[i] if self.drop_paths else 0.0,
-                bn_eps=1e-3,
+                bn_eps=self.bn_eps,
                 bn_momentum=0.99,
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
@@ -117,6 +119,7 @@ class MobileNetV3(nn.Module):
     drop_path_rate: float = 0.0
     in_channels: int = 3
     features_only: bool = False
+    bn_eps: float = 1e-3  # timm's weights: 1e-5
     dtype: Any = None
     param_dtype: Any = jnp.float32
     variant: str = "mobilenet_v3_large"
@@ -126,7 +129,7 @@ class MobileNetV3(nn.Module):
     def __call__(self, x, train: bool = False):
         check_image(x, model=self.variant, channels=self.in_channels, min_size=1)
         common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        bn = dict(bn_eps=1e-3, bn_momentum=0.99, **common)
+        bn = dict(bn_eps=self.bn_eps, bn_momentum=0.99, **common)
         adjust = lambda c: make_divisible(c * self.width_mult, 8)  # noqa: E731
         feats = {}
         x = ConvBNAct(adjust(16), 3, 2, act=jax.nn.hard_swish, name="stem", **bn)(x, train)
@@ -134,7 +137,9 @@ class MobileNetV3(nn.Module):
         rates = drop_path_schedule(self.drop_path_rate, [len(s) for s in self.stages])
         for i, stage in enumerate(self.stages):
             blocks = tuple((k, adjust(e), adjust(o), se, a, s) for k, e, o, se, a, s in stage)
-            x = MobileNetV3Stage(blocks, rates[i], name=f"stage{i + 1}", **common)(x, train)
+            x = MobileNetV3Stage(blocks, rates[i], self.bn_eps, name=f"stage{i + 1}", **common)(
+                x, train
+            )
             feats[f"stage{i + 1}"] = x
         x = ConvBNAct(6 * x.shape[-1], 1, act=jax.nn.hard_swish, name="conv_head", **bn)(x, train)
         feats["conv_head"] = x

@@ -118,6 +118,7 @@ class XceptionBlock(nn.Module):
     pre_act: bool = True
     residual: bool = True
     post_act: bool = False
+    pool_padding: Any = "SAME"
 
     @nn.compact
     def __call__(self, x):
@@ -129,7 +130,7 @@ class XceptionBlock(nn.Module):
             if self.post_act:
                 y = self.act(y)
         if self.stride != 1:
-            y = max_pool(y, 3, self.stride, padding="SAME")
+            y = max_pool(y, 3, self.stride, padding=self.pool_padding)
         if not self.residual:
             return y
         if self.stride != 1 or x.shape[-1] != self.channels[-1]:
@@ -146,12 +147,18 @@ class XceptionStage(nn.Module):
     conv: ModuleDef
     sepconv: ModuleDef
     norm: ModuleDef
+    pool_padding: Any = "SAME"
 
     @nn.compact
     def __call__(self, x):
         for i, kw in enumerate(self.blocks):
             x = XceptionBlock(
-                conv=self.conv, sepconv=self.sepconv, norm=self.norm, name=f"block{i}", **kw
+                conv=self.conv,
+                sepconv=self.sepconv,
+                norm=self.norm,
+                pool_padding=self.pool_padding,
+                name=f"block{i}",
+                **kw,
             )(x)
         return x
 
@@ -169,11 +176,18 @@ STAGES = (
 
 
 class Xception(nn.Module):
-    """Xception as in Keras applications. ``features_only=True`` returns the stage outputs."""
+    """Xception as in Keras applications. ``features_only=True`` returns the stage outputs.
+
+    ``bn_eps`` (Keras: 1e-3) and ``pool_padding`` (Keras: TensorFlow's ``"SAME"``) exist for
+    timm's ``legacy_xception`` weights, a port of the Keras ones whose BatchNorm eps is 1e-5 and
+    whose max pools pad 1 on every side (PyTorch style): ``bn_eps=1e-5, pool_padding=1``.
+    """
 
     num_classes: int = 1000
     in_channels: int = 3
     features_only: bool = False
+    bn_eps: float = 1e-3
+    pool_padding: Any = "SAME"
     dtype: Any = None
     param_dtype: Any = jnp.float32
     variant: str = "xception"
@@ -183,13 +197,15 @@ class Xception(nn.Module):
     def __call__(self, x, train: bool = False):
         check_image(x, model=self.variant, channels=self.in_channels, min_size=MIN_SIZE)
         common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        norm = functools.partial(batch_norm, train, 0.99, 1e-3, **common)
+        norm = functools.partial(batch_norm, train, 0.99, self.bn_eps, **common)
         conv = functools.partial(conv2d, use_bias=False, kernel_init=glorot, **common)
         sepconv = functools.partial(SeparableConv2D, **common)
         x = Stem(conv, norm, name="stem")(x)
         features = []
         for i, blocks in enumerate(STAGES):
-            x = XceptionStage(blocks, conv, sepconv, norm, name=f"stage{i + 1}")(x)
+            x = XceptionStage(blocks, conv, sepconv, norm, self.pool_padding, name=f"stage{i + 1}")(
+                x
+            )
             features.append(x)
         if self.features_only:
             return features
