@@ -37,8 +37,11 @@ def random_state_dict(src, name, seed=0) -> dict:
     for k, s in REFERENCE[src][name]:
         if k.endswith(("num_batches_tracked", "relative_position_index")):
             out[k] = np.zeros(s, np.int64)
+        elif k.endswith(("running_var", "moving_variance")):
+            out[k] = rng.uniform(0.5, 1.5, s).astype(np.float32)
         else:
-            out[k] = rng.standard_normal(s, dtype=np.float32)
+            scale = 1 / np.sqrt(np.prod(s[1:]) or 1)  # ~ unit activations
+            out[k] = (rng.standard_normal(s) * scale).astype(np.float32)
     return out
 
 

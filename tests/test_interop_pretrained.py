@@ -199,11 +199,17 @@ def _keras_v3(path, tensors):
 
 def _keras_legacy(path, tensors):
     """A legacy ``.h5`` (Keras 2 ``save_weights``): layers by their own names, ``name:0``."""
+    import re
+
+    def ordinal(layer):  # model order within a class: conv2d, conv2d_1, conv2d_2, ...
+        m = re.fullmatch(r"(.+?)(?:_(\d+))?", layer)
+        return m[1], int(m[2] or 0)
+
     with h5py.File(path, "w") as f:
         layers = {}
-        for k, v in tensors.items():
+        for k in sorted(tensors, key=lambda k: ordinal(k.split("/")[0])):
             layer, var = k.split("/")
-            layers.setdefault(layer, {})[var] = v
+            layers.setdefault(layer, {})[var] = tensors[k]
         names = [f"my_{layer}" for layer in layers]
         f.attrs["layer_names"] = np.array([n.encode() for n in names])
         for (layer, vars_), name in zip(layers.items(), names):

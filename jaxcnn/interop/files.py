@@ -45,8 +45,11 @@ def _safetensors():
 def _read_safetensors(path) -> dict:
     """safetensors' numpy reader, with bfloat16 tensors read by hand (numpy has no bfloat16)."""
     try:
-        return dict(_safetensors().load_file(path))
-    except (TypeError, ValueError) as e:
+        out = dict(_safetensors().load_file(path))
+        return {
+            k: v.astype(np.float32) if v.dtype.name == "bfloat16" else v for k, v in out.items()
+        }
+    except (TypeError, ValueError) as e:  # an older safetensors without bfloat16 for numpy
         if "bf16" not in str(e).lower() and "bfloat16" not in str(e).lower():
             raise
     import ml_dtypes

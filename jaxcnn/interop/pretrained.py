@@ -538,18 +538,21 @@ def load_variables(
         tensors = load_file(path)
         return core.load(model_or_name, tensors, input_shape, strict=strict, **create_kwargs)
     meta = read_meta(path)
-    need = {k: v for k, v in meta.get("model_kwargs", {}).items() if k not in ("num_classes",)}
+    recorded = dict(meta.get("model_kwargs", {}))
     if isinstance(model_or_name, str):
         if meta.get("model") and meta["model"] != model_or_name:
             raise ValueError(f"{path} holds {meta['model']} weights, not {model_or_name}")
-        create_kwargs = {**need, **create_kwargs}
+        create_kwargs = {**recorded, **create_kwargs}
     else:
+        need = {k: v for k, v in recorded.items() if k != "num_classes"}  # strict decides
         bad = {k: v for k, v in need.items() if getattr(model_or_name, k, v) != v}
         if bad:
             raise ValueError(
                 f"{path} was converted for a model with "
                 f"{', '.join(f'{k}={v!r}' for k, v in bad.items())}; build the model so"
             )
+        if input_shape is None and meta.get("input_shape"):
+            input_shape = tuple(meta["input_shape"])
     tensors = variables_tensors(restore_variables(path))
     return core.load(
         model_or_name, tensors, input_shape, strict=strict, source=core.VARIABLES, **create_kwargs
