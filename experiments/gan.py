@@ -100,9 +100,7 @@ def load_judge(workdir: str, c) -> "object":
         print(f"judge test accuracy {result['test_accuracy']:.4f}", flush=True)
         ckpt = Checkpointer(ckpt_dir, keep=1, keep_best=0)
         step = ckpt.latest_step()
-    import orbax.checkpoint as ocp
-
-    tree = ckpt.manager.restore(step, args=ocp.args.StandardRestore())
+    tree, step, _ = ckpt.restore(None)  # the saved tree as written: only the params are used
     ckpt.close()
     with open(os.path.join(workdir, "metrics.json")) as f:
         acc = json.load(f).get("final", {}).get("test_accuracy")
@@ -196,7 +194,7 @@ def main(argv):
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=c.keep_checkpoints, keep_best=0)
     history, metrics_path = [], os.path.join(workdir, "metrics.json")
     if _RESUME.value and ckpt.latest_step() is not None:
-        state, _ = ckpt.restore(state)
+        state = ckpt.restore(state).state
         if os.path.exists(metrics_path):
             with open(metrics_path) as f:
                 history = json.load(f).get("history", [])

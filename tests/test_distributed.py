@@ -292,7 +292,7 @@ def test_two_processes_match_single_process(tmp_path, reference):
 
     x, _ = toy_data()
     template = create_train_state(TinyBNNet(), optax.sgd(0.1, momentum=0.9), (1, *x.shape[1:]))
-    restored, step = Checkpointer(ckpt_dir, keep_best=0).restore(template)
+    restored, step, _ = Checkpointer(ckpt_dir, keep_best=0).restore(template)
     assert step == 2
     leaves = {
         jax.tree_util.keystr(k): np.asarray(v)

@@ -357,7 +357,7 @@ def test_gan_state_checkpoint_roundtrip(tmp_path):
     ck = Checkpointer(tmp_path / "ckpt", keep=1, keep_best=0)
     ck.save(1, state)
     ck.wait()
-    restored, step = ck.restore(_gan(seed=5))
+    restored, step, _ = ck.restore(_gan(seed=5))
     ck.close()
     assert step == 1 and int(restored.step) == 1
     chex.assert_trees_all_equal(jax.device_get(restored.g_params), jax.device_get(state.g_params))

@@ -195,7 +195,7 @@ def fit(config, workdir: str, resume: bool = False, stop_at_step: int | None = N
     history: list[dict] = []
     metrics_path = os.path.join(workdir, "metrics.json")
     if resume and ckpt.latest_step() is not None:
-        state, step = ckpt.restore(state)
+        state, step, _ = ckpt.restore(state)
         if os.path.exists(metrics_path):
             with open(metrics_path) as f:
                 history = [
@@ -286,7 +286,7 @@ def fit(config, workdir: str, resume: bool = False, stop_at_step: int | None = N
             "epoch_time_s": time.perf_counter() - t0,
         }
         history.append(rec)
-        ckpt.save(step, state, {"test_accuracy": ev["accuracy"], "test_loss": ev["loss"]})
+        ckpt.save(step, state, metrics={"test_accuracy": ev["accuracy"], "test_loss": ev["loss"]})
         write()
         msg = (
             f"epoch {epoch + 1:3d}/{c['epochs']}  train loss {rec['train_loss']:.4f} "

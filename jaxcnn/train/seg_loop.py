@@ -156,7 +156,7 @@ def fit_segmentation(
     metrics_path = os.path.join(workdir, "metrics.json")
     history: list[dict] = []
     if resume and ckpt.latest_step() is not None:
-        state, step = ckpt.restore(state)
+        state, step, _ = ckpt.restore(state)
         if os.path.exists(metrics_path):
             with open(metrics_path) as f:
                 history = [h for h in json.load(f).get("history", []) if h["step"] <= step]
@@ -203,7 +203,7 @@ def fit_segmentation(
             }
             history.append(rec)
             sums = None
-            ckpt.save(done, state, {"mean_iou": ev["mean_iou"]})
+            ckpt.save(done, state, metrics={"mean_iou": ev["mean_iou"]})
             write()
             msg = (
                 f"step {done:5d}/{total}  train loss {rec['train_loss']:.4f}  test pixel acc "
