@@ -44,6 +44,8 @@ import orbax.checkpoint as ocp
 from flax import serialization
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
+from jaxcnn.utils import path_str
+
 __all__ = [
     "Checkpointer",
     "Restored",
@@ -92,20 +94,8 @@ class _Corrupt(Exception):
 
 
 # -- helpers ----------------------------------------------------------------------------------
-def _path_str(path) -> str:
-    parts = []
-    for k in path:
-        for attr in ("key", "idx", "name"):
-            if hasattr(k, attr):
-                parts.append(str(getattr(k, attr)))
-                break
-        else:
-            parts.append(str(k))
-    return "/".join(parts)
-
-
 def _flatten(tree) -> list[tuple[str, Any]]:
-    return [(_path_str(p), x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]]
+    return [(path_str(p), x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
 def _is_key(x) -> bool:
@@ -655,7 +645,7 @@ class Checkpointer:
 
             def abstract(path, x):
                 s = ocp.utils.to_shape_dtype_struct(x)
-                saved = leaves[_path_str(path)]["dtype"]
+                saved = leaves[path_str(path)]["dtype"]
                 if _is_key(x) or saved == str(s.dtype):
                     return s
                 return jax.ShapeDtypeStruct(s.shape, np.dtype(saved), sharding=s.sharding)
