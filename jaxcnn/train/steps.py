@@ -8,7 +8,7 @@ BatchNorm's batch statistics are computed over the global batch (synchronised Ba
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +34,100 @@ def _split_micro(x, k: int):
     return jnp.swapaxes(x.reshape((x.shape[0] // k, k) + x.shape[1:]), 0, 1)
 
 
+def _forward(state: TrainState, mutable: list[str], remat: str | None) -> Callable:
+    """``apply(variables, x, rng) -> (outputs, updates)`` in training mode, with ``remat``."""
+
+    def apply(variables, x, rng):
+        out = state.apply_fn(
+            variables, x, train=True, mutable=mutable or False, rngs={"dropout": rng}
+        )
+        return out if mutable else (out, {})
+
+    if not remat:
+        return apply
+    if remat not in REMAT_POLICIES:
+        raise ValueError(
+            f"remat={remat!r}: the step takes one of {sorted(REMAT_POLICIES)}; "
+            f"per-block remat is jaxcnn.train.remat.remat_blocks(model)"
+        )
+    return jax.checkpoint(apply, policy=REMAT_POLICIES[remat])
+
+
+def _grads_fn(state: TrainState, loss_fn: Callable, aux_weight: float, remat: str | None):
+    """``(batch_stats, x, y, w, rng, frac) -> ((loss, (logits, updates)), grads)`` where the
+    loss is ``loss_fn`` plus ``aux_weight`` times the CE of every sown auxiliary classifier,
+    times ``frac`` (a micro-batch's share) and the float16 loss scale."""
+    has_bn = bool(state.batch_stats)
+    mutable = (["batch_stats"] if has_bn else []) + (["aux_logits"] if aux_weight else [])
+    apply = _forward(state, mutable, remat)
+    ds = state.dynamic_scale
+
+    def grads(batch_stats, x, y, w, rng, frac):
+        def compute_loss(params):
+            variables = {"params": params, **({"batch_stats": batch_stats} if has_bn else {})}
+            logits, updates = apply(variables, x, rng)
+            loss = loss_fn(logits, y, w)
+            for aux in jax.tree.leaves(updates.get("aux_logits", {})) if aux_weight else ():
+                loss = loss + aux_weight * loss_fn(aux, y, w)
+            if frac is not None:
+                loss = loss * frac
+            if ds is not None:
+                loss = loss * ds.scale
+            return loss, (logits, updates)
+
+        return jax.value_and_grad(compute_loss, has_aux=True)(state.params)
+
+    return grads
+
+
+def _accumulate(grads, state, images, labels, weights, rng, k: int, metrics_fn):
+    """Gradients summed over ``k`` micro-batches (``lax.scan``, one in memory at a time), each
+    weighted by its share of the unmasked examples; returns ``(grads, batch_stats, metrics)``."""
+    n = images.shape[0]
+    if n % k:
+        raise ValueError(f"batch of {n} does not split into grad_accum_steps={k} micro-batches")
+    w_all = jnp.ones((n,), jnp.float32) if weights is None else weights
+    micro = jax.tree.map(lambda a: _split_micro(a, k), (images, labels, w_all))
+    fracs = jnp.sum(micro[2], axis=1) / jnp.maximum(jnp.sum(w_all), 1.0)
+    has_bn = bool(state.batch_stats)
+
+    def body(carry, xs):
+        g_acc, stats = carry
+        x, y, w, frac, i = xs
+        (_, (logits, updates)), g = grads(
+            stats, x, y, None if weights is None else w, jax.random.fold_in(rng, i), frac
+        )
+        new_stats = updates["batch_stats"] if has_bn else stats
+        return (jax.tree.map(jnp.add, g_acc, g), new_stats), metrics_fn(logits, y, w)
+
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    (g, stats), per_micro = jax.lax.scan(
+        body, (zeros, state.batch_stats), (*micro, fracs, jnp.arange(k))
+    )
+    return g, stats, jax.tree.map(lambda m: jnp.sum(m, axis=0), per_micro)
+
+
+def _apply_update(state: TrainState, grads, new_stats) -> TrainState:
+    """The optimizer update; with a float16 loss scale the gradients are unscaled first and a
+    step with non-finite gradients changes nothing but the scale (and the step counter)."""
+    changes = {"batch_stats": new_stats} if state.batch_stats else {}
+    ds = state.dynamic_scale
+    if ds is None:
+        return state.apply_gradients(grads, **changes)
+    grads = jax.tree.map(lambda g: g.astype(jnp.float32) / ds.scale, grads)
+    finite = all_finite(grads)
+    new = state.apply_gradients(grads, dynamic_scale=update_dynamic_scale(ds, finite), **changes)
+
+    def keep(a, b):
+        return jax.tree.map(lambda x, y: jnp.where(finite, x, y), a, b)
+
+    return new.replace(
+        params=keep(new.params, state.params),
+        opt_state=keep(new.opt_state, state.opt_state),
+        batch_stats=keep(new.batch_stats, state.batch_stats),
+    )
+
+
 def train_step_fn(
     state: TrainState,
     batch: dict,
@@ -41,16 +135,19 @@ def train_step_fn(
     label_smoothing: float = 0.0,
     aux_weight: float = 0.0,
     loss_fn: Callable | None = None,
+    metrics_fn: Callable | None = None,
     augment: Callable | None = None,
     grad_accum_steps: int = 1,
     remat: str | None = None,
 ):
     """One SGD step on ``batch = {"image", "label", ["mask"]}``; returns (state, metric sums).
 
-    ``aux_weight > 0`` adds ``aux_weight * CE`` of every auxiliary classifier the model sows
-    into the ``aux_logits`` collection (GoogLeNet, Inception v3).
-    ``loss_fn(logits, labels, weights)`` replaces the cross-entropy if given (a weighted mean);
-    ``augment(key, images)`` transforms the images on device first (keyed by step).
+    ``loss_fn(logits, labels, weights)`` (a weighted mean) replaces the cross-entropy with
+    ``label_smoothing``; ``metrics_fn(logits, labels, weights)`` (sums) replaces
+    :func:`classification_metrics`. ``aux_weight > 0`` adds ``aux_weight`` times the loss of
+    every auxiliary classifier the model sows into the ``aux_logits`` collection (GoogLeNet,
+    Inception v3). ``augment(key, images)`` transforms the images on device first (keyed by
+    step).
 
     ``grad_accum_steps=k`` splits the batch into ``k`` micro-batches (``lax.scan``, one in memory
     at a time) and applies one update with their gradients weighted by their example counts:
@@ -62,103 +159,28 @@ def train_step_fn(
     policy (see ``jaxcnn.train.remat``; per-block remat is a model option: ``remat_blocks``).
     ``state.dynamic_scale`` (float16) scales the loss, and skips non-finite steps.
     """
+    if loss_fn is None:
+
+        def loss_fn(logits, y, w):
+            return cross_entropy(logits, y, w, label_smoothing)
+
+    metrics_fn = classification_metrics if metrics_fn is None else metrics_fn
     k = int(grad_accum_steps)
-    dropout_rng = jax.random.fold_in(state.rng, state.step)
+    rng = jax.random.fold_in(state.rng, state.step)
     images = batch["image"]
     if augment is not None:
-        images = augment(jax.random.fold_in(dropout_rng, 1), images)
-    labels = batch["label"]
-    weights = batch.get("mask")
-    has_bn = bool(state.batch_stats)
-    mutable = (["batch_stats"] if has_bn else []) + (["aux_logits"] if aux_weight else [])
-    ds = state.dynamic_scale
-
-    def apply(variables, x, rng):
-        return state.apply_fn(
-            variables, x, train=True, mutable=mutable or False, rngs={"dropout": rng}
-        )
-
-    if remat:
-        if remat not in REMAT_POLICIES:
-            raise ValueError(
-                f"remat={remat!r}: the step takes one of {sorted(REMAT_POLICIES)}; "
-                f"per-block remat is jaxcnn.train.remat.remat_blocks(model)"
-            )
-        apply = jax.checkpoint(apply, policy=REMAT_POLICIES[remat])
-
-    def loss_and_grads(batch_stats, x, y, w, rng, frac):
-        def compute_loss(params):
-            variables = {"params": params}
-            if has_bn:
-                variables["batch_stats"] = batch_stats
-            out = apply(variables, x, rng)
-            logits, updates = out if mutable else (out, {})
-            if loss_fn is None:
-                loss = cross_entropy(logits, y, w, label_smoothing)
-            else:
-                loss = loss_fn(logits, y, w)
-            if aux_weight:
-                for aux in jax.tree.leaves(updates.get("aux_logits", {})):
-                    loss = loss + aux_weight * cross_entropy(aux, y, w, label_smoothing)
-            if frac is not None:
-                loss = loss * frac
-            if ds is not None:
-                loss = loss * ds.scale
-            return loss, (logits, updates)
-
-        return jax.value_and_grad(compute_loss, has_aux=True)(state.params)
-
+        images = augment(jax.random.fold_in(rng, 1), images)
+    labels, weights = batch["label"], batch.get("mask")
+    grads = _grads_fn(state, loss_fn, aux_weight, remat)
     if k == 1:
-        (_, (logits, updates)), grads = loss_and_grads(
-            state.batch_stats, images, labels, weights, dropout_rng, None
-        )
-        new_stats = updates["batch_stats"] if has_bn else None
-        metrics = classification_metrics(logits, labels, weights)
+        (_, (logits, updates)), g = grads(state.batch_stats, images, labels, weights, rng, None)
+        new_stats = updates["batch_stats"] if state.batch_stats else None
+        metrics = metrics_fn(logits, labels, weights)
     else:
-        n = images.shape[0]
-        if n % k:
-            raise ValueError(f"batch of {n} does not split into grad_accum_steps={k} micro-batches")
-        w_all = jnp.ones((n,), jnp.float32) if weights is None else weights
-        micro = jax.tree.map(lambda a: _split_micro(a, k), (images, labels, w_all))
-        # each micro-batch's mean loss weighted by its share of the (unmasked) examples
-        fracs = jnp.sum(micro[2], axis=1) / jnp.maximum(jnp.sum(w_all), 1.0)
-
-        def body(carry, xs):
-            grads_acc, stats, metrics_acc = carry
-            x, y, w, frac, i = xs
-            w_arg = None if weights is None else w
-            (_, (logits, updates)), g = loss_and_grads(
-                stats, x, y, w_arg, jax.random.fold_in(dropout_rng, i), frac
-            )
-            m = classification_metrics(logits, y, w)
-            return (
-                jax.tree.map(jnp.add, grads_acc, g),
-                updates["batch_stats"] if has_bn else stats,
-                jax.tree.map(jnp.add, metrics_acc, m),
-            ), None
-
-        zeros = jax.tree.map(jnp.zeros_like, state.params)
-        m0 = {"loss_sum": jnp.zeros(()), "correct": jnp.zeros(()), "count": jnp.zeros(())}
-        (grads, new_stats, metrics), _ = jax.lax.scan(
-            body, (zeros, state.batch_stats, m0), (*micro, fracs, jnp.arange(k))
+        g, new_stats, metrics = _accumulate(
+            grads, state, images, labels, weights, rng, k, metrics_fn
         )
-
-    changes = {"batch_stats": new_stats} if has_bn else {}
-    if ds is None:
-        return state.apply_gradients(grads, **changes), metrics
-    grads = jax.tree.map(lambda g: g.astype(jnp.float32) / ds.scale, grads)
-    finite = all_finite(grads)
-    new_state = state.apply_gradients(
-        grads, dynamic_scale=update_dynamic_scale(ds, finite), **changes
-    )
-    # a step with inf/nan gradients changes nothing but the scale (and the step counter)
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa
-    new_state = new_state.replace(
-        params=keep(new_state.params, state.params),
-        opt_state=keep(new_state.opt_state, state.opt_state),
-        batch_stats=keep(new_state.batch_stats, state.batch_stats),
-    )
-    return new_state, metrics
+    return _apply_update(state, g, new_stats), metrics
 
 
 def eval_step_fn(state: TrainState, batch: dict, *, num_classes: int | None = None):

@@ -1,0 +1,653 @@
+"""The one training engine: a :class:`Trainer` runs any :class:`Task` (classification,
+segmentation, GAN, ...) with everything the tasks share written once.
+
+A task supplies what differs: its config keys, its data (a stateful training iterator and the
+validation/test evaluation), its state and the pure step function ``(state, batch) -> (state,
+metric sums)``. The trainer owns the rest:
+
+- the config: one schema (:mod:`jaxcnn.train.config`) validated before any data is read, and a
+  fingerprint of it stored with every checkpoint; ``resume`` refuses a different config
+  (listing the keys) unless ``allow_config_change``;
+- the jit-compiled step, with the state donated and sharded over the data-parallel mesh
+  (:mod:`jaxcnn.train.mesh`), and a non-finite guard inside it: a step whose loss or new state
+  is not finite is dropped on device; ``on_nonfinite="halt"`` stops the run naming the step,
+  ``"skip"`` continues and halts after ``max_nonfinite_skips`` in a row. No checkpoint with a
+  non-finite value is ever written;
+- the step loop over epochs, the progress bar, evaluation of the validation split (the only
+  split used for model selection: best checkpoints, early stopping) and of the test split at the
+  end (per evaluation only if ``eval_test_every_epoch``, labelled as not used for selection);
+- checkpoints (:class:`jaxcnn.checkpoint.Checkpointer`): the state, the data iterator's position,
+  the history, the partial sums of the running epoch and the guard counters in one atomic step,
+  so a run killed at any point and resumed sees exactly the batches of an uninterrupted run and
+  ends bit-identical, and ``metrics.json`` is rebuilt from the checkpoint, never out of step with
+  it; SIGTERM/SIGINT finish the current step, save and return;
+- ``metrics.json`` (strict JSON, written atomically: non-finite numbers become ``null``),
+  the learning curves, and the time spent waiting for input (``data_wait_fraction``).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import datetime
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcnn.train import config as config_lib
+from jaxcnn.train import mesh as mesh_lib
+
+__all__ = [
+    "Context",
+    "NonFiniteError",
+    "ResumeError",
+    "Task",
+    "Trainer",
+    "write_json",
+]
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteError(RuntimeError):
+    """Training produced a non-finite loss or parameters (``on_nonfinite`` decides when)."""
+
+
+class ResumeError(RuntimeError):
+    """``resume`` cannot continue: no checkpoint, or one from a run with another config."""
+
+
+# -- JSON ---------------------------------------------------------------------------------------
+def _strict(obj):
+    """``obj`` with numpy scalars/arrays as Python values and non-finite floats as None."""
+    if isinstance(obj, Mapping):
+        return {str(k): _strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict(v) for v in obj]
+    if isinstance(obj, (np.ndarray, jax.Array)):
+        return _strict(np.asarray(obj).tolist())
+    if isinstance(obj, np.generic):
+        return _strict(obj.item())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as strict JSON (non-finite numbers as ``null``) atomically: a crash leaves
+    the previous file or the new one, never a part of either."""
+    path = os.fspath(path)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(_strict(obj), f, indent=1, allow_nan=False)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# -- what a task sees of the engine ---------------------------------------------------------------
+@dataclasses.dataclass
+class Context:
+    """Handed to :meth:`Task.build`: the validated config, the mesh, and helpers that place
+    batches on the devices and evaluate over a whole split with one compiled step."""
+
+    cfg: dict
+    dp: mesh_lib.DataParallel
+    workdir: str
+    main: bool = True  # process 0: prints, writes metrics and plots
+
+    def to_device(self, host_batches: Iterator[dict], prefetch: int = 2) -> Iterator[Any]:
+        """Sharded global device arrays from this process's numpy rows, ``prefetch`` ahead."""
+        return mesh_lib._prefetch(iter(host_batches), self.dp.shard, prefetch)
+
+    def jit_eval(self, fn: Callable) -> Callable:
+        """``jax.jit`` of ``fn(state, batch) -> sums`` with the batch sharded along ``data``."""
+        return jax.jit(
+            fn, in_shardings=(self.dp.replicated, self.dp.data), out_shardings=self.dp.replicated
+        )
+
+    def sum_over(self, step: Callable, state: Any, host_batches: Iterator[dict]) -> dict:
+        """Add ``step(state, batch)`` over every batch on device; one host transfer at the end."""
+        total = None
+        for batch in self.to_device(host_batches):
+            m = step(state, batch)
+            total = m if total is None else jax.tree.map(jnp.add, total, m)
+        if total is None:
+            raise ValueError("evaluation over an empty split")
+        return jax.device_get(total)
+
+
+class Task:
+    """What one kind of training supplies to the :class:`Trainer`; subclass and override.
+
+    Class attributes: ``name``; ``fields`` (its config keys, joined to the common ones);
+    ``selection`` (the key of :meth:`evaluate`'s result that ranks checkpoints, and ``"max"`` or
+    ``"min"``; ``None``: no selection metric, e.g. a GAN without an evaluator).
+    """
+
+    name = "task"
+    fields: Mapping[str, config_lib.Field] = {}
+    selection: tuple[str, str] | None = ("accuracy", "max")
+
+    def build(self, ctx: Context) -> None:
+        """Read the data, build the model; set ``steps_per_epoch``. Called once, before
+        :meth:`init_state`."""
+        raise NotImplementedError
+
+    steps_per_epoch: int = 0
+
+    def facts(self) -> dict:
+        """What the run derived from the data and the model (num_classes, input shape, dataset
+        sizes, parameter count): part of the resume fingerprint and of ``metrics.json``."""
+        return {}
+
+    def init_state(self) -> Any:
+        """The initial training state (a pytree with a ``step`` field), on the host or device."""
+        raise NotImplementedError
+
+    def step_fn(self, state, batch) -> tuple[Any, dict]:
+        """One training step, pure: ``(state, batch) -> (new state, metric sums)``."""
+        raise NotImplementedError
+
+    def train_batches(self, data_state: dict | None) -> Iterator[dict]:
+        """This process's rows of every training batch, forever, as numpy dicts; the iterator
+        has ``get_state() -> dict`` and starts where ``data_state`` says (None: the start)."""
+        raise NotImplementedError
+
+    def summarize(self, sums: dict) -> dict:
+        """Train metric sums of some steps -> means (``{"loss": ..., "accuracy": ...}``)."""
+        n = max(float(sums.get("count", 1.0)), 1.0)
+        return {
+            k.removesuffix("_sum"): float(v) / n
+            for k, v in sums.items()
+            if k != "count" and np.ndim(v) == 0
+        }
+
+    def splits(self) -> tuple[str, ...]:
+        """The evaluation splits this task has, of ``("validation", "test")``."""
+        return ("validation", "test")
+
+    def evaluate(self, state, split: str) -> dict:
+        """Metrics of ``state`` on a whole split; floats, lists allowed (confusion matrix)."""
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        """Extra top-level entries for ``metrics.json`` (data provenance, class names...)."""
+        return {}
+
+    def finish(self, state, result: dict, workdir: str) -> None:
+        """After training, on process 0: plots and pictures for ``workdir``."""
+
+
+# -- the guard: on-device counters of non-finite steps -------------------------------------------
+def _guard_init() -> dict:
+    z = jnp.zeros((), jnp.int32)
+    return {"count": z, "streak": z, "max_streak": z, "first": z - 1}
+
+
+def _all_finite(tree) -> jax.Array:
+    leaves = [
+        jnp.all(jnp.isfinite(x))
+        for x in jax.tree.leaves(tree)
+        if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)
+    ]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def guarded(step_fn: Callable) -> Callable:
+    """``(state, batch, guard) -> (state, sums, guard)``: ``step_fn``'s update, kept only when
+    its metric sums and its new state are all finite; otherwise the old state (step counter
+    advanced, so the data and the dropout keys move on), zero sums (the step does not count in
+    the epoch's means) and the guard counts the step."""
+
+    def step(state, batch, guard):
+        new, sums = step_fn(state, batch)
+        ok = _all_finite(sums) & _all_finite(new)
+        kept = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, state)
+        kept = kept.replace(step=new.step)
+        sums = jax.tree.map(lambda v: jnp.where(ok, v, jnp.zeros_like(v)), sums)
+        bad = (~ok).astype(jnp.int32)
+        streak = (guard["streak"] + 1) * bad
+        guard = {
+            "count": guard["count"] + bad,
+            "streak": streak,
+            "max_streak": jnp.maximum(guard["max_streak"], streak),
+            "first": jnp.where(
+                (guard["first"] < 0) & ~ok, state.step.astype(jnp.int32), guard["first"]
+            ),
+        }
+        return kept, sums, guard
+
+    return step
+
+
+# -- the trainer ----------------------------------------------------------------------------------
+class _Preemption:
+    """SIGTERM/SIGINT set a flag (restored on exit); the loop saves at the next step boundary."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._old: dict = {}
+
+    def __enter__(self):
+        def handler(signum, frame):
+            if self.signal is not None and signum == signal.SIGINT:  # second Ctrl-C: stop now
+                raise KeyboardInterrupt
+            self.signal = signum
+
+        for s in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[s] = signal.signal(s, handler)
+            except ValueError:  # not the main thread: no handlers, no preemption save
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+    def requested(self) -> bool:
+        flag = self.signal is not None
+        if jax.process_count() > 1:  # every process must save at the same step
+            from jax.experimental import multihost_utils
+
+            flag = bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
+        return flag
+
+
+def _with_prefix(prefix: str, metrics: Mapping[str, Any]) -> dict:
+    return {f"{prefix}_{k}": v for k, v in metrics.items()}
+
+
+class Trainer:
+    """Run ``task`` as ``config`` says in ``workdir``.
+
+    ``resume=True`` continues the run whose checkpoints are in ``workdir`` (an error if there
+    are none, or if the config differs from theirs in a key that changes the run). Without it,
+    a work directory holding another run's checkpoints is moved aside into
+    ``workdir/replaced-<time>/`` (said in one line), so two runs never mix.
+    """
+
+    def __init__(
+        self, task: Task, config: Any, workdir: str | os.PathLike, *, resume: bool = False
+    ):
+        self.task = task
+        self.fields = config_lib.schema(task.fields)
+        self.cfg = config_lib.validate(config, self.fields)
+        self.workdir = os.path.abspath(os.fspath(workdir))
+        self.resume = resume
+        self.ckpt_dir = os.path.join(self.workdir, "checkpoints")
+        self.metrics_path = os.path.join(self.workdir, "metrics.json")
+
+    # -- set-up -----------------------------------------------------------------------------
+    def _checkpointer(self):
+        from jaxcnn.checkpoint import Checkpointer
+
+        sel = self.task.selection
+        has_val = sel is not None and "validation" in self.task.splits()
+        return Checkpointer(
+            self.ckpt_dir,
+            keep=self.cfg["keep_checkpoints"],
+            keep_best=self.cfg["keep_best"] if has_val else 0,
+            best_metric=f"val_{sel[0]}" if has_val else "val_accuracy",
+            best_mode=sel[1] if has_val else "max",
+        )
+
+    def _prepare_workdir(self, main: bool) -> None:
+        """Check ``resume`` against what is on disk, before any data is read."""
+        steps = _checkpoint_steps(self.ckpt_dir)
+        if self.resume:
+            if not steps:
+                raise ResumeError(
+                    f"--resume: no checkpoint in {self.ckpt_dir}; nothing to resume (check "
+                    f"--workdir, or run without --resume to start a new run)"
+                )
+            return
+        if steps or os.path.exists(self.metrics_path):
+            if main:
+                stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+                dest = os.path.join(self.workdir, f"replaced-{stamp}")
+                os.makedirs(dest, exist_ok=True)
+                for name in ("checkpoints", "metrics.json"):
+                    if os.path.exists(os.path.join(self.workdir, name)):
+                        shutil.move(os.path.join(self.workdir, name), os.path.join(dest, name))
+                print(
+                    f"{self.workdir} held another run (checkpoints {steps or 'none'}); "
+                    f"moved it to {dest} (use --resume to continue a run)",
+                    flush=True,
+                )
+            if jax.process_count() > 1:
+                from jax.experimental import multihost_utils
+
+                multihost_utils.sync_global_devices("jaxcnn_prepare_workdir")
+
+    def _check_fingerprint(self, saved: dict | None, now: dict) -> None:
+        if saved is None or self.cfg["allow_config_change"]:
+            return
+        diff = config_lib.diff_fingerprints(saved, now)
+        if diff:
+            shown = "; ".join(diff[:6]) + (f"; and {len(diff) - 6} more" if diff[6:] else "")
+            raise ResumeError(
+                f"--resume: the config differs from the checkpoint's run in {shown}. Resume "
+                f"with the same config, or pass --config.allow_config_change=true if the change "
+                f"is intended"
+            )
+
+    # -- the run ----------------------------------------------------------------------------
+    def run(self, stop_at_step: int | None = None) -> dict:
+        """Train; returns the final metrics (as in ``metrics.json["final"]``) and ``"state"``.
+
+        ``stop_at_step`` stops after that step with a checkpoint, as a preemption would (tests).
+        A preempted run returns ``{"preempted": True, "step": ...}``.
+        """
+        cfg, task = self.cfg, self.task
+        mesh_lib.initialize_distributed()
+        main = mesh_lib.is_main_process()
+        dp = mesh_lib.setup(cfg)
+        os.makedirs(self.workdir, exist_ok=True)
+        self._prepare_workdir(main)
+        ckpt = self._checkpointer()
+        saved_extra = ckpt.read_extra() if self.resume else None
+        now = config_lib.fingerprint(cfg, self.fields)
+        if saved_extra is not None:  # config keys first: before any data is read
+            self._check_fingerprint(
+                {k: v for k, v in saved_extra.get("fingerprint", {}).items() if k in now}, now
+            )
+
+        ctx = Context(cfg=cfg, dp=dp, workdir=self.workdir, main=main)
+        task.build(ctx)
+        spe = task.steps_per_epoch
+        if spe < 1:
+            raise ValueError(f"{task.name}: no full training batch per epoch")
+        facts = task.facts()
+        fp = {**now, **config_lib.fingerprint({}, {}, **facts)}
+        if saved_extra is not None:
+            self._check_fingerprint(saved_extra.get("fingerprint"), fp)
+
+        state = dp.replicate(task.init_state())
+        history: list[dict] = []
+        epoch_sums: dict | None = None
+        guard = _guard_init()
+        data_state = None
+        elapsed = {"train_s": 0.0, "wait_s": 0.0}
+        if self.resume:
+            restored = ckpt.restore(state)
+            state, extra = restored.state, restored.extra or {}
+            history = extra.get("history", [])
+            epoch_sums = extra.get("epoch_sums")
+            if epoch_sums is not None:  # float32 sums survive JSON exactly
+                epoch_sums = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), epoch_sums)
+            guard = {
+                k: jnp.asarray(v, jnp.int32) for k, v in extra.get("guard", {}).items()
+            } or guard
+            data_state = extra.get("data")
+            elapsed.update(extra.get("elapsed", {}))
+            if main:
+                print(f"Resumed from step {restored.step} in {self.ckpt_dir}", flush=True)
+        guard = jax.device_put(guard, dp.replicated)
+
+        step_fn = jax.jit(
+            guarded(task.step_fn),
+            in_shardings=(dp.replicated, dp.data, dp.replicated),
+            out_shardings=(dp.replicated, dp.replicated, dp.replicated),
+            donate_argnums=(0, 2),
+        )
+        total = spe * cfg["epochs"]
+        step = int(jax.device_get(state.step))
+        sel = task.selection
+        has_val = sel is not None and "validation" in task.splits()
+        best = _best_so_far(history, sel) if has_val else None
+        evals_since_best = _evals_since_best(history, sel) if has_val else 0
+
+        def extra_now(data_pos):
+            g = {k: int(v) for k, v in jax.device_get(guard).items()}
+            sums = None if epoch_sums is None else _strict(jax.device_get(epoch_sums))
+            return {
+                "fingerprint": fp,
+                "history": history,
+                "data": data_pos,
+                "guard": g,
+                "epoch_sums": sums,
+                "elapsed": dict(elapsed),
+            }
+
+        def write_metrics(final=None):
+            if not main:
+                return
+            out = {
+                "task": task.name,
+                "config": cfg,
+                "facts": facts,
+                **task.describe(),
+                "history": history,
+            }
+            if final is not None:
+                out["final"] = final
+            write_json(self.metrics_path, out)
+
+        def check_guard(at_step: int) -> None:
+            g = {k: int(v) for k, v in jax.device_get(guard).items()}
+            if g["count"] == 0:
+                return
+            if cfg["on_nonfinite"] == "halt" or g["max_streak"] >= cfg["max_nonfinite_skips"]:
+                why = (
+                    f"{g['max_streak']} non-finite steps in a row (max_nonfinite_skips="
+                    f"{cfg['max_nonfinite_skips']})"
+                    if cfg["on_nonfinite"] == "skip"
+                    else "a non-finite loss or update"
+                )
+                last = ckpt.latest_step()
+                raise NonFiniteError(
+                    f"{why} at step {g['first'] + 1} (of {at_step} run; {g['count']} such "
+                    f"step(s) dropped); the newest checkpoint (step {last}) holds only finite "
+                    f"values. Lower learning_rate, set grad_clip, or on_nonfinite='skip'"
+                )
+
+        if main:
+            n = facts.get("params")
+            print(
+                f"{task.name}: {cfg['model']}"
+                + (f" ({n:,} parameters)" if n else "")
+                + f", {spe} steps/epoch x {cfg['epochs']} epochs",
+                flush=True,
+            )
+        feed = _feed(task.train_batches(data_state), dp)
+        stop_early = False
+        preempted = False
+        with _Preemption() as pre, _progress(cfg, main, step, total) as bar:
+            while step < total and not stop_early:
+                t0 = time.perf_counter()
+                batch, data_pos, waited = next(feed)
+                state, m, guard = step_fn(state, batch, guard)
+                epoch_sums = (
+                    m if epoch_sums is None else jax.tree.map(lambda a, b: a + b, epoch_sums, m)
+                )
+                step += 1
+                bar.update(1)
+                elapsed["wait_s"] += waited
+                elapsed["train_s"] += time.perf_counter() - t0
+                boundary = step % spe == 0 or (
+                    cfg["eval_every_steps"] and step % cfg["eval_every_steps"] == 0
+                )
+                if step % cfg["log_every_steps"] == 0 or boundary or step == total:
+                    check_guard(step)
+                    if main and cfg["progress"]:
+                        bar.set_postfix(task.summarize(jax.device_get(epoch_sums)))
+                if boundary or step == total:
+                    rec = {"epoch": step / spe, "step": step}
+                    rec.update(_with_prefix("train", task.summarize(jax.device_get(epoch_sums))))
+                    epoch_sums = None
+                    if has_val:
+                        rec.update(_with_prefix("val", task.evaluate(state, "validation")))
+                    if cfg["eval_test_every_epoch"] and "test" in task.splits():
+                        rec.update(_with_prefix("test", task.evaluate(state, "test")))
+                        rec["test_used_for_selection"] = False
+                    rec["time_s"] = elapsed["train_s"]
+                    history.append(_strict(rec))
+                    metrics = None
+                    if has_val:
+                        v = rec[f"val_{sel[0]}"]
+                        better = best is None or (v > best if sel[1] == "max" else v < best)
+                        best, evals_since_best = (v, 0) if better else (best, evals_since_best + 1)
+                        metrics = {f"val_{sel[0]}": v}
+                    ckpt.save(step, state, metrics=metrics, extra=extra_now(data_pos))
+                    write_metrics()
+                    if main:
+                        bar.write(_epoch_line(rec, cfg["epochs"], spe))
+                    if (
+                        has_val
+                        and cfg["early_stopping_patience"]
+                        and evals_since_best >= cfg["early_stopping_patience"]
+                    ):
+                        if main:
+                            print(
+                                f"early stopping: no better validation {sel[0]} in "
+                                f"{evals_since_best} evaluations",
+                                flush=True,
+                            )
+                        stop_early = True
+                elif cfg["checkpoint_every_steps"] and step % cfg["checkpoint_every_steps"] == 0:
+                    check_guard(step)
+                    ckpt.save(step, state, extra=extra_now(data_pos))
+                if (stop_at_step is not None and step >= stop_at_step) or pre.requested():
+                    check_guard(step)
+                    if ckpt.latest_step() != step:
+                        ckpt.save(step, state, extra=extra_now(data_pos))
+                    ckpt.close()
+                    write_metrics()
+                    preempted = True
+                    if main and pre.signal is not None:
+                        name = signal.Signals(pre.signal).name
+                        print(
+                            f"{name}: saved step {step} to {self.ckpt_dir}; continue with --resume",
+                            flush=True,
+                        )
+                    break
+        if preempted:
+            return {"preempted": True, "step": step, "state": state}
+
+        ckpt.wait()
+        final = {
+            "steps": step,
+            "epochs_run": step / spe,
+            "stopped_early": stop_early,
+            "train_time_s": elapsed["train_s"],
+            "data_wait_fraction": elapsed["wait_s"] / max(elapsed["train_s"], 1e-9),
+            "compilations": {"train_step": step_fn._cache_size()},
+        }
+        if "test" in task.splits():
+            final.update(_with_prefix("test", task.evaluate(state, "test")))
+        selected = None
+        if has_val:
+            best_step = ckpt.best_step()
+            if best_step is not None and best_step != step:
+                selected = ckpt.restore(state, step=best_step).state
+                final["selected"] = {
+                    "step": best_step,
+                    "by": f"val_{sel[0]}",
+                    **_with_prefix("test", task.evaluate(selected, "test")),
+                }
+            else:
+                final["selected"] = {"step": step, "by": f"val_{sel[0]}"}
+            final["selected"][f"val_{sel[0]}"] = best
+        ckpt.close()
+        write_metrics(final)
+        if main:
+            task.finish(state, final, self.workdir)
+        return {**final, "state": state}
+
+
+# -- helpers --------------------------------------------------------------------------------------
+def _feed(it, dp: mesh_lib.DataParallel, prefetch: int = 2):
+    """``(device batch, data position after it, seconds spent getting it)`` from a host
+    iterator with ``get_state()``, ``prefetch`` batches ahead of the step."""
+
+    def pull():
+        t0 = time.perf_counter()
+        batch = next(it)
+        pos = it.get_state()
+        batch = dp.shard(batch)
+        return batch, pos, time.perf_counter() - t0
+
+    queue = collections.deque(pull() for _ in range(prefetch))
+    while True:
+        queue.append(pull())
+        yield queue.popleft()
+
+
+def _checkpoint_steps(directory: str) -> list[int]:
+    if not os.path.isdir(directory):
+        return []
+    return sorted(int(p) for p in os.listdir(directory) if p.isdigit())
+
+
+def _best_so_far(history, sel):
+    vals = [h[f"val_{sel[0]}"] for h in history if h.get(f"val_{sel[0]}") is not None]
+    if not vals:
+        return None
+    return max(vals) if sel[1] == "max" else min(vals)
+
+
+def _evals_since_best(history, sel) -> int:
+    best, since = None, 0
+    for h in history:
+        v = h.get(f"val_{sel[0]}")
+        if v is None:
+            continue
+        if best is None or (v > best if sel[1] == "max" else v < best):
+            best, since = v, 0
+        else:
+            since += 1
+    return since
+
+
+def _fmt(v) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def _epoch_line(rec: dict, epochs: int, spe: int) -> str:
+    shown = [
+        k
+        for k in rec
+        if k.split("_")[0] in ("train", "val", "test")
+        and isinstance(rec[k], (int, float))
+        and not isinstance(rec[k], bool)
+    ]
+    body = "  ".join(f"{k} {_fmt(rec[k])}" for k in shown)
+    return f"epoch {rec['epoch']:.3g}/{epochs}  {body}  ({rec['time_s']:.1f}s)"
+
+
+class _NoBar:
+    def update(self, n):
+        pass
+
+    def set_postfix(self, d):
+        pass
+
+    def write(self, s):
+        print(s, flush=True)
+
+
+@contextlib.contextmanager
+def _progress(cfg, main: bool, start: int, total: int):
+    if not (main and cfg["progress"]):
+        yield _NoBar()
+        return
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, initial=start, desc="train", leave=False, dynamic_ncols=True)
+    try:
+        yield bar
+    finally:
+        bar.close()
