@@ -10,7 +10,29 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["plot_history", "plot_confusion"]
+__all__ = ["plot_curves", "plot_history", "plot_confusion"]
+
+
+def plot_curves(history: list[dict], path, metrics=("loss", "accuracy"), x: str = "epoch") -> None:
+    """One panel per metric: ``train_<m>``, ``val_<m>`` and ``test_<m>`` of each history
+    record against ``x`` (the splits a record lacks are left out)."""
+    metrics = [m for m in metrics if any(f"{s}_{m}" in h for h in history for s in _SPLITS)]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)
+    for ax, m in zip(axes[0], metrics):
+        for split, style in zip(_SPLITS, ("o-", "s-", "^--")):
+            pts = [(h[x], h[f"{split}_{m}"]) for h in history if h.get(f"{split}_{m}") is not None]
+            if pts:
+                ax.plot(*zip(*pts), style, label=split if split != "val" else "validation")
+        ax.set_xlabel(x)
+        ax.set_ylabel(m)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+_SPLITS = ("train", "val", "test")
 
 
 def _figure(figsize):

@@ -132,8 +132,9 @@ class Task:
     """What one kind of training supplies to the :class:`Trainer`; subclass and override.
 
     Class attributes: ``name``; ``fields`` (its config keys, joined to the common ones);
-    ``selection`` (the key of :meth:`evaluate`'s result that ranks checkpoints, and ``"max"`` or
-    ``"min"``; ``None``: no selection metric, e.g. a GAN without an evaluator).
+    ``selection`` (the key of :meth:`evaluate`'s validation result that ranks checkpoints and
+    drives early stopping, and ``"max"`` or ``"min"``; ``None``: the validation metrics are
+    recorded but select nothing, e.g. a GAN's sample quality).
     """
 
     name = "task"
@@ -175,7 +176,9 @@ class Task:
         }
 
     def splits(self) -> tuple[str, ...]:
-        """The evaluation splits this task has, of ``("validation", "test")``."""
+        """The evaluation splits this task has, of ``("validation", "test")``: validation is
+        evaluated at every evaluation, test at the end (and at every evaluation only with
+        ``eval_test_every_epoch``)."""
         return ("validation", "test")
 
     def evaluate(self, state, split: str) -> dict:
@@ -186,8 +189,9 @@ class Task:
         """Extra top-level entries for ``metrics.json`` (data provenance, class names...)."""
         return {}
 
-    def finish(self, state, result: dict, workdir: str) -> None:
-        """After training, on process 0: plots and pictures for ``workdir``."""
+    def finish(self, state, result: dict, workdir: str) -> dict | None:
+        """After training, on process 0: plots and pictures for ``workdir``; a returned dict
+        is added to the final metrics."""
 
 
 # -- the guard: on-device counters of non-finite steps -------------------------------------------
@@ -406,9 +410,10 @@ class Trainer:
         total = spe * cfg["epochs"]
         step = int(jax.device_get(state.step))
         sel = task.selection
-        has_val = sel is not None and "validation" in task.splits()
-        best = _best_so_far(history, sel) if has_val else None
-        evals_since_best = _evals_since_best(history, sel) if has_val else 0
+        has_val = "validation" in task.splits()
+        sel = task.selection if has_val else None  # selection only ever on validation
+        best = _best_so_far(history, sel) if sel else None
+        evals_since_best = _evals_since_best(history, sel) if sel else 0
 
         def extra_now(data_pos):
             g = {k: int(v) for k, v in jax.device_get(guard).items()}
@@ -496,7 +501,7 @@ class Trainer:
                     rec["time_s"] = elapsed["train_s"]
                     history.append(_strict(rec))
                     metrics = None
-                    if has_val:
+                    if sel:
                         v = rec[f"val_{sel[0]}"]
                         better = best is None or (v > best if sel[1] == "max" else v < best)
                         best, evals_since_best = (v, 0) if better else (best, evals_since_best + 1)
@@ -506,7 +511,7 @@ class Trainer:
                     if main:
                         bar.write(_epoch_line(rec, cfg["epochs"], spe))
                     if (
-                        has_val
+                        sel
                         and cfg["early_stopping_patience"]
                         and evals_since_best >= cfg["early_stopping_patience"]
                     ):
@@ -548,8 +553,8 @@ class Trainer:
         }
         if "test" in task.splits():
             final.update(_with_prefix("test", task.evaluate(state, "test")))
-        selected = None
-        if has_val:
+
+        if sel:
             best_step = ckpt.best_step()
             if best_step is not None and best_step != step:
                 selected = ckpt.restore(state, step=best_step).state
@@ -558,13 +563,20 @@ class Trainer:
                     "by": f"val_{sel[0]}",
                     **_with_prefix("test", task.evaluate(selected, "test")),
                 }
-            else:
-                final["selected"] = {"step": step, "by": f"val_{sel[0]}"}
+            else:  # the last state is the selected one
+                final["selected"] = {
+                    "step": step,
+                    "by": f"val_{sel[0]}",
+                    **{k: v for k, v in final.items() if k.startswith("test_")},
+                }
             final["selected"][f"val_{sel[0]}"] = best
         ckpt.close()
         write_metrics(final)
         if main:
-            task.finish(state, final, self.workdir)
+            more = task.finish(state, final, self.workdir)
+            if more:
+                final.update(more)
+                write_metrics(final)
         return {**final, "state": state}
 
 

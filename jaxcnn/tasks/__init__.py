@@ -1,0 +1,7 @@
+"""Tasks for the one training engine (:class:`jaxcnn.train.Trainer`): what differs between
+classification, segmentation and GAN training (loss, metrics, evaluation, state); everything
+they share (the loop, checkpoints, resume, metrics files) is the engine's."""
+
+from jaxcnn.tasks.classification import CLASSIFICATION_FIELDS, DATA_FIELDS, Classification
+
+__all__ = ["CLASSIFICATION_FIELDS", "Classification", "DATA_FIELDS"]

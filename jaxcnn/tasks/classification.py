@@ -1,0 +1,291 @@
+"""Image classification on the :class:`jaxcnn.train.Trainer`: any registered classifier on any
+dataset :func:`jaxcnn.data.load_splits` reads (bundled digits and MNIST, IDX files, image
+folders, TFDS), through the grain input pipeline.
+
+Selection uses the validation split only (its accuracy ranks the checkpoints and drives early
+stopping); the test split is evaluated at the end, on the last state and on the selected one.
+``metrics.json`` gets the per-split provenance, the test confusion matrix and per-class accuracy;
+the work directory ``curves.png`` and ``confusion.png``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from jaxcnn import data as data_lib
+from jaxcnn import models
+from jaxcnn.train import config as config_lib
+from jaxcnn.train.config import ConfigError, Field
+from jaxcnn.train.losses import classification_metrics, confusion_matrix
+from jaxcnn.train.optim import make_optimizer, make_schedule
+from jaxcnn.train.precision import get_policy, init_dynamic_scale
+from jaxcnn.train.remat import check_remat, remat_blocks
+from jaxcnn.train.state import create_train_state
+from jaxcnn.train.steps import train_step_fn
+from jaxcnn.train.trainer import Context, Task
+
+__all__ = ["Classification", "DATA_FIELDS", "CLASSIFICATION_FIELDS"]
+
+
+# The input keys every image task reads (jaxcnn.data.preprocess_from_config reads them too).
+DATA_FIELDS: dict[str, Field] = {
+    "dataset": Field(
+        "digits",
+        "digits | mnist (both bundled) | mnist_idx | idx:<folder> | folder | tfds:NAME",
+    ),
+    "data_dir": Field("", "folder of the dataset (mnist_idx, folder) or TFDS' data_dir"),
+    "validation_split": Field(
+        0.1,
+        "held out of train for model selection when the dataset has no validation split of "
+        "its own: fraction or count (seeded, stratified); 0: no validation, no selection",
+        config_lib._fraction_or_count,
+    ),
+    "test_split": Field(
+        0.0,
+        "test fraction or count for datasets without a published test split (0: the "
+        "dataset's default: digits 20% seeded, mnist the last 2,000)",
+        config_lib._fraction_or_count,
+    ),
+    "split_seed": Field(0, "seed of the validation (and test) split"),
+    "num_train": Field(
+        0, "use only the first N training examples (0: all)", config_lib._at_least(0)
+    ),
+    "input_size": Field(
+        (), "(height, width) fed to the model; (): the model's default", config_lib._size
+    ),
+    "transform": Field(
+        "auto",
+        "host transforms: auto (by dataset), mnist, cifar, imagenet or none",
+        config_lib._one_of("auto", "mnist", "cifar", "imagenet", "none"),
+    ),
+    "augment_shift": Field(
+        0, "random translation by up to N pixels (mnist transform)", config_lib._at_least(0)
+    ),
+    "augment_flip": Field(False, "random horizontal flips"),
+    "mean": Field((), "per-channel mean after scaling to [0, 1]; (): from the train split"),
+    "std": Field((), "per-channel std after scaling to [0, 1]; (): from the train split"),
+    "crop_pct": Field(
+        0.875,
+        "imagenet eval transform: centre crop of size / crop_pct",
+        lambda v: None if 0 < v <= 1 else "in (0, 1]",
+    ),
+    "interpolation": Field(
+        "bilinear",
+        "resize interpolation: bilinear, bicubic or nearest",
+        config_lib._one_of("bilinear", "bicubic", "nearest"),
+    ),
+    "num_workers": Field(
+        0,
+        "input worker processes (0: decode in the training process)",
+        config_lib._at_least(0),
+        resume_ok=True,
+    ),
+}
+
+CLASSIFICATION_FIELDS: dict[str, Field] = {
+    **DATA_FIELDS,
+    "label_smoothing": Field(0.0, "label smoothing of the cross-entropy", config_lib._in_unit),
+    "aux_weight": Field(
+        -1.0,
+        "weight of auxiliary classifiers (GoogLeNet, Inception v3); -1: the model's default",
+        lambda v: None if v == -1 or v >= 0 else ">= 0 or -1 (the model's default)",
+    ),
+}
+
+
+def _eval_sums(state, batch, num_classes: int):
+    logits = state.apply_fn(state.variables, batch["image"], train=False)
+    w = batch["mask"]
+    m = classification_metrics(logits, batch["label"], w)
+    m["confusion"] = confusion_matrix(logits, batch["label"], w, num_classes)
+    return m
+
+
+class Classification(Task):
+    """Softmax classification of ``{"image", "label"}`` examples.
+
+    ``splits`` (a :class:`jaxcnn.data.Splits`) replaces the config's dataset keys, for data
+    built in Python (the transfer study, tests); ``variables`` starts from given weights
+    (``init_from`` does the same from a file).
+    """
+
+    name = "classification"
+    fields = CLASSIFICATION_FIELDS
+    selection = ("accuracy", "max")
+
+    def __init__(self, splits: Any = None, variables: dict | None = None):
+        self._given_splits = splits
+        self._given_variables = variables
+
+    # -- set-up ------------------------------------------------------------------------------
+    def build(self, ctx: Context) -> None:
+        cfg = ctx.cfg
+        self.ctx = ctx
+        self.info = models.model_info(cfg["model"])
+        if self.info.extra.get("task", "classification") != "classification":
+            raise ConfigError(
+                f"model {cfg['model']!r} is a {self.info.extra['task']} model; the "
+                f"classification task needs a classifier"
+            )
+        sp = self._given_splits or data_lib.load_splits(
+            cfg["dataset"],
+            cfg["data_dir"] or None,
+            validation_split=cfg["validation_split"],
+            split_seed=cfg["split_seed"],
+            test_split=cfg["test_split"] or None,
+            num_train=cfg["num_train"] or None,
+        )
+        self.data = sp
+        if sp.validation is None and cfg["early_stopping_patience"]:
+            raise ConfigError(
+                "early_stopping_patience needs a validation split (validation_split > 0); "
+                "selection never uses the test split"
+            )
+        self.pre = data_lib.preprocess_from_config(cfg, self.info, sp)
+        policy = get_policy(cfg["precision"])
+        self.policy = policy
+        model = models.create_model(
+            cfg["model"],
+            num_classes=sp.num_classes,
+            **{**policy.model_kwargs, **cfg["model_kwargs"]},
+        )
+        remat = check_remat(cfg["remat"] if cfg["remat"] != "none" else "")
+        if remat == "blocks":
+            model = remat_blocks(model)
+        self.remat = None if remat == "blocks" else remat
+        self.model = model
+        self.input_shape = (1, *self.pre.size, self.pre.channels)
+        self.steps_per_epoch = data_lib.steps_per_epoch(len(sp.train), cfg["batch_size"])
+        if self.steps_per_epoch < 1:
+            raise ConfigError(
+                f"batch_size {cfg['batch_size']} is larger than the {len(sp.train)} training "
+                f"examples"
+            )
+        total = self.steps_per_epoch * cfg["epochs"]
+        self.lr = make_schedule(
+            cfg["schedule"],
+            cfg["learning_rate"],
+            total,
+            int(cfg["warmup_epochs"] * self.steps_per_epoch),
+        )
+        self.tx = make_optimizer(
+            cfg["optimizer"], self.lr, cfg["weight_decay"], grad_clip=cfg["grad_clip"] or None
+        )
+        aux = (
+            cfg["aux_weight"] if cfg["aux_weight"] >= 0 else self.info.extra.get("aux_weight", 0.0)
+        )
+        if aux and not cfg["model_kwargs"].get("aux_logits", True):
+            aux = 0.0
+        self.aux_weight = float(aux)
+        self._eval_step = ctx.jit_eval(
+            lambda state, batch: _eval_sums(state, batch, sp.num_classes)
+        )
+
+    def facts(self) -> dict:
+        sp = self.data
+        return {
+            "num_classes": sp.num_classes,
+            "input_shape": list(self.input_shape[1:]),
+            "num_train": len(sp.train),
+            "num_validation": 0 if sp.validation is None else len(sp.validation),
+            "num_test": len(sp.test),
+            "params": models.count_params(self.model, self.input_shape),
+        }
+
+    def describe(self) -> dict:
+        return {
+            "dataset": self.data.name,
+            "splits": dict(self.data.provenance),
+            "class_names": list(self.data.class_names),
+        }
+
+    def init_state(self):
+        cfg = self.ctx.cfg
+        variables = self._given_variables
+        if variables is None and cfg["init_from"]:
+            from jaxcnn.train.init_from import load_init_variables
+
+            variables = load_init_variables(cfg["init_from"], self.model, self.input_shape)
+        return create_train_state(
+            self.model,
+            self.tx,
+            self.input_shape,
+            seed=cfg["seed"],
+            variables=variables,
+            dynamic_scale=init_dynamic_scale(self.policy),
+        )
+
+    # -- training ----------------------------------------------------------------------------
+    def step_fn(self, state, batch):
+        cfg = self.ctx.cfg
+        return train_step_fn(
+            state,
+            batch,
+            label_smoothing=cfg["label_smoothing"],
+            aux_weight=self.aux_weight,
+            grad_accum_steps=cfg["grad_accum_steps"],
+            remat=self.remat,
+        )
+
+    def train_batches(self, data_state):
+        cfg = self.ctx.cfg
+        return data_lib.train_iterator(
+            self.data.train,
+            self.pre,
+            cfg["batch_size"],
+            seed=cfg["seed"],
+            num_workers=cfg["num_workers"],
+            state=data_state,
+        )
+
+    def summarize(self, sums: dict) -> dict:
+        n = max(float(sums["count"]), 1.0)
+        return {"loss": float(sums["loss_sum"]) / n, "accuracy": float(sums["correct"]) / n}
+
+    # -- evaluation --------------------------------------------------------------------------
+    def splits(self) -> tuple[str, ...]:
+        return ("validation", "test") if self.data.validation is not None else ("test",)
+
+    def evaluate(self, state, split: str) -> dict:
+        cfg = self.ctx.cfg
+        source = self.data.validation if split == "validation" else self.data.test
+        batches = data_lib.eval_iterator(
+            source, self.pre, cfg["eval_batch_size"], num_workers=cfg["num_workers"]
+        )
+        s = self.ctx.sum_over(self._eval_step, state, batches)
+        n = float(s["count"])
+        out = {"loss": float(s["loss_sum"]) / n, "accuracy": float(s["correct"]) / n}
+        if split == "test":
+            cm = np.rint(np.asarray(s["confusion"])).astype(int)
+            out["confusion"] = cm.tolist()
+            rows = cm.sum(1)
+            out["per_class_accuracy"] = [
+                float(cm[i, i] / rows[i]) if rows[i] else None for i in range(len(cm))
+            ]
+            out["count"] = int(n)
+        return out
+
+    def finish(self, state, result: dict, workdir: str) -> None:
+        import os
+
+        from jaxcnn.train.plots import plot_confusion, plot_curves
+
+        history = _read_history(os.path.join(workdir, "metrics.json"))
+        if history:
+            plot_curves(history, os.path.join(workdir, "curves.png"), ("loss", "accuracy"))
+        plot_confusion(
+            np.asarray(result["test_confusion"]),
+            os.path.join(workdir, "confusion.png"),
+            self.data.class_names,
+            f"{self.ctx.cfg['model']} on {self.data.name}: test accuracy "
+            f"{result['test_accuracy']:.4f}",
+        )
+
+
+def _read_history(path) -> list:
+    import json
+
+    with open(path) as f:
+        return json.load(f).get("history", [])
