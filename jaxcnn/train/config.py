@@ -202,12 +202,17 @@ COMMON: dict[str, Field] = {
 }
 
 
-def schema(*groups: Mapping[str, Field]) -> dict[str, Field]:
-    """:data:`COMMON` joined with task-specific groups (a later group may redefine a key's
-    default, e.g. a task with another default model)."""
+def schema(*groups: Mapping[str, Field | None]) -> dict[str, Field]:
+    """:data:`COMMON` joined with task-specific groups: a later group may redefine a key (e.g.
+    another default model) or drop it by mapping it to ``None`` (a key the task does not read,
+    so that setting it is an error rather than silently ignored)."""
     out = dict(COMMON)
     for g in groups:
-        out.update(g)
+        for k, f in g.items():
+            if f is None:
+                out.pop(k, None)
+            else:
+                out[k] = f
     return out
 
 
