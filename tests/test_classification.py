@@ -1,0 +1,112 @@
+"""The classification task on the engine, on real digits: one compilation per step, outputs
+written, resume == uninterrupted, validation-only selection, the test split never trained on."""
+
+import json
+
+import chex
+import numpy as np
+import pytest
+
+from jaxcnn.tasks import Classification
+from jaxcnn.train.config import ConfigError
+from jaxcnn.train.trainer import Trainer
+
+
+def small_config(**kw):
+    c = dict(
+        model="lenet5_modern",
+        dataset="digits",
+        num_train=300,
+        validation_split=100,
+        batch_size=32,
+        eval_batch_size=64,
+        epochs=3,
+        learning_rate=2e-3,
+        augment_shift=1,
+        progress=False,
+        checkpoint_every_steps=4,
+    )
+    c.update(kw)
+    return c
+
+
+def train(tmp_path, name="run", resume=False, stop_at_step=None, task=None, **kw):
+    t = Trainer(task or Classification(), small_config(**kw), tmp_path / name, resume=resume)
+    return t.run(stop_at_step=stop_at_step), t
+
+
+def test_trains_compiles_each_step_once_and_writes_outputs(tmp_path):
+    # 300 train examples / 32 -> a dropped partial batch; 100 validation / 64 and the test
+    # split / 64 -> padded batches.
+    res, tr = train(tmp_path)
+    assert res["compilations"] == {"train_step": 1}
+    assert tr.task._eval_step._cache_size() == 1  # validation and test share one compile
+    for f in ("metrics.json", "curves.png", "confusion.png"):
+        assert (tmp_path / "run" / f).stat().st_size > 0
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert len(m["history"]) == 3 and m["facts"]["params"] == 61_706
+    assert m["facts"]["num_train"] == 300 and m["facts"]["num_validation"] == 100
+    cm = np.array(m["final"]["test_confusion"])
+    assert cm.shape == (10, 10) and cm.sum() == m["facts"]["num_test"] == m["final"]["test_count"]
+    assert np.trace(cm) / cm.sum() == pytest.approx(m["final"]["test_accuracy"])
+    assert m["final"]["test_accuracy"] > 0.5  # learns something in 3 short epochs
+    assert set(m["splits"]) == {"train", "validation", "test"}
+
+
+def test_resume_after_interruption_equals_uninterrupted_run(tmp_path):
+    full, _ = train(tmp_path, "full")
+    # 300 // 32 = 9 steps per epoch; stop mid-epoch 2 (step 13, after a step checkpoint at 12)
+    part, _ = train(tmp_path, "part", stop_at_step=13)
+    assert part["preempted"] and part["step"] == 13
+    resumed, _ = train(tmp_path, "part", resume=True)
+    assert int(resumed["state"].step) == int(full["state"].step) == 27
+    chex.assert_trees_all_equal(resumed["state"].params, full["state"].params)
+    chex.assert_trees_all_equal(resumed["state"].opt_state, full["state"].opt_state)
+    assert resumed["test_accuracy"] == full["test_accuracy"]
+    hist = json.loads((tmp_path / "part" / "metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in hist] == [1, 2, 3]
+
+
+def test_early_stopping_on_validation(tmp_path):
+    # classic LeNet-5 (no BatchNorm, no dropout) at a learning rate of 1e-12: the predictions,
+    # and so the validation accuracy, never change after epoch 1
+    res, _ = train(
+        tmp_path,
+        model="lenet5",
+        epochs=30,
+        early_stopping_patience=1,
+        checkpoint_every_steps=0,
+        learning_rate=1e-12,
+    )
+    assert res["stopped_early"] and res["epochs_run"] == 2
+
+
+def test_early_stopping_without_validation_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="needs a validation split"):
+        train(tmp_path, validation_split=0, early_stopping_patience=2)
+
+
+def test_unknown_config_key_is_rejected(tmp_path):
+    with pytest.raises(ConfigError, match="'learning_rte' .did you mean 'learning_rate'"):
+        train(tmp_path, learning_rte=0.1)
+
+
+@pytest.mark.slow
+def test_default_job_reaches_98_percent_on_digits(tmp_path):
+    """The README's first command: LeNet-5 on held-out real digits."""
+    from experiments.cli import CONFIGS, load_config_file
+
+    c = load_config_file(str(CONFIGS / "lenet_digits.py"))
+    c["progress"] = False
+    res = Trainer(Classification(), c, tmp_path).run()
+    assert res["test_accuracy"] >= 0.98
+
+
+@pytest.mark.slow
+def test_lenet_mnist_reaches_98_5_percent(tmp_path):
+    from experiments.cli import CONFIGS, load_config_file
+
+    c = load_config_file(str(CONFIGS / "lenet_mnist.py"))
+    c["progress"] = False
+    res = Trainer(Classification(), c, tmp_path).run()
+    assert res["epochs_run"] <= 10 and res["test_accuracy"] >= 0.985
