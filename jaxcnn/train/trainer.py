@@ -47,6 +47,7 @@ import numpy as np
 
 from jaxcnn.train import config as config_lib
 from jaxcnn.train import mesh as mesh_lib
+from jaxcnn.utils.tree import tree_add
 
 __all__ = [
     "Context",
@@ -122,7 +123,7 @@ class Context:
         total = None
         for batch in self.to_device(host_batches):
             m = step(state, batch)
-            total = m if total is None else jax.tree.map(jnp.add, total, m)
+            total = tree_add(total, m)
         if total is None:
             raise ValueError("evaluation over an empty split")
         return jax.device_get(total)
@@ -475,9 +476,7 @@ class Trainer:
                 t0 = time.perf_counter()
                 batch, data_pos, waited = next(feed)
                 state, m, guard = step_fn(state, batch, guard)
-                epoch_sums = (
-                    m if epoch_sums is None else jax.tree.map(lambda a, b: a + b, epoch_sums, m)
-                )
+                epoch_sums = tree_add(epoch_sums, m)
                 step += 1
                 bar.update(1)
                 elapsed["wait_s"] += waited
