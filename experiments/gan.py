@@ -75,8 +75,8 @@ def load_judge(workdir: str, c) -> "object":
     from jaxcnn import models
     from jaxcnn.checkpoint import Checkpointer
     from jaxcnn.data import load_dataset, preprocess, split
-    from jaxcnn.train import fit
     from jaxcnn.train.gan_eval import Classifier
+    from jaxcnn.train.loop import fit
 
     cc = lenet_mnist.get_config()
     cc.data_dir, cc.epochs, cc.progress = c.data_dir, c.classifier_epochs, False

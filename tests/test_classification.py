@@ -110,3 +110,24 @@ def test_lenet_mnist_reaches_98_5_percent(tmp_path):
     c["progress"] = False
     res = Trainer(Classification(), c, tmp_path).run()
     assert res["epochs_run"] <= 10 and res["test_accuracy"] >= 0.985
+
+
+def test_schema_data_keys_are_the_pipelines():
+    """The task's data keys are exactly what jaxcnn.data reads, with the same defaults."""
+    from jaxcnn.data import CONFIG_DEFAULTS
+    from jaxcnn.tasks import DATA_FIELDS
+
+    assert {k: f.default for k, f in DATA_FIELDS.items()} == CONFIG_DEFAULTS
+
+
+def test_divergence_is_an_error_naming_the_step(tmp_path):
+    """The issue's probe: learning_rate=1e6 used to train to inf with exit 0."""
+    from jaxcnn.train.trainer import NonFiniteError
+
+    with pytest.raises(NonFiniteError, match=r"non-finite loss or update at step \d+"):
+        train(tmp_path, learning_rate=1e6, epochs=2)
+    m = json.loads(
+        (tmp_path / "run" / "metrics.json").read_text(),
+        parse_constant=lambda c: pytest.fail(f"non-strict JSON: {c}"),
+    )
+    assert "at step" in m["final"]["halted"]  # the work directory says why it stopped

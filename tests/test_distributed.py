@@ -164,10 +164,12 @@ def worker_dp8(out):
         make_train_step(mesh=dp8)(None, {"image": np.zeros((12, 12, 12, 1), np.float32)})
     except ValueError as e:
         errors["step"] = str(e)
-    from jaxcnn.train import fit
+    from jaxcnn.tasks import Classification
+    from jaxcnn.train import Trainer
 
     try:  # fails in setup, before loading data or compiling anything
-        fit({"dataset": "no_such_dataset", "batch_size": 12}, out + "_fit")
+        cfg = {"dataset": "no_such_dataset", "batch_size": 12}
+        Trainer(Classification(), cfg, out + "_fit").run()
     except ValueError as e:
         errors["fit"] = str(e)
     batch = next(dp8.batches(*toy_data(), 32))
@@ -479,18 +481,18 @@ def test_float16_loss_scaling_skips_non_finite_step():
     assert step._cache_size() == 1
 
 
-# -- the fit loop ---------------------------------------------------------------------------
-def test_fit_with_scale_out_keys(tmp_path):
-    """fit() with precision/grad_accum_steps/remat/num_devices: runs with one compilation and
-    float32 state; a bad key value fails before any data is loaded."""
-    from jaxcnn.train import fit
+# -- the training engine ----------------------------------------------------------------------
+def test_trainer_with_scale_out_keys(tmp_path):
+    """The classification task with precision/grad_accum_steps/remat/num_devices: runs with one
+    compilation and float32 state; a bad key value fails before any data is loaded."""
+    from jaxcnn.tasks import Classification
+    from jaxcnn.train import Trainer
 
     cfg = dict(
         model="lenet5_modern",
         dataset="digits",
-        test_split=64,
-        split_seed=0,
         num_train=128,
+        validation_split=64,
         batch_size=32,
         eval_batch_size=64,
         epochs=1,
@@ -501,6 +503,10 @@ def test_fit_with_scale_out_keys(tmp_path):
         num_devices=1,
         progress=False,
     )
+
+    def fit(c, workdir):
+        return Trainer(Classification(), c, workdir).run()
+
     res = fit(cfg, str(tmp_path))
     assert res["compilations"]["train_step"] == 1 and res["steps"] == 4
     assert np.isfinite(res["test_loss"]) and 0 <= res["test_accuracy"] <= 1
@@ -509,7 +515,7 @@ def test_fit_with_scale_out_keys(tmp_path):
         assert json.load(f)["config"]["precision"] == "bfloat16"
     with pytest.raises(ValueError, match="does not divide into grad_accum_steps=3"):
         fit({**cfg, "grad_accum_steps": 3, "dataset": "nope"}, str(tmp_path / "x"))
-    with pytest.raises(ValueError, match="remat='sometimes'"):
+    with pytest.raises(ValueError, match="'remat': expected one of .* got 'sometimes'"):
         fit({**cfg, "remat": "sometimes", "dataset": "nope"}, str(tmp_path / "x"))
     with pytest.raises(ValueError, match="devices are present"):
         fit({**cfg, "num_devices": jax.device_count() + 1, "dataset": "nope"}, str(tmp_path / "x"))

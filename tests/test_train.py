@@ -1,6 +1,5 @@
 """The jit-compiled train and eval steps: donated state, one compilation, masked examples."""
 
-
 import chex
 import jax
 import jax.numpy as jnp

@@ -125,25 +125,31 @@ def test_killed_run_resumes_with_the_same_examples_and_result(tmp_path, sig):
     assert a["test_accuracy"] == b["test_accuracy"] and a["test_loss"] == b["test_loss"]
 
 
-def test_divergence_halts_naming_the_step_and_keeps_checkpoints_finite(tmp_path):
-    with pytest.raises(NonFiniteError, match=r"at step \d+"):
-        run(tmp_path, learning_rate=1e30, checkpoint_every_steps=1)
+def test_nonfinite_step_halts_naming_it_and_checkpoints_stay_finite(tmp_path):
+    with pytest.raises(NonFiniteError, match=r"at step 7 "):
+        run(tmp_path, task=TinyTask(poison={7}), checkpoint_every_steps=1, log_every_steps=1)
     from jaxcnn.checkpoint import Checkpointer
 
     template = TinyTask().init_state_for(base_config())
     ck = Checkpointer(tmp_path / "run" / "checkpoints")
-    assert ck.all_steps()  # the steps before the divergence were saved
+    assert ck.all_steps() == [5, 6]  # the newest two, both before the bad step
     for s in ck.all_steps():
         params = ck.restore(template, step=s).state.params
         assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
     ck.close()
 
 
-def test_skip_mode_drops_updates_then_halts_after_k_in_a_row(tmp_path):
+def test_skip_mode_drops_bad_updates(tmp_path):
+    res = run(tmp_path, task=TinyTask(poison={7, 20}), on_nonfinite="skip")
+    assert res["steps"] == 36  # ran to the end; the two bad steps changed nothing
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(res["state"].params))
+    h = metrics(tmp_path)["history"]
+    assert all(np.isfinite(r["train_loss"]) for r in h)  # the dropped steps are not averaged
     with pytest.raises(NonFiniteError, match="3 non-finite steps in a row"):
         run(
             tmp_path,
-            learning_rate=1e30,
+            "k",
+            task=TinyTask(poison={7, 8, 9}),
             on_nonfinite="skip",
             max_nonfinite_skips=3,
             log_every_steps=1,

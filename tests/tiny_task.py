@@ -56,10 +56,10 @@ class EpochIterator:
     """Exact epochs over in-memory arrays: a permutation per (seed, epoch), last partial batch
     dropped; ``get_state``/``state=`` resume exactly."""
 
-    def __init__(self, x, y, ids, batch_size, seed, state=None, log=None, slow=0.0):
+    def __init__(self, x, y, ids, batch_size, seed, state=None, log=None, slow=0.0, poison=()):
         self.x, self.y, self.ids, self.b, self.seed = x, y, ids, batch_size, seed
         self.epoch, self.pos = (state["epoch"], state["pos"]) if state else (0, 0)
-        self.log, self.slow = log, slow
+        self.log, self.slow, self.poison = log, slow, set(poison)
         self.step = (self.epoch * (len(y) // batch_size)) + self.pos
 
     def __iter__(self):
@@ -78,7 +78,10 @@ class EpochIterator:
         if self.log is not None:
             with open(self.log, "a") as f:
                 f.write(f"{self.step} " + " ".join(map(str, self.ids[idx])) + "\n")
-        return {"image": self.x[idx], "label": self.y[idx], "id": self.ids[idx]}
+        x = self.x[idx]
+        if self.step in self.poison:  # a NaN input: this step's loss is not finite
+            x = np.full_like(x, np.nan)
+        return {"image": x, "label": self.y[idx], "id": self.ids[idx]}
 
     def get_state(self):
         return {"epoch": self.epoch, "pos": self.pos}
@@ -89,8 +92,8 @@ class TinyTask(Task):
     fields = {"hidden_note": Field("", "a task-specific key (unused)", resume_ok=True)}
     selection = ("accuracy", "max")
 
-    def __init__(self, ids_log=None, slow=0.0, val_override=None, with_validation=True):
-        self.ids_log, self.slow = ids_log, slow
+    def __init__(self, ids_log=None, slow=0.0, val_override=None, with_validation=True, poison=()):
+        self.ids_log, self.slow, self.poison = ids_log, slow, poison
         self.val_override = val_override  # epoch -> forced validation accuracy (selection tests)
         self.with_validation = with_validation
 
@@ -133,6 +136,7 @@ class TinyTask(Task):
             data_state,
             self.ids_log,
             self.slow,
+            self.poison,
         )
 
     def summarize(self, sums):

@@ -11,11 +11,9 @@ import ml_collections
 def get_config():
     c = ml_collections.ConfigDict()
     c.model = "lenet5_modern"
-    c.model_kwargs = {}
-    c.dataset = "mnist_idx"
-    c.data_dir = ""  # default: ../shared/data/mnist-test
-    c.test_split = 2000  # the last 2,000 images
-    c.split_seed = -1  # keep the file order: first 8,000 train, last 2,000 test
+    c.dataset = (
+        "mnist"  # bundled MNIST test set: first 8,000 train (10% validation), last 2,000 test
+    )
     c.batch_size = 64
     c.epochs = 10
     c.optimizer = "adam"
@@ -23,9 +21,4 @@ def get_config():
     c.schedule = "cosine"
     c.augment_shift = 2
     c.seed = 0
-    # scale-out (jaxcnn.train.mesh/precision/remat): all devices, float32, no accumulation
-    c.num_devices = 0
-    c.precision = "float32"  # or "bfloat16", "float16"
-    c.grad_accum_steps = 1
-    c.remat = ""
     return c

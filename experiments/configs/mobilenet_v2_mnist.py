@@ -12,10 +12,7 @@ def get_config():
     c = ml_collections.ConfigDict()
     c.model = "mobilenet_v2"
     c.model_kwargs = {"small_input": True, "in_channels": 1}
-    c.dataset = "mnist_idx"
-    c.data_dir = ""
-    c.test_split = 2000
-    c.split_seed = -1
+    c.dataset = "mnist"  # first 8,000 train (10% validation), last 2,000 test
     c.input_size = (28, 28)
     c.batch_size = 128
     c.eval_batch_size = 500

@@ -12,10 +12,7 @@ def get_config():
     c = ml_collections.ConfigDict()
     c.model = "resnet18_cifar"
     c.model_kwargs = {"in_channels": 1}
-    c.dataset = "mnist_idx"
-    c.data_dir = ""
-    c.test_split = 2000
-    c.split_seed = -1
+    c.dataset = "mnist"  # first 8,000 train (10% validation), last 2,000 test
     c.input_size = (28, 28)
     c.batch_size = 128
     c.eval_batch_size = 500
@@ -25,7 +22,6 @@ def get_config():
     c.weight_decay = 5e-4
     c.schedule = "cosine"
     c.warmup_epochs = 0.5
-    c.label_smoothing = 0.0
     c.augment_shift = 2
     c.seed = 0
     return c

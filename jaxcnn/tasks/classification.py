@@ -29,11 +29,17 @@ from jaxcnn.train.trainer import Context, Task
 __all__ = ["Classification", "DATA_FIELDS", "CLASSIFICATION_FIELDS"]
 
 
-# The input keys every image task reads (jaxcnn.data.preprocess_from_config reads them too).
+def _auto_or_bool(v):
+    return None if v in (-1, 0, 1) or isinstance(v, bool) else "-1 (auto), true or false"
+
+
+# The input keys every image task reads: jaxcnn.data.splits_from_config and
+# preprocess_from_config read exactly these (jaxcnn.data.CONFIG_DEFAULTS has their defaults).
 DATA_FIELDS: dict[str, Field] = {
     "dataset": Field(
         "digits",
-        "digits | mnist (both bundled) | mnist_idx | idx:<folder> | folder | tfds:NAME",
+        "digits | mnist (both bundled) | mnist_idx (+ data_dir) | idx:<folder> | folder "
+        "(+ data_dir) | tfds:NAME",
     ),
     "data_dir": Field("", "folder of the dataset (mnist_idx, folder) or TFDS' data_dir"),
     "validation_split": Field(
@@ -43,10 +49,11 @@ DATA_FIELDS: dict[str, Field] = {
         config_lib._fraction_or_count,
     ),
     "test_split": Field(
-        0.0,
-        "test fraction or count for datasets without a published test split (0: the "
+        None,
+        "test fraction or count for datasets without a published test split (None: the "
         "dataset's default: digits 20% seeded, mnist the last 2,000)",
-        config_lib._fraction_or_count,
+        lambda v: None if v is None else config_lib._fraction_or_count(v),
+        type=(float, int, type(None)),
     ),
     "split_seed": Field(0, "seed of the validation (and test) split"),
     "num_train": Field(
@@ -55,26 +62,38 @@ DATA_FIELDS: dict[str, Field] = {
     "input_size": Field(
         (), "(height, width) fed to the model; (): the model's default", config_lib._size
     ),
+    "channels": Field(
+        0, "input channels (0: model_kwargs['in_channels'] or the model's)", config_lib._at_least(0)
+    ),
     "transform": Field(
         "auto",
         "host transforms: auto (by dataset), mnist, cifar, imagenet or none",
         config_lib._one_of("auto", "mnist", "cifar", "imagenet", "none"),
     ),
     "augment_shift": Field(
-        0, "random translation by up to N pixels (mnist transform)", config_lib._at_least(0)
+        -1,
+        "random translation by up to N pixels (mnist/cifar); -1: 4 for cifar, else 0",
+        config_lib._at_least(-1),
     ),
-    "augment_flip": Field(False, "random horizontal flips"),
-    "mean": Field((), "per-channel mean after scaling to [0, 1]; (): from the train split"),
-    "std": Field((), "per-channel std after scaling to [0, 1]; (): from the train split"),
+    "augment_flip": Field(
+        -1,
+        "random horizontal flips: true/false; -1: on for cifar and imagenet",
+        _auto_or_bool,
+        type=(bool, int),
+    ),
+    "mean": Field(
+        (),
+        "per-channel mean on the [0, 1] scale; (): the model's, ImageNet's "
+        "(imagenet transform) or computed on the train split",
+    ),
+    "std": Field((), "per-channel std on the [0, 1] scale; (): as mean"),
     "crop_pct": Field(
-        0.875,
-        "imagenet eval transform: centre crop of size / crop_pct",
-        lambda v: None if 0 < v <= 1 else "in (0, 1]",
+        0.0,
+        "imagenet eval: centre crop of size / crop_pct (0: the model's, else 0.875)",
+        lambda v: None if 0 <= v <= 1 else "in [0, 1]",
     ),
     "interpolation": Field(
-        "bilinear",
-        "resize interpolation: bilinear, bicubic or nearest",
-        config_lib._one_of("bilinear", "bicubic", "nearest"),
+        "", "resize interpolation: bilinear, bicubic, nearest... ('': the model's, else bilinear)"
     ),
     "num_workers": Field(
         0,
@@ -129,14 +148,7 @@ class Classification(Task):
                 f"model {cfg['model']!r} is a {self.info.extra['task']} model; the "
                 f"classification task needs a classifier"
             )
-        sp = self._given_splits or data_lib.load_splits(
-            cfg["dataset"],
-            cfg["data_dir"] or None,
-            validation_split=cfg["validation_split"],
-            split_seed=cfg["split_seed"],
-            test_split=cfg["test_split"] or None,
-            num_train=cfg["num_train"] or None,
-        )
+        sp = self._given_splits or data_lib.splits_from_config(cfg)
         self.data = sp
         if sp.validation is None and cfg["early_stopping_patience"]:
             raise ConfigError(

@@ -17,7 +17,8 @@ def plot_curves(history: list[dict], path, metrics=("loss", "accuracy"), x: str 
     """One panel per metric: ``train_<m>``, ``val_<m>`` and ``test_<m>`` of each history
     record against ``x`` (the splits a record lacks are left out)."""
     metrics = [m for m in metrics if any(f"{s}_{m}" in h for h in history for s in _SPLITS)]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)
+    fig = _figure((5 * len(metrics), 4))
+    axes = fig.subplots(1, len(metrics), squeeze=False)
     for ax, m in zip(axes[0], metrics):
         for split, style in zip(_SPLITS, ("o-", "s-", "^--")):
             pts = [(h[x], h[f"{split}_{m}"]) for h in history if h.get(f"{split}_{m}") is not None]
@@ -29,7 +30,6 @@ def plot_curves(history: list[dict], path, metrics=("loss", "accuracy"), x: str 
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 _SPLITS = ("train", "val", "test")

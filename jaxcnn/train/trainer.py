@@ -197,8 +197,11 @@ class Task:
 
 # -- the guard: on-device counters of non-finite steps -------------------------------------------
 def _guard_init() -> dict:
-    z = jnp.zeros((), jnp.int32)
-    return {"count": z, "streak": z, "max_streak": z, "first": z - 1}
+    # four buffers (the guard is donated: no two entries may share one)
+    return {
+        k: jnp.full((), v, jnp.int32)
+        for k, v in (("count", 0), ("streak", 0), ("max_streak", 0), ("first", -1))
+    }
 
 
 def _all_finite(tree) -> jax.Array:
@@ -297,16 +300,17 @@ class Trainer:
 
     # -- set-up -----------------------------------------------------------------------------
     def _checkpointer(self):
+        """Opened before the task reads its data (the resume checks come first); a task without
+        a validation split saves no metrics, and then only the newest checkpoints are kept."""
         from jaxcnn.checkpoint import Checkpointer
 
         sel = self.task.selection
-        has_val = sel is not None and "validation" in self.task.splits()
         return Checkpointer(
             self.ckpt_dir,
             keep=self.cfg["keep_checkpoints"],
-            keep_best=self.cfg["keep_best"] if has_val else 0,
-            best_metric=f"val_{sel[0]}" if has_val else "val_accuracy",
-            best_mode=sel[1] if has_val else "max",
+            keep_best=self.cfg["keep_best"] if sel else 0,
+            best_metric=f"val_{sel[0]}" if sel else "val_accuracy",
+            best_mode=sel[1] if sel else "max",
         )
 
     def _prepare_workdir(self, main: bool) -> None:
@@ -356,13 +360,19 @@ class Trainer:
         ``stop_at_step`` stops after that step with a checkpoint, as a preemption would (tests).
         A preempted run returns ``{"preempted": True, "step": ...}``.
         """
-        cfg, task = self.cfg, self.task
         mesh_lib.initialize_distributed()
         main = mesh_lib.is_main_process()
-        dp = mesh_lib.setup(cfg)
+        dp = mesh_lib.setup(self.cfg)
         os.makedirs(self.workdir, exist_ok=True)
         self._prepare_workdir(main)
         ckpt = self._checkpointer()
+        try:
+            return self._run(ckpt, dp, main, stop_at_step)
+        finally:
+            ckpt.close()  # also on errors: Orbax's threads end, a pending save completes
+
+    def _run(self, ckpt, dp, main: bool, stop_at_step: int | None) -> dict:
+        cfg, task = self.cfg, self.task
         saved_extra = ckpt.read_extra() if self.resume else None
         now = config_lib.fingerprint(cfg, self.fields)
         if saved_extra is not None:  # config keys first: before any data is read
@@ -454,11 +464,13 @@ class Trainer:
                     else "a non-finite loss or update"
                 )
                 last = ckpt.latest_step()
-                raise NonFiniteError(
+                msg = (
                     f"{why} at step {g['first'] + 1} (of {at_step} run; {g['count']} such "
                     f"step(s) dropped); the newest checkpoint (step {last}) holds only finite "
                     f"values. Lower learning_rate, set grad_clip, or on_nonfinite='skip'"
                 )
+                write_metrics({"halted": msg, "steps": at_step, "nonfinite_steps": g["count"]})
+                raise NonFiniteError(msg)
 
         if main:
             n = facts.get("params")
@@ -528,7 +540,7 @@ class Trainer:
                     check_guard(step)
                     if ckpt.latest_step() != step:
                         ckpt.save(step, state, extra=extra_now(data_pos))
-                    ckpt.close()
+                    ckpt.wait()
                     write_metrics()
                     preempted = True
                     if main and pre.signal is not None:
@@ -569,7 +581,7 @@ class Trainer:
                     **{k: v for k, v in final.items() if k.startswith("test_")},
                 }
             final["selected"][f"val_{sel[0]}"] = best
-        ckpt.close()
+        ckpt.wait()
         write_metrics(final)
         if main:
             more = task.finish(state, final, self.workdir)
