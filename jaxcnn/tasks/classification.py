@@ -143,10 +143,10 @@ class Classification(Task):
         cfg = ctx.cfg
         self.ctx = ctx
         self.info = models.model_info(cfg["model"])
-        if self.info.extra.get("task", "classification") != "classification":
+        if self.info.task != "classification":
             raise ConfigError(
-                f"model {cfg['model']!r} is a {self.info.extra['task']} model; the "
-                f"classification task needs a classifier"
+                f"model {cfg['model']!r} is a {self.info.task} model; the classification task "
+                f"needs a classifier"
             )
         sp = self._given_splits or data_lib.splits_from_config(cfg)
         self.data = sp
@@ -185,9 +185,7 @@ class Classification(Task):
         self.tx = make_optimizer(
             cfg["optimizer"], self.lr, cfg["weight_decay"], grad_clip=cfg["grad_clip"] or None
         )
-        aux = (
-            cfg["aux_weight"] if cfg["aux_weight"] >= 0 else self.info.extra.get("aux_weight", 0.0)
-        )
+        aux = cfg["aux_weight"] if cfg["aux_weight"] >= 0 else self.info.aux_weight
         if aux and not cfg["model_kwargs"].get("aux_logits", True):
             aux = 0.0
         self.aux_weight = float(aux)
