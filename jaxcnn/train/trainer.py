@@ -265,9 +265,13 @@ class _Preemption:
         for s, h in self._old.items():
             signal.signal(s, h)
 
-    def requested(self) -> bool:
+    def requested(self, step: int, every: int) -> bool:
+        """Whether to stop and save now; with several processes they agree (a collective,
+        so only every ``every`` steps)."""
         flag = self.signal is not None
         if jax.process_count() > 1:  # every process must save at the same step
+            if step % every:
+                return False
             from jax.experimental import multihost_utils
 
             flag = bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
@@ -373,222 +377,246 @@ class Trainer:
 
     def _run(self, ckpt, dp, main: bool, stop_at_step: int | None) -> dict:
         cfg, task = self.cfg, self.task
-        saved_extra = ckpt.read_extra() if self.resume else None
-        now = config_lib.fingerprint(cfg, self.fields)
-        if saved_extra is not None:  # config keys first: before any data is read
-            self._check_fingerprint(
-                {k: v for k, v in saved_extra.get("fingerprint", {}).items() if k in now}, now
-            )
-
-        ctx = Context(cfg=cfg, dp=dp, workdir=self.workdir, main=main)
-        task.build(ctx)
-        spe = task.steps_per_epoch
-        if spe < 1:
+        saved = ckpt.read_extra() if self.resume else None
+        keys = config_lib.fingerprint(cfg, self.fields)
+        if saved is not None:  # the config keys first: before any data is read
+            fp = saved.get("fingerprint", {})
+            self._check_fingerprint({k: v for k, v in fp.items() if k in keys}, keys)
+        task.build(Context(cfg=cfg, dp=dp, workdir=self.workdir, main=main))
+        if task.steps_per_epoch < 1:
             raise ValueError(f"{task.name}: no full training batch per epoch")
         facts = task.facts()
-        fp = {**now, **config_lib.fingerprint({}, {}, **facts)}
-        if saved_extra is not None:
-            self._check_fingerprint(saved_extra.get("fingerprint"), fp)
-
-        state = dp.replicate(task.init_state())
-        history: list[dict] = []
-        epoch_sums: dict | None = None
-        guard = _guard_init()
-        data_state = None
-        elapsed = {"train_s": 0.0, "wait_s": 0.0}
-        if self.resume:
-            restored = ckpt.restore(state)
-            state, extra = restored.state, restored.extra or {}
-            history = extra.get("history", [])
-            epoch_sums = extra.get("epoch_sums")
-            if epoch_sums is not None:  # float32 sums survive JSON exactly
-                epoch_sums = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), epoch_sums)
-            guard = {
-                k: jnp.asarray(v, jnp.int32) for k, v in extra.get("guard", {}).items()
-            } or guard
-            data_state = extra.get("data")
-            elapsed.update(extra.get("elapsed", {}))
-            if main:
-                print(f"Resumed from step {restored.step} in {self.ckpt_dir}", flush=True)
-        guard = jax.device_put(guard, dp.replicated)
-
-        step_fn = jax.jit(
-            guarded(task.step_fn),
-            in_shardings=(dp.replicated, dp.data, dp.replicated),
-            out_shardings=(dp.replicated, dp.replicated, dp.replicated),
-            donate_argnums=(0, 2),
-        )
-        total = spe * cfg["epochs"]
-        step = int(jax.device_get(state.step))
-        sel = task.selection
-        has_val = "validation" in task.splits()
-        sel = task.selection if has_val else None  # selection only ever on validation
-        best = _best_so_far(history, sel) if sel else None
-        evals_since_best = _evals_since_best(history, sel) if sel else 0
-
-        def extra_now(data_pos):
-            g = {k: int(v) for k, v in jax.device_get(guard).items()}
-            sums = None if epoch_sums is None else _strict(jax.device_get(epoch_sums))
-            return {
-                "fingerprint": fp,
-                "history": history,
-                "data": data_pos,
-                "guard": g,
-                "epoch_sums": sums,
-                "elapsed": dict(elapsed),
-            }
-
-        def write_metrics(final=None):
-            if not main:
-                return
-            out = {
-                "task": task.name,
-                "config": cfg,
-                "facts": facts,
-                **task.describe(),
-                "history": history,
-            }
-            if final is not None:
-                out["final"] = final
-            write_json(self.metrics_path, out)
-
-        def check_guard(at_step: int) -> None:
-            g = {k: int(v) for k, v in jax.device_get(guard).items()}
-            if g["count"] == 0:
-                return
-            if cfg["on_nonfinite"] == "halt" or g["max_streak"] >= cfg["max_nonfinite_skips"]:
-                why = (
-                    f"{g['max_streak']} non-finite steps in a row (max_nonfinite_skips="
-                    f"{cfg['max_nonfinite_skips']})"
-                    if cfg["on_nonfinite"] == "skip"
-                    else "a non-finite loss or update"
-                )
-                last = ckpt.latest_step()
-                msg = (
-                    f"{why} at step {g['first'] + 1} (of {at_step} run; {g['count']} such "
-                    f"step(s) dropped); the newest checkpoint (step {last}) holds only finite "
-                    f"values. Lower learning_rate, set grad_clip, or on_nonfinite='skip'"
-                )
-                write_metrics({"halted": msg, "steps": at_step, "nonfinite_steps": g["count"]})
-                raise NonFiniteError(msg)
-
+        fingerprint = {**keys, **config_lib.fingerprint({}, {}, **facts)}
+        if saved is not None:  # then what the data and the model made of them
+            self._check_fingerprint(saved.get("fingerprint"), fingerprint)
+        run = _Run(self, ckpt, dp, main, facts, fingerprint)
+        run.start(dp.replicate(task.init_state()), resume=self.resume)
         if main:
             n = facts.get("params")
             print(
                 f"{task.name}: {cfg['model']}"
                 + (f" ({n:,} parameters)" if n else "")
-                + f", {spe} steps/epoch x {cfg['epochs']} epochs",
+                + f", {task.steps_per_epoch} steps/epoch x {cfg['epochs']} epochs",
                 flush=True,
             )
-        feed = _feed(task.train_batches(data_state), dp)
-        stop_early = False
-        preempted = False
-        with _Preemption() as pre, _progress(cfg, main, step, total) as bar:
-            while step < total and not stop_early:
-                t0 = time.perf_counter()
-                batch, data_pos, waited = next(feed)
-                state, m, guard = step_fn(state, batch, guard)
-                epoch_sums = tree_add(epoch_sums, m)
-                step += 1
-                bar.update(1)
-                elapsed["wait_s"] += waited
-                elapsed["train_s"] += time.perf_counter() - t0
-                boundary = step % spe == 0 or (
-                    cfg["eval_every_steps"] and step % cfg["eval_every_steps"] == 0
-                )
-                if step % cfg["log_every_steps"] == 0 or boundary or step == total:
-                    check_guard(step)
-                    if main and cfg["progress"]:
-                        bar.set_postfix(task.summarize(jax.device_get(epoch_sums)))
-                if boundary or step == total:
-                    rec = {"epoch": step / spe, "step": step}
-                    rec.update(_with_prefix("train", task.summarize(jax.device_get(epoch_sums))))
-                    epoch_sums = None
-                    if has_val:
-                        rec.update(_with_prefix("val", task.evaluate(state, "validation")))
-                    if cfg["eval_test_every_epoch"] and "test" in task.splits():
-                        rec.update(_with_prefix("test", task.evaluate(state, "test")))
-                        rec["test_used_for_selection"] = False
-                    rec["time_s"] = elapsed["train_s"]
-                    history.append(_strict(rec))
-                    metrics = None
-                    if sel:
-                        v = rec[f"val_{sel[0]}"]
-                        better = best is None or (v > best if sel[1] == "max" else v < best)
-                        best, evals_since_best = (v, 0) if better else (best, evals_since_best + 1)
-                        metrics = {f"val_{sel[0]}": v}
-                    ckpt.save(step, state, metrics=metrics, extra=extra_now(data_pos))
-                    write_metrics()
-                    if main:
-                        bar.write(_epoch_line(rec, cfg["epochs"], spe))
-                    if (
-                        sel
-                        and cfg["early_stopping_patience"]
-                        and evals_since_best >= cfg["early_stopping_patience"]
-                    ):
-                        if main:
-                            print(
-                                f"early stopping: no better validation {sel[0]} in "
-                                f"{evals_since_best} evaluations",
-                                flush=True,
-                            )
-                        stop_early = True
-                elif cfg["checkpoint_every_steps"] and step % cfg["checkpoint_every_steps"] == 0:
-                    check_guard(step)
-                    ckpt.save(step, state, extra=extra_now(data_pos))
-                if (stop_at_step is not None and step >= stop_at_step) or pre.requested():
-                    check_guard(step)
-                    if ckpt.latest_step() != step:
-                        ckpt.save(step, state, extra=extra_now(data_pos))
-                    ckpt.wait()
-                    write_metrics()
-                    preempted = True
-                    if main and pre.signal is not None:
-                        name = signal.Signals(pre.signal).name
-                        print(
-                            f"{name}: saved step {step} to {self.ckpt_dir}; continue with --resume",
-                            flush=True,
-                        )
-                    break
-        if preempted:
-            return {"preempted": True, "step": step, "state": state}
+        if run.train(stop_at_step):
+            return {"preempted": True, "step": run.step, "state": run.state}
+        return run.finish()
 
-        ckpt.wait()
+
+class _Run:
+    """One run's moving parts: the state, the guard, the running epoch's metric sums, the
+    history, the data position and the selection record; and what the loop does with them at
+    a step, an evaluation, a checkpoint and the end."""
+
+    def __init__(self, trainer: Trainer, ckpt, dp, main: bool, facts: dict, fingerprint: dict):
+        self.trainer, self.ckpt, self.dp, self.main = trainer, ckpt, dp, main
+        self.cfg, self.task = trainer.cfg, trainer.task
+        self.facts, self.fingerprint = facts, fingerprint
+        self.spe = self.task.steps_per_epoch
+        self.total = self.spe * self.cfg["epochs"]
+        # selection only ever on the validation split
+        has_val = "validation" in self.task.splits()
+        self.sel = self.task.selection if has_val else None
+        self.history: list[dict] = []
+        self.epoch_sums: dict | None = None
+        self.data_pos: dict | None = None
+        self.elapsed = {"train_s": 0.0, "wait_s": 0.0}
+        self.stopped_early = False
+        self.step_fn = jax.jit(
+            guarded(self.task.step_fn),
+            in_shardings=(dp.replicated, dp.data, dp.replicated),
+            out_shardings=(dp.replicated, dp.replicated, dp.replicated),
+            donate_argnums=(0, 2),
+        )
+
+    # -- state in and out of checkpoints --------------------------------------------------------
+    def start(self, state, resume: bool) -> None:
+        guard = _guard_init()
+        if resume:
+            r = self.ckpt.restore(state)
+            state, extra = r.state, r.extra or {}
+            self.history = extra.get("history", [])
+            sums = extra.get("epoch_sums")  # float32 sums survive JSON exactly
+            self.epoch_sums = (
+                None if sums is None else jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), sums)
+            )
+            if extra.get("guard"):
+                guard = {k: jnp.asarray(v, jnp.int32) for k, v in extra["guard"].items()}
+            self.data_pos = extra.get("data")
+            self.elapsed.update(extra.get("elapsed", {}))
+            if self.main:
+                print(f"Resumed from step {r.step} in {self.ckpt.directory}", flush=True)
+        self.state, self.guard = state, jax.device_put(guard, self.dp.replicated)
+        self.step = int(jax.device_get(state.step))
+        self.best, self.since_best = _selection_record(self.history, self.sel)
+
+    def save(self, metrics: dict | None = None) -> None:
+        sums = None if self.epoch_sums is None else _strict(jax.device_get(self.epoch_sums))
+        extra = {
+            "fingerprint": self.fingerprint,
+            "history": self.history,
+            "data": self.data_pos,
+            "guard": {k: int(v) for k, v in jax.device_get(self.guard).items()},
+            "epoch_sums": sums,
+            "elapsed": dict(self.elapsed),
+        }
+        self.ckpt.save(self.step, self.state, metrics=metrics, extra=extra)
+
+    def write_metrics(self, final: dict | None = None) -> None:
+        if not self.main:
+            return
+        out = {
+            "task": self.task.name,
+            "config": self.cfg,
+            "facts": self.facts,
+            **self.task.describe(),
+            "history": self.history,
+        }
+        if final is not None:
+            out["final"] = final
+        write_json(self.trainer.metrics_path, out)
+
+    # -- the loop ---------------------------------------------------------------------------
+    def train(self, stop_at_step: int | None) -> bool:
+        """Steps until the last epoch ends, early stopping, ``stop_at_step`` or a signal;
+        returns whether the run was interrupted (and saved)."""
+        cfg = self.cfg
+        feed = _feed(self.task.train_batches(self.data_pos), self.dp)
+        with _Preemption() as pre, _progress(cfg, self.main, self.step, self.total) as bar:
+            while self.step < self.total and not self.stopped_early:
+                t0 = time.perf_counter()
+                batch, self.data_pos, waited = next(feed)
+                self.state, m, self.guard = self.step_fn(self.state, batch, self.guard)
+                self.epoch_sums = tree_add(self.epoch_sums, m)
+                self.step += 1
+                bar.update(1)
+                self.elapsed["wait_s"] += waited
+                self.elapsed["train_s"] += time.perf_counter() - t0
+                step, every = self.step, cfg["eval_every_steps"]
+                boundary = step % self.spe == 0 or (every and step % every == 0)
+                if boundary or step % cfg["log_every_steps"] == 0:
+                    self.check_guard()
+                    if self.main and cfg["progress"]:
+                        bar.set_postfix(self.task.summarize(jax.device_get(self.epoch_sums)))
+                if boundary:
+                    self.evaluate(bar)
+                elif cfg["checkpoint_every_steps"] and step % cfg["checkpoint_every_steps"] == 0:
+                    self.check_guard()
+                    self.save()
+                stop = stop_at_step is not None and step >= stop_at_step
+                if stop or pre.requested(step, cfg["log_every_steps"]):
+                    self.interrupt(pre.signal)
+                    return True
+        return False
+
+    def check_guard(self) -> None:
+        """Read the guard; raise :class:`NonFiniteError` (after writing why into metrics.json)
+        when ``on_nonfinite`` says the run must stop."""
+        g = {k: int(v) for k, v in jax.device_get(self.guard).items()}
+        cfg = self.cfg
+        if g["count"] == 0:
+            return
+        skip = cfg["on_nonfinite"] == "skip"
+        if skip and g["max_streak"] < cfg["max_nonfinite_skips"]:
+            return
+        why = (
+            f"{g['max_streak']} non-finite steps in a row (max_nonfinite_skips="
+            f"{cfg['max_nonfinite_skips']})"
+            if skip
+            else "a non-finite loss or update"
+        )
+        msg = (
+            f"{why} at step {g['first'] + 1} (of {self.step} run; {g['count']} such step(s) "
+            f"dropped); the newest checkpoint (step {self.ckpt.latest_step()}) holds only "
+            f"finite values. Lower learning_rate, set grad_clip, or on_nonfinite='skip'"
+        )
+        self.write_metrics({"halted": msg, "steps": self.step, "nonfinite_steps": g["count"]})
+        raise NonFiniteError(msg)
+
+    def evaluate(self, bar) -> None:
+        """An evaluation boundary: record the epoch's train means and the validation (and,
+        if asked, test) metrics, rank and save the checkpoint, decide on early stopping."""
+        task, cfg, sel = self.task, self.cfg, self.sel
+        rec = {"epoch": self.step / self.spe, "step": self.step}
+        rec.update(_with_prefix("train", task.summarize(jax.device_get(self.epoch_sums))))
+        self.epoch_sums = None
+        if "validation" in task.splits():
+            rec.update(_with_prefix("val", task.evaluate(self.state, "validation")))
+        if cfg["eval_test_every_epoch"] and "test" in task.splits():
+            rec.update(_with_prefix("test", task.evaluate(self.state, "test")))
+            rec["test_used_for_selection"] = False
+        rec["time_s"] = self.elapsed["train_s"]
+        self.history.append(_strict(rec))
+        metrics = None
+        if sel:
+            v = rec[f"val_{sel[0]}"]
+            if _better(v, self.best, sel[1]):
+                self.best, self.since_best = v, 0
+            else:
+                self.since_best += 1
+            metrics = {f"val_{sel[0]}": v}
+        self.save(metrics)
+        self.write_metrics()
+        if self.main:
+            bar.write(_epoch_line(rec, cfg["epochs"]))
+        patience = cfg["early_stopping_patience"]
+        if sel and patience and self.since_best >= patience:
+            if self.main:
+                print(
+                    f"early stopping: no better validation {sel[0]} in {self.since_best} "
+                    f"evaluations",
+                    flush=True,
+                )
+            self.stopped_early = True
+
+    def interrupt(self, signum: int | None) -> None:
+        """Save where the run stands (unless this step is saved already) and say so."""
+        self.check_guard()
+        if self.ckpt.latest_step() != self.step:
+            self.save()
+        self.ckpt.wait()
+        self.write_metrics()
+        if self.main and signum is not None:
+            print(
+                f"{signal.Signals(signum).name}: saved step {self.step} to "
+                f"{self.ckpt.directory}; continue with --resume",
+                flush=True,
+            )
+
+    # -- the end ----------------------------------------------------------------------------
+    def finish(self) -> dict:
+        """Test metrics of the last state and of the state selected on validation,
+        ``metrics.json`` and the task's pictures."""
+        task, sel, step = self.task, self.sel, self.step
+        self.ckpt.wait()
         final = {
             "steps": step,
-            "epochs_run": step / spe,
-            "stopped_early": stop_early,
-            "train_time_s": elapsed["train_s"],
-            "data_wait_fraction": elapsed["wait_s"] / max(elapsed["train_s"], 1e-9),
-            "compilations": {"train_step": step_fn._cache_size()},
+            "epochs_run": step / self.spe,
+            "stopped_early": self.stopped_early,
+            "train_time_s": self.elapsed["train_s"],
+            "data_wait_fraction": self.elapsed["wait_s"] / max(self.elapsed["train_s"], 1e-9),
+            "compilations": {"train_step": self.step_fn._cache_size()},
         }
         if "test" in task.splits():
-            final.update(_with_prefix("test", task.evaluate(state, "test")))
-
+            final.update(_with_prefix("test", task.evaluate(self.state, "test")))
         if sel:
-            best_step = ckpt.best_step()
+            best_step = self.ckpt.best_step()
+            picked = {"step": step, "by": f"val_{sel[0]}", f"val_{sel[0]}": self.best}
             if best_step is not None and best_step != step:
-                selected = ckpt.restore(state, step=best_step).state
-                final["selected"] = {
-                    "step": best_step,
-                    "by": f"val_{sel[0]}",
-                    **_with_prefix("test", task.evaluate(selected, "test")),
-                }
+                chosen = self.ckpt.restore(self.state, step=best_step).state
+                picked["step"] = best_step
+                picked.update(_with_prefix("test", task.evaluate(chosen, "test")))
             else:  # the last state is the selected one
-                final["selected"] = {
-                    "step": step,
-                    "by": f"val_{sel[0]}",
-                    **{k: v for k, v in final.items() if k.startswith("test_")},
-                }
-            final["selected"][f"val_{sel[0]}"] = best
-        ckpt.wait()
-        write_metrics(final)
-        if main:
-            more = task.finish(state, final, self.workdir)
+                picked.update({k: v for k, v in final.items() if k.startswith("test_")})
+            final["selected"] = picked
+        self.write_metrics(final)
+        if self.main:
+            more = task.finish(self.state, final, self.trainer.workdir)
             if more:
                 final.update(more)
-                write_metrics(final)
-        return {**final, "state": state}
+                self.write_metrics(final)
+        return {**final, "state": self.state}
 
 
 # -- helpers --------------------------------------------------------------------------------------
@@ -600,7 +628,7 @@ def _feed(it, dp: mesh_lib.DataParallel, prefetch: int = 2):
         t0 = time.perf_counter()
         batch = next(it)
         pos = it.get_state()
-        batch = dp.shard(batch)
+        batch = dp.shard({k: v for k, v in batch.items() if k != "id"})  # ids stay on the host
         return batch, pos, time.perf_counter() - t0
 
     queue = collections.deque(pull() for _ in range(prefetch))
@@ -615,31 +643,29 @@ def _checkpoint_steps(directory: str) -> list[int]:
     return sorted(int(p) for p in os.listdir(directory) if p.isdigit())
 
 
-def _best_so_far(history, sel):
-    vals = [h[f"val_{sel[0]}"] for h in history if h.get(f"val_{sel[0]}") is not None]
-    if not vals:
-        return None
-    return max(vals) if sel[1] == "max" else min(vals)
+def _better(v, best, mode: str) -> bool:
+    return best is None or (v > best if mode == "max" else v < best)
 
 
-def _evals_since_best(history, sel) -> int:
+def _selection_record(history: list[dict], sel) -> tuple[Any, int]:
+    """``(best validation value, evaluations since it)`` from a (resumed) history."""
     best, since = None, 0
-    for h in history:
+    for h in history if sel else ():
         v = h.get(f"val_{sel[0]}")
         if v is None:
             continue
-        if best is None or (v > best if sel[1] == "max" else v < best):
+        if _better(v, best, sel[1]):
             best, since = v, 0
         else:
             since += 1
-    return since
+    return best, since
 
 
 def _fmt(v) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
-def _epoch_line(rec: dict, epochs: int, spe: int) -> str:
+def _epoch_line(rec: dict, epochs: int) -> str:
     shown = [
         k
         for k in rec
