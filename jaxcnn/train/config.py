@@ -25,6 +25,7 @@ from typing import Any
 
 __all__ = [
     "COMMON",
+    "LOOP_KEYS",
     "ConfigError",
     "Field",
     "default_config",
@@ -202,6 +203,27 @@ COMMON: dict[str, Field] = {
 }
 
 
+# Keys the Trainer's loop reads for every task (a task may redefine them, never drop them).
+LOOP_KEYS = frozenset(
+    {
+        "model",
+        "seed",
+        "batch_size",
+        "epochs",
+        "eval_every_steps",
+        "checkpoint_every_steps",
+        "keep_checkpoints",
+        "log_every_steps",
+        "progress",
+        "on_nonfinite",
+        "max_nonfinite_skips",
+        "allow_config_change",
+        "num_devices",
+        "description",
+    }
+)
+
+
 def schema(*groups: Mapping[str, Field | None]) -> dict[str, Field]:
     """:data:`COMMON` joined with task-specific groups: a later group may redefine a key (e.g.
     another default model) or drop it by mapping it to ``None`` (a key the task does not read,
@@ -210,6 +232,11 @@ def schema(*groups: Mapping[str, Field | None]) -> dict[str, Field]:
     for g in groups:
         for k, f in g.items():
             if f is None:
+                if k in LOOP_KEYS:
+                    raise ValueError(
+                        f"config key {k!r} is read by the training loop itself; "
+                        f"a task cannot drop it"
+                    )
                 out.pop(k, None)
             else:
                 out[k] = f

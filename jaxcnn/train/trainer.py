@@ -312,7 +312,7 @@ class Trainer:
         return Checkpointer(
             self.ckpt_dir,
             keep=self.cfg["keep_checkpoints"],
-            keep_best=self.cfg["keep_best"] if sel else 0,
+            keep_best=self.cfg.get("keep_best", 0) if sel else 0,
             best_metric=f"val_{sel[0]}" if sel else "val_accuracy",
             best_mode=sel[1] if sel else "max",
         )
@@ -543,7 +543,7 @@ class _Run:
         self.epoch_sums = None
         if "validation" in task.splits():
             rec.update(_with_prefix("val", task.evaluate(self.state, "validation")))
-        if cfg["eval_test_every_epoch"] and "test" in task.splits():
+        if cfg.get("eval_test_every_epoch") and "test" in task.splits():
             rec.update(_with_prefix("test", task.evaluate(self.state, "test")))
             rec["test_used_for_selection"] = False
         rec["time_s"] = self.elapsed["train_s"]
@@ -560,7 +560,7 @@ class _Run:
         self.write_metrics()
         if self.main:
             bar.write(_epoch_line(rec, cfg["epochs"]))
-        patience = cfg["early_stopping_patience"]
+        patience = cfg.get("early_stopping_patience", 0)
         if sel and patience and self.since_best >= patience:
             if self.main:
                 print(
