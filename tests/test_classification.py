@@ -115,9 +115,11 @@ def test_lenet_mnist_reaches_98_5_percent(tmp_path):
 def test_schema_data_keys_are_the_pipelines():
     """The task's data keys are exactly what jaxcnn.data reads, with the same defaults."""
     from jaxcnn.data import CONFIG_DEFAULTS
-    from jaxcnn.tasks import DATA_FIELDS
+    from jaxcnn.data.augment import AUGMENT_DEFAULTS
+    from jaxcnn.tasks import AUGMENT_FIELDS, DATA_FIELDS
 
     assert {k: f.default for k, f in DATA_FIELDS.items()} == CONFIG_DEFAULTS
+    assert {k: f.default for k, f in AUGMENT_FIELDS.items()} == AUGMENT_DEFAULTS
 
 
 def test_divergence_is_an_error_naming_the_step(tmp_path):
@@ -131,3 +133,19 @@ def test_divergence_is_an_error_naming_the_step(tmp_path):
         parse_constant=lambda c: pytest.fail(f"non-strict JSON: {c}"),
     )
     assert "at step" in m["final"]["halted"]  # the work directory says why it stopped
+
+
+def test_augmentation_keys_reach_the_train_transform(tmp_path):
+    from jaxcnn.train import mesh
+    from jaxcnn.train.trainer import Context
+
+    t = Trainer(
+        Classification(), small_config(augment_policy="randaugment", random_erasing=0.25), tmp_path
+    )
+    t.task.build(Context(cfg=t.cfg, dp=mesh.setup(t.cfg), workdir=str(tmp_path)))
+    pre = t.task.pre
+    assert pre.policy is not None and pre.erasing is not None
+    x = t.task.data.train[0]["image"]
+    a, b = pre(x, np.random.default_rng(0)), pre(x, np.random.default_rng(1))
+    assert not np.array_equal(a, b)  # train transform is random...
+    np.testing.assert_array_equal(pre(x), pre(x))  # ...eval is not

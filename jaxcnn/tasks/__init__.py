@@ -2,6 +2,11 @@
 classification, segmentation and GAN training (loss, metrics, evaluation, state); everything
 they share (the loop, checkpoints, resume, metrics files) is the engine's."""
 
-from jaxcnn.tasks.classification import CLASSIFICATION_FIELDS, DATA_FIELDS, Classification
+from jaxcnn.tasks.classification import (
+    AUGMENT_FIELDS,
+    CLASSIFICATION_FIELDS,
+    DATA_FIELDS,
+    Classification,
+)
 
-__all__ = ["CLASSIFICATION_FIELDS", "Classification", "DATA_FIELDS"]
+__all__ = ["AUGMENT_FIELDS", "CLASSIFICATION_FIELDS", "Classification", "DATA_FIELDS"]

@@ -26,7 +26,7 @@ from jaxcnn.train.state import create_train_state
 from jaxcnn.train.steps import train_step_fn
 from jaxcnn.train.trainer import Context, Task
 
-__all__ = ["Classification", "DATA_FIELDS", "CLASSIFICATION_FIELDS"]
+__all__ = ["AUGMENT_FIELDS", "CLASSIFICATION_FIELDS", "Classification", "DATA_FIELDS"]
 
 
 def _auto_or_bool(v):
@@ -103,8 +103,65 @@ DATA_FIELDS: dict[str, Field] = {
     ),
 }
 
+
+def _prob(v):
+    return None if 0.0 <= v <= 1.0 else "in [0, 1]"
+
+
+def _jitter(v):
+    if isinstance(v, (int, float)):
+        return None if v >= 0 else ">= 0"
+    return None if len(v) in (3, 4) and min(v) >= 0 else "a number or 3-4 numbers >= 0"
+
+
+# Host-side augmentation policies (jaxcnn.data.augment reads these; train mode only).
+AUGMENT_FIELDS: dict[str, Field] = {
+    "augment_policy": Field(
+        "none",
+        "none, randaugment, trivialaugment or autoaugment",
+        config_lib._one_of("none", "randaugment", "trivialaugment", "autoaugment"),
+    ),
+    "randaugment_num_ops": Field(2, "RandAugment: ops per image", config_lib._at_least(0)),
+    "randaugment_magnitude": Field(
+        9.0,
+        "RandAugment: magnitude on timm's 0-10 scale",
+        lambda v: None if 0 <= v <= 10 else "in [0, 10]",
+    ),
+    "randaugment_magnitude_std": Field(
+        0.5,
+        "RandAugment: noise on the magnitude per op (inf: uniform)",
+        lambda v: None if v >= 0 else ">= 0",
+    ),
+    "randaugment_prob": Field(0.5, "RandAugment: probability each chosen op is applied", _prob),
+    "randaugment_increasing": Field(True, "RandAugment: timm's increasing-severity op set"),
+    "color_jitter": Field(
+        0.0,
+        "brightness = contrast = saturation strength (or a 3-4 tuple with hue)",
+        _jitter,
+        type=(float, int, tuple, list),
+    ),
+    "random_erasing": Field(0.0, "random erasing probability per image", _prob),
+    "random_erasing_mode": Field(
+        "pixel",
+        "erased values: const (0), rand (per channel) or pixel (per pixel)",
+        config_lib._one_of("const", "rand", "pixel"),
+    ),
+    "random_erasing_area": Field(
+        (0.02, 1 / 3),
+        "erased fraction of the image (min, max)",
+        lambda v: (
+            None if len(v) == 2 and 0 < v[0] <= v[1] <= 1 else "(min, max) with 0 < min <= max <= 1"
+        ),
+    ),
+    "random_erasing_min_aspect": Field(
+        0.3, "aspect ratio in [min, 1/min]", lambda v: None if 0 < v <= 1 else "in (0, 1]"
+    ),
+    "random_erasing_count": Field(1, "at most this many erased boxes", config_lib._at_least(1)),
+}
+
 CLASSIFICATION_FIELDS: dict[str, Field] = {
     **DATA_FIELDS,
+    **AUGMENT_FIELDS,
     "label_smoothing": Field(0.0, "label smoothing of the cross-entropy", config_lib._in_unit),
     "aux_weight": Field(
         -1.0,
