@@ -267,7 +267,7 @@ def test_ensemble_equals_the_mean_of_its_members():
 
 
 def _tiny_run(workdir, seed):
-    from jaxcnn.train import fit
+    from jaxcnn.train.loop import fit
 
     c = ml_collections.ConfigDict(
         dict(
