@@ -14,8 +14,10 @@ scikit-learn's 1,797 8x8 digits scaled to 20x20 and centred in 28x28 as MNIST's 
     data = digit_canvas_data(num_test=1000)   # the same, plus 1,000 fixed held-out canvases
 
 Everything is deterministic given the seed: training batch ``t`` is drawn with
-``default_rng([seed, t])`` (:func:`canvas_batch`), the held-out canvases with
-``default_rng([seed, 2**31])``, a stream no training step reaches.
+``default_rng([seed, t])`` (:func:`canvas_batch`, :class:`CanvasIterator`), the held-out
+(test) canvases with ``default_rng([seed, 2**31])`` and the validation canvases (of digits held
+out of the training digits, ``validation_split``) with ``default_rng([seed, 2**31 + 1])``,
+streams no training step reaches.
 
 Oxford-IIIT Pet (``tfds.load("oxford_iiit_pet")``, needs a network or a prepared data dir):
 :func:`pets_dataset` resizes image and trimap and maps the trimap's 1/2/3 (pet, background,
@@ -35,6 +37,7 @@ __all__ = [
     "make_canvases",
     "canvas_batch",
     "canvas_batches",
+    "CanvasIterator",
     "digit_canvas_data",
     "colorize",
     "pets_dataset",
@@ -152,25 +155,112 @@ def canvas_batches(images, labels, batch_size: int, seed: int = 0, start: int = 
         step += 1
 
 
+class CanvasIterator:
+    """Endless training batches ``{"image", "label"}`` of fresh canvases, batch ``t`` being
+    :func:`canvas_batch` for step ``t``; ``get_state()``/``state=`` resume exactly (the state
+    is the number of batches drawn). With several processes, each yields only its rows of
+    every global batch (``process_index`` of ``process_count``; default JAX's)."""
+
+    def __init__(
+        self,
+        images,
+        labels,
+        global_batch_size: int,
+        seed: int = 0,
+        *,
+        state: dict | None = None,
+        process_index: int | None = None,
+        process_count: int | None = None,
+        **canvas_kwargs,
+    ):
+        if process_index is None or process_count is None:
+            import jax
+
+            process_index, process_count = jax.process_index(), jax.process_count()
+        if global_batch_size % process_count:
+            raise ValueError(
+                f"global batch size {global_batch_size} does not divide by the "
+                f"{process_count} processes"
+            )
+        rows = global_batch_size // process_count
+        self._rows = slice(process_index * rows, (process_index + 1) * rows)
+        self.images, self.labels = images, labels
+        self.batch, self.seed, self.kwargs = int(global_batch_size), int(seed), canvas_kwargs
+        self.step = 0
+        if state is not None:
+            self.set_state(state)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        x, y = canvas_batch(
+            self.images, self.labels, self.batch, self.seed, self.step, **self.kwargs
+        )
+        self.step += 1
+        return {"image": x[self._rows], "label": y[self._rows]}
+
+    def get_state(self) -> dict:
+        return {"step": self.step, "seed": self.seed, "global_batch_size": self.batch}
+
+    def set_state(self, state: dict) -> None:
+        want = {"seed": self.seed, "global_batch_size": self.batch}
+        diff = {k: (state.get(k), v) for k, v in want.items() if state.get(k) != v}
+        if diff:
+            raise ValueError(
+                "canvas iterator state does not match: "
+                + ", ".join(f"{k} saved {a!r} vs now {b!r}" for k, (a, b) in diff.items())
+            )
+        self.step = int(state["step"])
+
+
 def digit_canvas_data(
     num_test: int = 1000,
     data_dir: str | None = None,
     source: str = "auto",
     num_train_digits: int | None = None,
     seed: int = 0,
+    *,
+    validation_split: float | int = 0,
+    num_validation: int = 0,
     **kwargs,
 ):
     """The digit-canvas task in one call: the source digits split first (training digits,
     held-out digits), then ``num_test`` fixed held-out canvases composed only of held-out
     digits (drawn with ``default_rng([seed, 2**31])``, a stream no training step uses).
 
-    Returns ``dict(train_digits=(images, labels), test=(x, y), source=name)``; training
-    batches come from :func:`canvas_batch` on ``train_digits``.
+    ``validation_split`` (a fraction or a count, 0: none) holds that many of the training
+    digits out (seeded by ``seed``, stratified by digit) for ``num_validation`` fixed validation
+    canvases (``default_rng([seed, 2**31 + 1])``): model selection never sees the test digits.
+
+    Returns ``dict(train_digits=(images, labels), test=(x, y), validation=(x, y) or None,
+    validation_digits=(images, labels) or None, source=name)``; training batches come from
+    :func:`canvas_batch` (or :class:`CanvasIterator`) on ``train_digits``.
     """
+    from jaxcnn.data.splits import _count, stratified_holdout
+
     images, labels, name = load_digit_source(data_dir, source)
     train, held_out = split_digits(images, labels, num_train_digits)
     x, y = make_canvases(*held_out, num_test, np.random.default_rng([seed, 2**31]), **kwargs)
-    return {"train_digits": train, "test": (x, y), "source": name}
+    out = {
+        "train_digits": train,
+        "test": (x, y),
+        "validation": None,
+        "validation_digits": None,
+        "source": name,
+    }
+    k = _count(validation_split, len(train[1]), "validation_split")
+    if k:
+        if num_validation < 1:
+            raise ValueError(f"validation_split={validation_split!r} needs num_validation >= 1")
+        rest, held = stratified_holdout(train[1], k, seed)
+        out["train_digits"] = (train[0][rest], train[1][rest])
+        val = (train[0][held], train[1][held])
+        out["validation_digits"] = val
+        out["validation"] = make_canvases(
+            *val, num_validation, np.random.default_rng([seed, 2**31 + 1]), **kwargs
+        )
+    return out
 
 
 def colorize(labels, num_classes: int = NUM_CLASSES):
