@@ -39,17 +39,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcnn.utils import optional_import
+
 __all__ = ["MODES", "QuantizedModel", "quantize", "quantize_weights", "tree_nbytes"]
 
 MODES = ("weights", "dynamic", "static")
 
 
 def _qwix():
-    try:
-        import qwix
-    except ImportError as e:  # pragma: no cover - qwix is a dependency of jaxcnn
-        raise ImportError("jaxcnn.compress.quantize needs Qwix: pip install qwix") from e
-    return qwix
+    return optional_import("qwix", "int8 quantization (jaxcnn.compress.quantize)")
 
 
 def _with_xla_convs(model: nn.Module) -> nn.Module:

@@ -22,6 +22,7 @@ import numpy as np
 
 from jaxcnn.data.idx import load_idx_folder
 from jaxcnn.data.sources import bundled_digits, default_mnist_dir
+from jaxcnn.utils import optional_import
 
 __all__ = ["Dataset", "load_dataset", "default_mnist_dir", "SOURCES"]
 
@@ -112,7 +113,7 @@ def _folder(data_dir) -> Dataset:
 
 
 def _tfds(name: str, data_dir, split: str = "train+test") -> Dataset:
-    import tensorflow_datasets as tfds
+    tfds = optional_import("tensorflow_datasets", f"dataset 'tfds:{name}'")
 
     try:
         ds, info = tfds.load(

@@ -29,6 +29,7 @@ import numpy as np
 
 from jaxcnn.data.idx import find_idx, open_idx
 from jaxcnn.data.sources import default_mnist_dir, list_image_files
+from jaxcnn.utils import optional_import
 
 __all__ = ["prepare_tfds", "prepare_from_idx", "prepare_from_folder", "write_jpeg_folder"]
 
@@ -68,7 +69,7 @@ def prepare_tfds(
     """Write ``splits`` (``{"train": iterable of (image, label)}``; an image is an
     ``(H, W, C)`` uint8 array or a path to an encoded file, stored as is) as TFDS dataset
     ``name`` in ``data_dir``, array_record format, order kept. Returns the builder."""
-    import tensorflow_datasets as tfds
+    tfds = optional_import("tensorflow_datasets", "writing a TFDS dataset")
 
     features = tfds.features.FeaturesDict(
         {

@@ -26,6 +26,8 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
+from jaxcnn.utils import optional_import
+
 __all__ = ["attention_rollout", "collect_attention", "save_attention_overlay"]
 
 
@@ -131,8 +133,10 @@ def save_attention_overlay(
 
     The image may be float (any range: min-max scaled for display) or uint8. Returns ``path``.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    FigureCanvasAgg = optional_import(
+        "matplotlib.backends.backend_agg", "attention pictures"
+    ).FigureCanvasAgg
+    Figure = optional_import("matplotlib.figure", "attention pictures").Figure
 
     img = np.asarray(image)
     if img.ndim == 4 and img.shape[0] == 1:

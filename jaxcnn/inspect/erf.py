@@ -24,7 +24,7 @@ from jax.extend.core import Literal
 
 from jaxcnn.inspect._common import random_variables
 from jaxcnn.inspect.receptive_field import FieldAt, ReceptiveFields, receptive_fields
-from jaxcnn.utils import abstract_init
+from jaxcnn.utils import abstract_init, optional_import
 
 __all__ = ["EffectiveRF", "effective_receptive_field", "eval_to"]
 
@@ -115,8 +115,8 @@ class EffectiveRF:
 
     def save_png(self, path: str, log: bool = False) -> str:
         """Heat map of the gradient with the theoretical (dashed), nonzero and 95% boxes."""
-        from matplotlib.figure import Figure
-        from matplotlib.patches import Rectangle
+        Figure = optional_import("matplotlib.figure", "receptive-field pictures").Figure
+        Rectangle = optional_import("matplotlib.patches", "receptive-field pictures").Rectangle
 
         fig = Figure(figsize=(5.2, 5))
         ax = fig.add_subplot()

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcnn.inspect._common import record_calls
-from jaxcnn.utils import path_str
+from jaxcnn.utils import optional_import, path_str
 
 __all__ = [
     "SAMPLE_IMAGES",
@@ -53,7 +53,9 @@ def sample_image(
     (1: luminance; 3: RGB). ``normalize``: 3 channels get ImageNet's mean/std, 1 channel is
     centred on 0.5 (values in ``[-1, 1]``); else values are in ``[0, 1]``.
     """
-    from skimage import color, data, transform
+    color = optional_import("skimage.color", "sample_image")
+    data = optional_import("skimage.data", "sample_image")
+    transform = optional_import("skimage.transform", "sample_image")
 
     if os.path.exists(name):
         from PIL import Image
@@ -156,7 +158,7 @@ def plot_feature_maps(
 ) -> str:
     """A PNG: the input, then for each layer its first ``max_channels`` feature maps
     (each scaled to its own range, ``viridis``), in rows of ``cols``."""
-    from matplotlib.figure import Figure
+    Figure = optional_import("matplotlib.figure", "feature-map pictures").Figure
 
     x = jnp.asarray(image, jnp.float32)[None]
     outs = capture_outputs(model, variables, x, layers)
@@ -203,7 +205,7 @@ def plot_filters(
 ) -> str:
     """A PNG of a convolution's filters (default: the first convolution): RGB when the layer
     reads 3 channels, else the mean over input channels in grey; each filter min-max scaled."""
-    from matplotlib.figure import Figure
+    Figure = optional_import("matplotlib.figure", "filter pictures").Figure
 
     from jaxcnn.inspect._common import subtree
 

@@ -14,19 +14,16 @@ import os
 import struct
 from typing import Mapping
 
-__all__ = ["TensorBoardWriter", "read_scalars"]
+from jaxcnn.utils import optional_import
 
-_HINT = "TensorBoard logging needs tensorboardX: pip install 'jaxcnn[tensorboard]'"
+__all__ = ["TensorBoardWriter", "read_scalars"]
 
 
 class TensorBoardWriter:
     """Scalars to TensorBoard event files in ``logdir`` (created if missing)."""
 
     def __init__(self, logdir: str, *, flush_secs: int = 30):
-        try:
-            from tensorboardX import SummaryWriter
-        except ImportError as e:  # the optional extra is not installed
-            raise ImportError(_HINT) from e
+        SummaryWriter = optional_import("tensorboardX", "TensorBoard logging").SummaryWriter
         os.makedirs(logdir, exist_ok=True)
         self.logdir = logdir
         self._writer = SummaryWriter(logdir=logdir, flush_secs=flush_secs)
@@ -67,10 +64,7 @@ def _records(path: str):
 def read_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
     """``{tag: [(step, value), ...]}`` from every event file in ``logdir`` (or one file), in
     file order."""
-    try:
-        from tensorboardX.proto.event_pb2 import Event
-    except ImportError as e:
-        raise ImportError(_HINT) from e
+    Event = optional_import("tensorboardX.proto.event_pb2", "reading TensorBoard files").Event
     files = (
         [logdir]
         if os.path.isfile(logdir)

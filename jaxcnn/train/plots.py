@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from jaxcnn.utils import optional_import
+
 __all__ = ["plot_curves", "plot_history", "plot_confusion"]
 
 
@@ -36,13 +38,7 @@ _SPLITS = ("train", "val", "test")
 
 
 def _figure(figsize):
-    try:
-        from matplotlib.figure import Figure
-    except ImportError as e:  # pragma: no cover - depends on the install
-        raise ImportError(
-            "plots need matplotlib: pip install 'jaxcnn[plots]' (or pip install matplotlib)"
-        ) from e
-    return Figure(figsize=figsize)
+    return optional_import("matplotlib.figure", "plots").Figure(figsize=figsize)
 
 
 def plot_history(history: list[dict], path) -> None:

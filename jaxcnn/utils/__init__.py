@@ -1,9 +1,11 @@
 """Helpers shared by every package of jaxcnn (the bottom layer: it imports no other package).
 
 See :mod:`jaxcnn.utils.tree`: ``path_str``, ``tree_paths``, ``map_with_path``, ``count_params``,
-``abstract_init``, ``tree_add``.
+``abstract_init``, ``tree_add``; :mod:`jaxcnn.utils.optional`: ``optional_import`` (a
+module of an extra, or an ``ImportError`` naming the extra).
 """
 
+from jaxcnn.utils.optional import optional_import
 from jaxcnn.utils.tree import (
     abstract_init,
     count_params,
@@ -17,6 +19,7 @@ __all__ = [
     "abstract_init",
     "count_params",
     "map_with_path",
+    "optional_import",
     "path_str",
     "tree_add",
     "tree_paths",
