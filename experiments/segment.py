@@ -1,40 +1,46 @@
-"""Train a U-Net on 64x64 canvases of real handwritten digits (11 classes per pixel).
+"""Train a U-Net on 64x64 canvases of real handwritten digits (the segmentation task on the
+one engine; 11 classes per pixel).
 
     python -m experiments.segment                      # experiments/configs/unet_canvas.py
-    python -m experiments.segment --config.steps=200 --workdir runs/quick
+    python -m experiments.segment --config.epochs=1 --workdir runs/quick
     python -m experiments.segment --workdir runs/unet_canvas --resume
+    python -m experiments.segment --help_config        # every key, its default, its meaning
 
-Writes checkpoints/, metrics.json and predictions.png (input / ground truth / prediction)
-to --workdir (default: runs/<config file name>).
+Writes checkpoints/, metrics.json, curves.png and predictions.png (input / ground truth /
+prediction for test canvases) to --workdir (default: runs/<config file name>). Selection (best
+checkpoint, early stopping) uses the validation canvases' mean IoU; the test canvases are
+evaluated at the end.
 """
 
-import os
-import pathlib
+import sys
 
-from absl import app, flags, logging
-from ml_collections import config_flags
-
-_DEFAULT = str(pathlib.Path(__file__).parent / "configs" / "unet_canvas.py")
-_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT, "experiment config file")
-_WORKDIR = flags.DEFINE_string("workdir", None, "output directory (default runs/<config name>)")
-_RESUME = flags.DEFINE_bool("resume", False, "continue from the newest checkpoint in --workdir")
+from experiments import cli
 
 
-def main(argv):
-    del argv
-    if not flags.FLAGS["verbosity"].present:  # Orbax logs every save at INFO
-        logging.set_verbosity(logging.WARNING)
-    from jaxcnn.train.seg_loop import fit_segmentation
+def _task(cfg):
+    from jaxcnn.tasks import Segmentation
 
-    name = pathlib.Path(flags.FLAGS["config"].config_filename).stem
-    workdir = _WORKDIR.value or os.path.join("runs", name)
-    r = fit_segmentation(_CONFIG.value, workdir, resume=_RESUME.value)
-    print(
-        f"\n{_CONFIG.value.model}: held-out mean IoU {r['mean_iou']:.4f}, pixel accuracy "
-        f"{r['pixel_accuracy']:.4f} ({r['steps']} steps, {r['wall_time_s']:.0f}s wall)"
+    return Segmentation()
+
+
+def _report(result, cfg, workdir):
+    if result.get("preempted"):
+        return
+    line = (
+        f"\n{cfg['model']}: test mean IoU {result['test_mean_iou']:.4f}, pixel accuracy "
+        f"{result['test_pixel_accuracy']:.4f} (last state, {result['steps']} steps, "
+        f"{result['train_time_s']:.0f}s training)"
     )
-    print(f"wrote {workdir}/metrics.json, predictions.png and checkpoints/")
+    sel = result.get("selected", {})
+    if "test_mean_iou" in sel:
+        line += f"; selected by validation (step {sel['step']}): {sel['test_mean_iou']:.4f}"
+    print(line)
+    print(f"wrote {workdir}/metrics.json, curves.png, predictions.png and checkpoints/")
+
+
+def main(argv=None) -> int:
+    return cli.main(_task, __doc__.splitlines()[0], "unet_canvas.py", argv, _report)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    sys.exit(main())

@@ -243,13 +243,16 @@ def _tiny_config(**kw):
         model="unet_small",
         model_kwargs={"base_width": 4, "depth": 2},
         source="digits",
+        num_train_digits=400,
+        validation_split=40,
+        num_validation=6,
         num_test=6,
         canvas_size=32,
         max_digits=1,
         batch_size=4,
         eval_batch_size=4,
-        steps=4,
-        eval_every=2,
+        epochs=2,
+        steps_per_epoch=2,
         progress=False,
         num_pictures=2,
     )
@@ -257,23 +260,47 @@ def _tiny_config(**kw):
     return c
 
 
-@pytest.mark.slow  # three tiny runs, six compilations: ~1 min on a quiet 2-core machine
-def test_fit_segmentation_writes_outputs_and_resumes(tmp_path):
-    from jaxcnn.train.seg_loop import fit_segmentation
+def _seg_run(workdir, resume=False, stop_at_step=None, **kw):
+    from jaxcnn.tasks import Segmentation
+    from jaxcnn.train import Trainer
 
-    full = fit_segmentation(_tiny_config(), str(tmp_path / "full"))
-    for f in ("metrics.json", "predictions.png"):
+    return Trainer(Segmentation(), _tiny_config(**kw), str(workdir), resume=resume).run(
+        stop_at_step=stop_at_step
+    )
+
+
+@pytest.mark.slow  # three tiny runs on the engine: ~1 min on a quiet 2-core machine
+def test_segmentation_task_writes_outputs_selects_on_validation_and_resumes(tmp_path):
+    full = _seg_run(tmp_path / "full")
+    for f in ("metrics.json", "predictions.png", "curves.png"):
         assert (tmp_path / "full" / f).stat().st_size > 0
     m = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    assert m["task"] == "segmentation"
     assert [h["step"] for h in m["history"]] == [2, 4]
-    assert np.array(m["final"]["confusion"]).sum() == 6 * 32 * 32
-    assert m["final"]["compilations"] == {"train_step": 1, "eval_step": 1}
-    assert 0.0 <= m["final"]["mean_iou"] <= 1.0
-    part = fit_segmentation(_tiny_config(), str(tmp_path / "part"), stop_at_step=3)
-    assert part == {"stopped_at_step": 3}
-    resumed = fit_segmentation(_tiny_config(), str(tmp_path / "part"), resume=True)
+    # selection on the validation canvases only; the test canvases at the end
+    assert all("val_mean_iou" in h and "test_mean_iou" not in h for h in m["history"])
+    assert np.array(m["final"]["test_confusion"]).sum() == 6 * 32 * 32
+    assert 0.0 <= m["final"]["test_mean_iou"] <= 1.0
+    assert m["facts"]["num_validation_digits"] == 40 and m["facts"]["num_train_digits"] == 360
+    part = _seg_run(tmp_path / "part", stop_at_step=3)
+    assert part["preempted"] and part["step"] == 3
+    resumed = _seg_run(tmp_path / "part", resume=True)
     chex.assert_trees_all_close(resumed["state"].params, full["state"].params, atol=1e-5)
-    assert resumed["mean_iou"] == pytest.approx(full["mean_iou"])
+    assert resumed["test_mean_iou"] == pytest.approx(full["test_mean_iou"])
+
+
+def test_segmentation_task_rejects_bad_configs_before_training(tmp_path):
+    from jaxcnn.train.config import ConfigError
+
+    with pytest.raises(ConfigError, match="classification model"):
+        _seg_run(tmp_path / "a", model="resnet18", model_kwargs={})
+    with pytest.raises(ConfigError, match="min_digits <= max_digits"):
+        _seg_run(tmp_path / "b", min_digits=3, max_digits=2)
+    with pytest.raises(ConfigError, match="precision"):
+        _seg_run(tmp_path / "c", precision="bf16")
+    assert not (tmp_path / "a" / "checkpoints").exists() or not any(
+        (tmp_path / "a" / "checkpoints").iterdir()
+    )
 
 
 @pytest.mark.slow
@@ -281,9 +308,10 @@ def test_short_experiment_learns_digit_classes(tmp_path):
     """A 500-step version of experiments/configs/unet_canvas.py (~10 min on 2 cores): the
     network must go beyond ink vs background (all-background scores mean IoU ~0.09)."""
     from experiments.configs import unet_canvas
-    from jaxcnn.train.seg_loop import fit_segmentation
+    from jaxcnn.tasks import Segmentation
+    from jaxcnn.train import Trainer
 
     c = unet_canvas.get_config()
-    c.update(num_test=200, steps=500, eval_every=500, progress=False)
-    r = fit_segmentation(c, str(tmp_path))
-    assert r["pixel_accuracy"] > 0.97 and r["mean_iou"] > 0.4
+    c.update(num_test=200, num_validation=100, epochs=1, steps_per_epoch=500, progress=False)
+    r = Trainer(Segmentation(), c, str(tmp_path)).run()
+    assert r["test_pixel_accuracy"] > 0.97 and r["test_mean_iou"] > 0.4

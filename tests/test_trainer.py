@@ -169,6 +169,25 @@ def test_resume_checks_the_config(tmp_path):
         run(tmp_path, "typo", resume=True)
 
 
+def test_a_fact_named_like_a_config_key_does_not_break_resume(tmp_path):
+    """A task's fact may share a config key's name (classification's num_train: the config's
+    cap, 0 for all, vs the examples the data gave); resume compares each with its own kind."""
+
+    class Clash(TinyTask):
+        def facts(self):
+            return {**super().facts(), "batch_size": 1000}
+
+    run(tmp_path, task=Clash(), stop_at_step=5)
+    assert run(tmp_path, task=Clash(), resume=True)["steps"] > 5
+    with pytest.raises(ResumeError, match=r"derived\.batch_size: 1000 -> 8"):
+
+        class Changed(TinyTask):
+            def facts(self):
+                return {**super().facts(), "batch_size": 8}
+
+        run(tmp_path, task=Changed(), resume=True, epochs=5)
+
+
 def test_new_run_into_a_used_workdir_moves_the_old_run_aside(tmp_path, capsys):
     run(tmp_path, stop_at_step=5)
     run(tmp_path, epochs=1)

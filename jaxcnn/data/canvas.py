@@ -6,7 +6,8 @@ pixel of digit ``d``. A digit's pixels are those whose intensity exceeds ``thres
 the maximum): the anti-aliased fringe below it counts as background, so that the label is a
 function of what the network sees. The digits are the real MNIST test set (``mnist_idx`` in
 ``../shared/data/mnist-test`` or ``$JAXCNN_SHARED_DATA/mnist-test``) or, when it is absent,
-scikit-learn's 1,797 8x8 digits scaled to 20x20 and centred in 28x28 as MNIST's are.
+scikit-learn's 1,797 8x8 digits (bundled in the package) scaled to 20x20 (scikit-image, the
+``images`` extra) and centred in 28x28 as MNIST's are.
 
     images, labels, source = load_digit_source()
     (tr_x, tr_y), (te_x, te_y) = split_digits(images, labels)   # MNIST: first 8,000 / last 2,000
@@ -30,6 +31,8 @@ import pathlib
 
 import numpy as np
 
+from jaxcnn.utils import optional_import
+
 __all__ = [
     "NUM_CLASSES",
     "load_digit_source",
@@ -51,7 +54,8 @@ def load_digit_source(data_dir: str | None = None, source: str = "auto"):
     """Real digits as float32 ``(N, 28, 28)`` in ``[0, 1]``, int32 labels and the source name.
 
     ``source``: ``"mnist"`` (IDX files in ``data_dir`` or the shared MNIST test set),
-    ``"digits"`` (scikit-learn, always available) or ``"auto"`` (MNIST when found).
+    ``"digits"`` (scikit-learn's, bundled; resizing them needs the ``images`` extra) or
+    ``"auto"`` (MNIST when found).
     """
     from jaxcnn.data.idx import load_idx_folder
     from jaxcnn.data.sources import default_mnist_dir
@@ -62,15 +66,15 @@ def load_digit_source(data_dir: str | None = None, source: str = "auto"):
     if source == "mnist" or (source == "auto" and folder.is_dir()):
         images, labels = load_idx_folder(folder)
         return images.astype(np.float32) / 255.0, labels.astype(np.int32), "mnist"
-    from skimage.transform import resize
-    from sklearn.datasets import load_digits
+    from jaxcnn.data.sources import bundled_digits
 
-    d = load_digits()
-    small = d.images.astype(np.float32) / 16.0
+    resize = optional_import("skimage.transform", "scaling the 8x8 digits to 28x28").resize
+    digits, targets = bundled_digits()  # scikit-learn's load_digits(), shipped in the package
+    small = digits.astype(np.float32) / 16.0
     images = np.zeros((len(small), 28, 28), np.float32)
     for i, img in enumerate(small):
         images[i, 4:24, 4:24] = resize(img, (20, 20), order=1, anti_aliasing=False)
-    return np.clip(images, 0.0, 1.0), d.target.astype(np.int32), "digits"
+    return np.clip(images, 0.0, 1.0), targets.astype(np.int32), "digits"
 
 
 def split_digits(images, labels, num_train: int | None = None):
@@ -265,9 +269,7 @@ def digit_canvas_data(
 
 def colorize(labels, num_classes: int = NUM_CLASSES):
     """RGB float image of a label map (background black, one colour per digit)."""
-    import matplotlib
-
-    cmap = matplotlib.colormaps["tab10"]
+    cmap = optional_import("matplotlib", "colouring label maps").colormaps["tab10"]
     palette = np.concatenate(
         [[[0.0, 0.0, 0.0]], [cmap(i % 10)[:3] for i in range(num_classes - 1)]]
     ).astype(np.float32)
@@ -281,7 +283,7 @@ def colorize(labels, num_classes: int = NUM_CLASSES):
 def pets_preprocess(example, image_size: int = 128):
     """One TFDS example -> ``(image float32 [0, 1] (S, S, 3), mask int32 (S, S))``, classes
     0 pet, 1 background, 2 border (nearest-neighbour resizing for the mask)."""
-    import tensorflow as tf
+    tf = optional_import("tensorflow", "the Oxford-IIIT Pet pipeline")
 
     image = tf.image.resize(tf.cast(example["image"], tf.float32) / 255.0, (image_size, image_size))
     mask = tf.image.resize(example["segmentation_mask"], (image_size, image_size), method="nearest")
@@ -301,8 +303,8 @@ def pets_dataset(
     ``data_dir``); 3 classes (see :func:`pets_preprocess`). Not exercised by the offline
     tests. Train on it with ``make_train_step(loss_fn=make_seg_loss())`` and
     ``create_model("unet_small", in_channels=3, num_classes=3)``."""
-    import tensorflow as tf
-    import tensorflow_datasets as tfds
+    tf = optional_import("tensorflow", "the Oxford-IIIT Pet pipeline")
+    tfds = optional_import("tensorflow_datasets", "the Oxford-IIIT Pet pipeline")
 
     try:
         ds = tfds.load("oxford_iiit_pet", split=split, data_dir=data_dir, shuffle_files=shuffle)

@@ -22,6 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from jaxcnn.data.idx import open_idx
+from jaxcnn.utils import optional_import
 
 __all__ = [
     "ArraySource",
@@ -29,6 +30,8 @@ __all__ = [
     "FolderSource",
     "TfdsSource",
     "Subset",
+    "Repeat",
+    "REPEAT_ID_STRIDE",
     "default_mnist_dir",
     "bundled_mnist_dir",
     "bundled_digits",
@@ -288,7 +291,7 @@ def _short(e: BaseException) -> str:
 def _few_download_retries(retries: int = 3):
     """TFDS retries a failed download 10 times with exponential back-off (3.5 minutes before an
     offline machine hears "no network"); 3 tries fail in about a second."""
-    from tensorflow_datasets.core.download import downloader
+    downloader = optional_import("tensorflow_datasets.core.download.downloader", "TFDS datasets")
 
     old = getattr(downloader, "MAX_RETRIES", None)
     if old is None:
@@ -306,7 +309,7 @@ def tfds_builder(name: str, data_dir: str | None = None, *, download: bool = Tru
     dataset written by ``python -m jaxcnn.data.prepare`` into ``data_dir``), in array_record
     format (what ``tfds.data_source`` reads). Prepares it when absent and ``download`` (needs the
     network, or for ImageNet the manual archives). Errors are one or two lines."""
-    import tensorflow_datasets as tfds
+    tfds = optional_import("tensorflow_datasets", f"TFDS dataset {name!r}")
 
     try:
         builder = tfds.builder(name, data_dir=data_dir or None)
@@ -389,7 +392,7 @@ class TfdsSource(_Base):
     @property
     def labels(self) -> np.ndarray:
         if self._labels is None:
-            import tensorflow_datasets as tfds
+            tfds = optional_import("tensorflow_datasets", "TFDS datasets")
 
             skip = {self.image_key: tfds.decode.SkipDecoding()}
             src = self._builder.as_data_source(split=self.split, decoders=skip)
@@ -439,3 +442,47 @@ class Subset(_Base):
 
     def __getitem__(self, i: int) -> dict:
         return self.source[int(self.indices[self._check(int(i))])]
+
+
+# Repeat's copy number p of an example has id ``id + p * REPEAT_ID_STRIDE``.
+REPEAT_ID_STRIDE = 1 << 40
+
+
+class Repeat(_Base):
+    """``length`` examples of ``source``, drawn in passes of a seeded permutation: every
+    example appears ``length // len(source)`` or one more times, and with ``length`` below
+    ``len(source)`` the examples are a seeded random subset. A fixed budget of training steps
+    as one epoch of the engine: ``Repeat(train, steps * batch_size, seed)``.
+
+    The copies of one example get distinct ids (copy ``p``: ``id + p * REPEAT_ID_STRIDE``;
+    ``ids % REPEAT_ID_STRIDE`` are the source's ids), so their random transforms, which are
+    seeded by id, differ.
+    """
+
+    def __init__(self, source, length: int, seed: int = 0, name: str | None = None):
+        n = len(source)
+        if n < 1 or length < 1:
+            raise ValueError(f"Repeat: {length} examples from a source of {n}")
+        rng = np.random.default_rng([seed, 2])
+        passes = -(-int(length) // n)
+        self.source = source
+        self.indices = np.concatenate([rng.permutation(n) for _ in range(passes)])[:length]
+        self.copy = np.repeat(np.arange(passes, dtype=np.int64), n)[:length]
+        self.name = name or getattr(source, "name", "")
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.asarray(self.source.labels)[self.indices]
+
+    @property
+    def ids(self) -> np.ndarray:
+        return np.asarray(self.source.ids)[self.indices] + self.copy * REPEAT_ID_STRIDE
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict:
+        i = self._check(int(i))
+        ex = dict(self.source[int(self.indices[i])])
+        ex["id"] = int(ex["id"]) + int(self.copy[i]) * REPEAT_ID_STRIDE
+        return ex

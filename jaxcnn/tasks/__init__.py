@@ -8,5 +8,13 @@ from jaxcnn.tasks.classification import (
     DATA_FIELDS,
     Classification,
 )
+from jaxcnn.tasks.segmentation import SEGMENTATION_FIELDS, Segmentation
 
-__all__ = ["AUGMENT_FIELDS", "CLASSIFICATION_FIELDS", "Classification", "DATA_FIELDS"]
+__all__ = [
+    "AUGMENT_FIELDS",
+    "CLASSIFICATION_FIELDS",
+    "Classification",
+    "DATA_FIELDS",
+    "SEGMENTATION_FIELDS",
+    "Segmentation",
+]

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxcnn import data as data_lib
@@ -271,7 +273,10 @@ class Classification(Task):
     def init_state(self):
         cfg = self.ctx.cfg
         variables = self._given_variables
-        if variables is None and cfg["init_from"]:
+        if variables is not None:
+            # a copy: the train step donates the state's buffers; the caller's arrays stay usable
+            variables = jax.tree.map(jnp.array, variables)
+        elif cfg["init_from"]:
             from jaxcnn.train.init_from import load_init_variables
 
             variables = load_init_variables(cfg["init_from"], self.model, self.input_shape)

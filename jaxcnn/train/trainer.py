@@ -386,7 +386,10 @@ class Trainer:
         if task.steps_per_epoch < 1:
             raise ValueError(f"{task.name}: no full training batch per epoch")
         facts = task.facts()
-        fingerprint = {**keys, **config_lib.fingerprint({}, {}, **facts)}
+        # facts under their own prefix: a fact may share a config key's name (num_train: the
+        # config's cap, 0 for all, vs the count the data gave) without overwriting it
+        derived = config_lib.fingerprint({}, {}, **facts)
+        fingerprint = {**keys, **{f"derived.{k}": v for k, v in derived.items()}}
         if saved is not None:  # then what the data and the model made of them
             self._check_fingerprint(saved.get("fingerprint"), fingerprint)
         run = _Run(self, ckpt, dp, main, facts, fingerprint)
