@@ -6,8 +6,11 @@
 
 Each argument is the --workdir of ``python -m experiments.train``; its newest checkpoint is
 loaded (``--step`` for another). Members of an ensemble may be different models but must have
-seen the same data (same dataset, split and input size: checked). Prints accuracy and negative
-log-likelihood per member and for the ensemble; ``--json`` writes them.
+seen the same data: the same data keys of the config (dataset, splits, input size, transform,
+normalisation) and the same evaluation transform derived from them (checked). ``--split``:
+``test`` (reporting only), ``validation`` (the run's own or held-out split) or ``train``.
+Prints accuracy and negative log-likelihood per member and for the ensemble; ``--json`` writes
+them.
 """
 
 from __future__ import annotations
@@ -16,11 +19,15 @@ import json
 
 from absl import app, flags, logging
 
-_ENSEMBLE = flags.DEFINE_bool("ensemble", False, "also evaluate the runs' ensemble")
-_SPLIT = flags.DEFINE_enum("split", "test", ["test", "validation", "train"], "which split")
-_STEP = flags.DEFINE_integer("step", None, "checkpoint step (default: each run's newest)")
-_BATCH = flags.DEFINE_integer("batch_size", 500, "evaluation batch size")
-_JSON = flags.DEFINE_string("json", None, "write the results to this JSON file")
+
+def _define_flags():
+    """The command line's flags (defined when run as a script, so that importing this
+    module beside another experiment's never defines a flag twice)."""
+    flags.DEFINE_bool("ensemble", False, "also evaluate the runs' ensemble")
+    flags.DEFINE_enum("split", "test", ["test", "validation", "train"], "which split")
+    flags.DEFINE_integer("step", None, "checkpoint step (default: each run's newest)")
+    flags.DEFINE_integer("batch_size", 500, "evaluation batch size")
+    flags.DEFINE_string("json", None, "write the results to this JSON file")
 
 
 def evaluate_runs(run_dirs, split="test", ensemble=True, step=None, batch_size=500) -> dict:
@@ -41,7 +48,21 @@ def evaluate_runs(run_dirs, split="test", ensemble=True, step=None, batch_size=5
                 + ", ".join(f"{k} {a!r} vs {b!r}" for k, (a, b) in diff.items())
             )
     data = runs.load_run_data(configs[0])
-    loaded = [runs.load_run(d, step, data) for d in run_dirs]
+    for d, c in zip(run_dirs[1:], configs[1:]):
+        if (c["model"], c["model_kwargs"]) == (configs[0]["model"], configs[0]["model_kwargs"]):
+            continue  # same data keys, same model: the same transform
+        pre = runs.run_preprocess(c, data)  # e.g. another model's default input size or mean
+        diff = [
+            f"{k} {getattr(data.pre, k)!r} vs {getattr(pre, k)!r}"
+            for k in runs.EVAL_TRANSFORM_KEYS
+            if getattr(pre, k) != getattr(data.pre, k)
+        ]
+        if diff:
+            raise ValueError(
+                f"{d} sees other inputs than {run_dirs[0]} (its model's defaults): "
+                + ", ".join(diff)
+            )
+    loaded = [runs.load_run(d, step) for d in run_dirs]
     images, labels = data.get(split)
     res = Ensemble([(r.model, r.variables) for r in loaded]).evaluate(images, labels, batch_size)
     out = {
@@ -78,13 +99,16 @@ def format_results(out: dict) -> str:
 def main(argv):
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
-    out = evaluate_runs(argv[1:], _SPLIT.value, _ENSEMBLE.value, _STEP.value, _BATCH.value)
+    out = evaluate_runs(
+        argv[1:], flags.FLAGS.split, flags.FLAGS.ensemble, flags.FLAGS.step, flags.FLAGS.batch_size
+    )
     print(format_results(out))
-    if _JSON.value:
-        with open(_JSON.value, "w") as f:
+    if flags.FLAGS.json:
+        with open(flags.FLAGS.json, "w") as f:
             json.dump(out, f, indent=1)
-        print(f"wrote {_JSON.value}")
+        print(f"wrote {flags.FLAGS.json}")
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)

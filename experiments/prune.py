@@ -13,17 +13,16 @@ For every sparsity (``--scope=global``: one threshold over all conv / dense kern
 - ``gradual``: ``--finetune_steps`` steps from the dense weights with the sparsity rising as
   Zhu & Gupta's cubic schedule over the first 75% of them, masks updated 8 times.
 
-Fine-tuning uses the run's optimizer at ``--lr_scale`` times its learning rate (cosine to 0),
-its augmentation and batch size, on the run's train split. Accuracies on the validation and
-the held-out test split (nothing is selected on either), and the sparsity counted from the
-zeros of the final weights, per layer and over all kernels.
-
-Fine-tuning uses today's step function (``jaxcnn.train.make_train_step``) and batches
-(``jaxcnn.data.batches``); ``finetune`` is the one function to move onto the new Trainer.
+Fine-tuning is the run's classification task on the training engine (``jaxcnn.train.Trainer``)
+with the run's optimizer at ``--lr_scale`` times its learning rate (cosine to 0), its
+augmentation, normalisation and batch size, on the run's train split. Accuracies on the
+validation and the held-out test split (nothing is selected on either), and the sparsity
+counted from the zeros of the final weights, per layer and over all kernels.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -34,14 +33,18 @@ import numpy as np
 import optax
 from absl import app, flags, logging
 
-_SPARSITIES = flags.DEFINE_list("sparsities", ["0.5", "0.7", "0.9"], "target sparsities")
-_SCOPE = flags.DEFINE_enum("scope", "global", ["global", "layer"], "global or per-layer ranking")
-_STEPS = flags.DEFINE_integer("finetune_steps", 0, "fine-tuning steps (0: one epoch)")
-_LR_SCALE = flags.DEFINE_float("lr_scale", 0.1, "fine-tuning lr = run's lr x this")
-_METHODS = flags.DEFINE_list(
-    "methods", ["oneshot", "finetune", "gradual"], "which of oneshot, finetune, gradual"
-)
-_JSON = flags.DEFINE_string("json", None, "write the results to this JSON file")
+
+def _define_flags():
+    """The command line's flags (defined when run as a script, so that importing this
+    module beside another experiment's never defines a flag twice)."""
+    flags.DEFINE_list("sparsities", ["0.5", "0.7", "0.9"], "target sparsities")
+    flags.DEFINE_enum("scope", "global", ["global", "layer"], "global or per-layer ranking")
+    flags.DEFINE_integer("finetune_steps", 0, "fine-tuning steps (0: one epoch)")
+    flags.DEFINE_float("lr_scale", 0.1, "fine-tuning lr = run's lr x this")
+    flags.DEFINE_list(
+        "methods", ["oneshot", "finetune", "gradual"], "which of oneshot, finetune, gradual"
+    )
+    flags.DEFINE_string("json", None, "write the results to this JSON file")
 
 
 def accuracy(model, variables, images, labels, batch_size=500) -> float:
@@ -54,36 +57,56 @@ def accuracy(model, variables, images, labels, batch_size=500) -> float:
 
 
 def finetune(run, data, pruning_tx, steps: int, lr_scale: float, seed: int = 0) -> dict:
-    """``steps`` training steps from the run's weights with ``pruning_tx`` last in the chain;
-    returns the new variables."""
-    from jaxcnn.data import augment_batch, batches
-    from jaxcnn.train import create_train_state, make_train_step
-    from jaxcnn.train.optim import make_optimizer
+    """``steps`` training steps of the run's classification task on the engine
+    (:class:`jaxcnn.train.Trainer`) from the run's weights, with ``pruning_tx`` last in the
+    optimizer chain; returns the new variables.
+
+    The run's config (optimizer, batch size, label smoothing, augmentation, normalisation) at
+    ``lr_scale`` times its learning rate, cosine to 0 over the ``steps``; the train split is
+    :class:`jaxcnn.data.Repeat`-ed to ``steps`` batches, so the budget is one epoch of the
+    engine, evaluated on the validation split at its end.
+    """
+    import tempfile
+
+    from jaxcnn import data as data_lib
+    from jaxcnn.tasks import Classification
+    from jaxcnn.train import Trainer
+
+    class PrunedClassification(Classification):
+        def build(self, ctx):
+            super().build(ctx)
+            self.tx = optax.chain(self.tx, pruning_tx)
+
+        def finish(self, state, result, workdir):
+            return None  # no pictures of an intermediate run
 
     c = run.config
-    lr = optax.cosine_decay_schedule(c["learning_rate"] * lr_scale, max(steps, 1))
-    tx = optax.chain(make_optimizer(c["optimizer"], lr, c["weight_decay"]), pruning_tx)
-    # a copy: the train step donates the state's buffers, the run's variables stay usable
-    variables = jax.tree.map(jnp.copy, run.variables)
-    state = create_train_state(run.model, tx, (1, *run.input_shape), seed=seed, variables=variables)
-    augment = None
-    if c["augment_shift"] or c["augment_flip"]:
-        augment = lambda k, x: augment_batch(k, x, c["augment_shift"], c["augment_flip"])  # noqa
-    step = make_train_step(c["label_smoothing"], augment=augment)
-    xtr, ytr = data.train
-    done, epoch = 0, 0
-    while done < steps:
-        for batch in batches(
-            xtr, ytr, c["batch_size"], shuffle=True, seed=seed + 1, epoch=epoch, drop_remainder=True
-        ):
-            state, _ = step(state, batch)
-            done += 1
-            if done >= steps:
-                break
-        epoch += 1
-    v = {"params": state.params}
+    cfg = {
+        **c,
+        "learning_rate": c["learning_rate"] * lr_scale,
+        "schedule": "cosine",
+        "warmup_epochs": 0.0,
+        "epochs": 1,
+        "seed": seed,
+        "init_from": "",
+        "mean": data.pre.mean,  # the run's normalisation, not the statistics of the copy
+        "std": data.pre.std,
+        "early_stopping_patience": 0,
+        "eval_every_steps": 0,
+        "checkpoint_every_steps": 0,
+        "keep_checkpoints": 1,
+        "keep_best": 0,
+        "progress": False,
+    }
+    sp = data.splits
+    budget = data_lib.Repeat(sp.train, steps * c["batch_size"], seed=seed)
+    splits = dataclasses.replace(sp, train=budget)
+    task = PrunedClassification(splits=splits, variables=run.variables)
+    with tempfile.TemporaryDirectory() as workdir:
+        state = Trainer(task, cfg, workdir).run()["state"]
+    v = {"params": jax.device_get(state.params)}
     if state.batch_stats:
-        v["batch_stats"] = state.batch_stats
+        v["batch_stats"] = jax.device_get(state.batch_stats)
     return v
 
 
@@ -99,7 +122,7 @@ def prune_run(run_dir, sparsities, scope, steps, lr_scale, methods) -> dict:
 
     run = runs.load_run(run_dir)
     data = runs.load_run_data(run.config)
-    steps = steps or len(data.train[1]) // run.config["batch_size"]
+    steps = steps or len(data.splits.train) // run.config["batch_size"]
     xva, yva = data.get("validation")
     xte, yte = data.test
 
@@ -146,8 +169,6 @@ def prune_run(run_dir, sparsities, scope, steps, lr_scale, methods) -> dict:
 
 
 def runs_with(run, variables):
-    import dataclasses
-
     return dataclasses.replace(run, variables=variables)
 
 
@@ -191,17 +212,18 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)
     if len(argv) != 2:
         raise app.UsageError("give one run directory")
-    sparsities = [float(s) for s in _SPARSITIES.value]
+    sparsities = [float(s) for s in flags.FLAGS.sparsities]
     t0, load0 = time.perf_counter(), os.getloadavg()
-    out = prune_run(argv[1], sparsities, _SCOPE.value, _STEPS.value, _LR_SCALE.value,
-                    _METHODS.value)  # fmt: skip
+    f = flags.FLAGS
+    out = prune_run(argv[1], sparsities, f.scope, f.finetune_steps, f.lr_scale, f.methods)
     out["time_s"], out["loadavg"] = time.perf_counter() - t0, [load0, os.getloadavg()]
     print(markdown(out))
-    if _JSON.value:
-        with open(_JSON.value, "w") as f:
+    if flags.FLAGS.json:
+        with open(flags.FLAGS.json, "w") as f:
             json.dump(out, f, indent=1)
-        print(f"wrote {_JSON.value}")
+        print(f"wrote {flags.FLAGS.json}")
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)

@@ -28,11 +28,15 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
-_BATCH = flags.DEFINE_integer("batch_size", 256, "latency batch size (besides batch 1)")
-_REPEATS = flags.DEFINE_integer("repeats", 10, "timed calls per model and batch size")
-_MODES = flags.DEFINE_list("modes", ["weights", "dynamic", "static"], "quantization modes")
-_CALIB = flags.DEFINE_integer("calibration_batch_size", 64, "calibration batch size")
-_JSON = flags.DEFINE_string("json", None, "write the results to this JSON file")
+
+def _define_flags():
+    """The command line's flags (defined when run as a script, so that importing this
+    module beside another experiment's never defines a flag twice)."""
+    flags.DEFINE_integer("batch_size", 256, "latency batch size (besides batch 1)")
+    flags.DEFINE_integer("repeats", 10, "timed calls per model and batch size")
+    flags.DEFINE_list("modes", ["weights", "dynamic", "static"], "quantization modes")
+    flags.DEFINE_integer("calibration_batch_size", 64, "calibration batch size")
+    flags.DEFINE_string("json", None, "write the results to this JSON file")
 
 
 def accuracy(fn, images, labels, batch_size=500) -> float:
@@ -142,16 +146,24 @@ def main(argv):
         raise app.UsageError("give one or more run directories")
     load0 = os.getloadavg()
     results = [
-        quantize_run(d, _MODES.value, _BATCH.value, _REPEATS.value, _CALIB.value) for d in argv[1:]
+        quantize_run(
+            d,
+            flags.FLAGS.modes,
+            flags.FLAGS.batch_size,
+            flags.FLAGS.repeats,
+            flags.FLAGS.calibration_batch_size,
+        )
+        for d in argv[1:]
     ]
     load1 = os.getloadavg()
-    print(markdown(results, _BATCH.value))
+    print(markdown(results, flags.FLAGS.batch_size))
     print(f"\nload average before {load0[0]:.2f}, after {load1[0]:.2f} ({os.cpu_count()} CPUs)")
-    if _JSON.value:
-        with open(_JSON.value, "w") as f:
+    if flags.FLAGS.json:
+        with open(flags.FLAGS.json, "w") as f:
             json.dump({"results": results, "loadavg": [load0, load1]}, f, indent=1)
-        print(f"wrote {_JSON.value}")
+        print(f"wrote {flags.FLAGS.json}")
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)

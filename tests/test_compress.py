@@ -1,5 +1,6 @@
 """jaxcnn.compress: int8 quantization, magnitude pruning, ensembles (and experiments.evaluate)."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -7,7 +8,6 @@ import sys
 import chex
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -267,24 +267,36 @@ def test_ensemble_equals_the_mean_of_its_members():
 
 
 def _tiny_run(workdir, seed):
-    from jaxcnn.train.loop import fit
+    """One epoch of LeNet-5 on digits through the engine (python -m experiments.train's
+    Trainer + Classification): 300 training images, the default 10% validation hold-out."""
+    from jaxcnn.tasks import Classification
+    from jaxcnn.train import Trainer
 
-    c = ml_collections.ConfigDict(
-        dict(
-            model="lenet5_modern",
-            dataset="digits",
-            test_split=0.2,
-            split_seed=0,
-            num_train=300,  # of 1,438: the other 1,138 train images are the validation split
-            batch_size=32,
-            epochs=1,
-            learning_rate=2e-3,
-            seed=seed,
-            progress=False,
-        )
+    c = dict(
+        model="lenet5_modern",
+        dataset="digits",
+        test_split=0.2,
+        split_seed=0,
+        num_train=300,  # of the 1,294 train images left beside validation and test
+        batch_size=32,
+        epochs=1,
+        learning_rate=2e-3,
+        seed=seed,
+        progress=False,
     )
-    fit(c, str(workdir))
+    Trainer(Classification(), c, str(workdir)).run()
     return str(workdir)
+
+
+def _digit_split_sizes():
+    """(train, validation, test) sizes of digits under test_split=0.2, validation_split=0.1,
+    counted from the bundled data (a fraction of n is round(fraction * n))."""
+    from jaxcnn.data.sources import bundled_digits
+
+    n = len(bundled_digits()[1])
+    n_test = round(0.2 * n)
+    n_val = round(0.1 * (n - n_test))
+    return n - n_test - n_val, n_val, n_test
 
 
 def test_evaluate_cli_ensemble_of_runs(tmp_path):
@@ -292,18 +304,29 @@ def test_evaluate_cli_ensemble_of_runs(tmp_path):
     from experiments.evaluate import evaluate_runs
 
     dirs = [_tiny_run(tmp_path / f"s{s}", s) for s in range(2)]
+    _, n_val, n_test = _digit_split_sizes()
     out = evaluate_runs(dirs, split="validation", ensemble=True)
-    assert [m["count"] for m in out["members"]] == [1138, 1138]
-    # the ensemble is the mean of the loaded members' softmax
+    assert [m["count"] for m in out["members"]] == [n_val, n_val]
+    # the validation split: held out of train, disjoint from the 300 training and the test images
     data = runs.load_run_data(runs.read_config(dirs[0]))
+    sp = data.splits
+    assert len(sp.train) == 300 and len(sp.test) == n_test
+    ids = [set(np.asarray(s.ids).tolist()) for s in (sp.train, sp.validation, sp.test)]
+    assert not (ids[0] & ids[1]) and not (ids[0] & ids[2]) and not (ids[1] & ids[2])
+    # the ensemble is the mean of the loaded members' softmax
     x, y = data.validation
-    loaded = [runs.load_run(d, data=data) for d in dirs]
+    assert len(y) == n_val and np.array_equal(y, np.asarray(sp.validation.labels))
+    loaded = [runs.load_run(d) for d in dirs]
     assert loaded[0].step == 300 // 32
     mean = sum(jax.nn.softmax(r.model.apply(r.variables, x)) for r in loaded) / 2
     assert out["ensemble"]["accuracy"] == pytest.approx(np.mean(np.asarray(mean).argmax(-1) == y))
     assert out["members"][0]["accuracy"] != out["members"][1]["accuracy"] or (
         out["members"][0]["nll"] != out["members"][1]["nll"]
     )  # two different seeds
+    # the loaded variables are the run's: its own test accuracy from metrics.json
+    final = json.loads((tmp_path / "s0" / "metrics.json").read_text())["final"]
+    single = evaluate_runs(dirs[:1], split="test", ensemble=False)
+    assert single["members"][0]["accuracy"] == pytest.approx(final["test_accuracy"])
 
     res = subprocess.run(
         [sys.executable, "-m", "experiments.evaluate", "--ensemble", *dirs,
@@ -313,7 +336,34 @@ def test_evaluate_cli_ensemble_of_runs(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     assert "ensemble of 2 (mean softmax)" in res.stdout
     saved = json.loads((tmp_path / "e.json").read_text())
-    assert saved["split"] == "test" and saved["members"][0]["count"] == 359
+    assert saved["split"] == "test" and saved["members"][0]["count"] == n_test
+
+    # quantize and prune read the same runs
+    from experiments.prune import prune_run
+    from experiments.quantize import quantize_run
+
+    q = quantize_run(dirs[0], ["weights", "static"], batch_size=8, repeats=1, calib_batch=16)
+    assert q["num_test"] == n_test and q["step"] == 300 // 32
+    assert q["rows"]["float"]["test_accuracy"] == pytest.approx(final["test_accuracy"])
+    assert q["rows"]["static"]["calibration_images"] == (n_val // 16) * 16
+    assert q["rows"]["weights"]["bytes"] < q["rows"]["float"]["bytes"]
+    p = prune_run(dirs[0], [0.5], "global", 4, 0.1, ["oneshot", "finetune"])
+    assert p["finetune_steps"] == 4
+    for k in ("oneshot", "finetune"):
+        assert p["results"][0][k]["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    # fine-tuning on the engine: the kept weights move, the pruned ones stay zero
+    from experiments.prune import finetune
+
+    run = runs.load_run(dirs[0])
+    masks = magnitude_masks(run.variables["params"], 0.5)
+    pruned = apply_masks(run.variables["params"], masks)
+    tuned = finetune(
+        dataclasses.replace(run, variables={"params": pruned}), data,
+        magnitude_pruning(masks=masks), 4, 0.1,
+    )["params"]  # fmt: skip
+    before, after = (np.asarray(t["c5"]["kernel"]) for t in (pruned, tuned))
+    keep = np.asarray(masks["c5"]["kernel"])
+    assert np.all(after[~keep] == 0) and not np.allclose(after[keep], before[keep])
 
 
 def test_evaluate_rejects_runs_on_different_data(tmp_path):
