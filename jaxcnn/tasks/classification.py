@@ -342,8 +342,10 @@ class Classification(Task):
     def finish(self, state, result: dict, workdir: str) -> None:
         import os
 
-        from jaxcnn.train.plots import plot_confusion, plot_curves
+        from jaxcnn.train.plots import can_plot, plot_confusion, plot_curves
 
+        if not can_plot("curves.png and confusion.png"):
+            return
         history = _read_history(os.path.join(workdir, "metrics.json"))
         if history:
             plot_curves(history, os.path.join(workdir, "curves.png"), ("loss", "accuracy"))

@@ -291,8 +291,10 @@ class Segmentation(Task):
     def finish(self, state, result: dict, workdir: str) -> None:
         import json
 
-        from jaxcnn.train.plots import plot_curves
+        from jaxcnn.train.plots import can_plot, plot_curves
 
+        if not can_plot("curves.png and predictions.png"):
+            return
         with open(os.path.join(workdir, "metrics.json")) as f:
             history = json.load(f).get("history", [])
         if history:

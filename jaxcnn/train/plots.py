@@ -12,7 +12,19 @@ import numpy as np
 
 from jaxcnn.utils import optional_import
 
-__all__ = ["plot_curves", "plot_history", "plot_confusion"]
+__all__ = ["can_plot", "plot_curves", "plot_history", "plot_confusion"]
+
+
+def can_plot(what: str = "plots") -> bool:
+    """Whether matplotlib (the ``plots`` extra) is installed; if not, says once on stdout that
+    ``what`` is skipped and how to get it. The tasks call it before drawing their PNGs, so a run
+    on a core install ends with its metrics and checkpoints instead of an ImportError."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is not None:
+        return True
+    print(f"{what} skipped: matplotlib is not installed (pip install 'jaxcnn[plots]')", flush=True)
+    return False
 
 
 def plot_curves(history: list[dict], path, metrics=("loss", "accuracy"), x: str = "epoch") -> None:
