@@ -19,10 +19,11 @@ def can_plot(what: str = "plots") -> bool:
     """Whether matplotlib (the ``plots`` extra) is installed; if not, says once on stdout that
     ``what`` is skipped and how to get it. The tasks call it before drawing their PNGs, so a run
     on a core install ends with its metrics and checkpoints instead of an ImportError."""
-    import importlib.util
-
-    if importlib.util.find_spec("matplotlib") is not None:
+    try:
+        optional_import("matplotlib", what)
         return True
+    except ImportError:
+        pass
     print(f"{what} skipped: matplotlib is not installed (pip install 'jaxcnn[plots]')", flush=True)
     return False
 
