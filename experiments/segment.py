@@ -12,6 +12,7 @@ checkpoint, early stopping) uses the validation canvases' mean IoU; the test can
 evaluated at the end.
 """
 
+import os
 import sys
 
 from experiments import cli
@@ -35,7 +36,12 @@ def _report(result, cfg, workdir):
     if "test_mean_iou" in sel:
         line += f"; selected by validation (step {sel['step']}): {sel['test_mean_iou']:.4f}"
     print(line)
-    print(f"wrote {workdir}/metrics.json, curves.png, predictions.png and checkpoints/")
+    made = [
+        n
+        for n in ("metrics.json", "curves.png", "predictions.png")
+        if os.path.exists(os.path.join(workdir, n))
+    ]
+    print(f"wrote {workdir}/: {', '.join(made)} and checkpoints/")
 
 
 def main(argv=None) -> int:
