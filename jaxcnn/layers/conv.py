@@ -92,7 +92,9 @@ class Conv(nn.Conv):
     def __call__(self, inputs):
         token = _CURRENT_CONV.set(fast_conv.get_conv_fn(conv_impl_of(self)))
         try:
-            return nn.Conv.__call__.__wrapped__(self, inputs)  # flax's own code
+            # flax's own code; nn.compact keeps it as __wrapped__ (functools.wraps), which
+            # flax's annotation of the decorated method does not show
+            return nn.Conv.__call__.__wrapped__(self, inputs)  # type: ignore[attr-defined]
         finally:
             _CURRENT_CONV.reset(token)
 
@@ -117,7 +119,7 @@ def conv2d(
     ``conv_impl`` (``"fast"``/``"xla"``; default: the enclosing model's) picks how it is
     computed (see the module docstring).
     """
-    kw = {} if kernel_init is None else {"kernel_init": kernel_init}
+    kw: dict[str, Any] = {} if kernel_init is None else {"kernel_init": kernel_init}
     if conv_impl is not None:
         fast_conv.check_conv_impl(conv_impl)
     return Conv(
@@ -270,8 +272,9 @@ class _ConvTranspose(nn.ConvTranspose):
             or isinstance(self.padding, str)
             or inputs.ndim != 4
         ):
-            return nn.ConvTranspose.__call__.__wrapped__(self, inputs)  # flax's own code
-        kh, kw = self.kernel_size
+            # flax's own code (kept by nn.compact as __wrapped__, see Conv.__call__)
+            return nn.ConvTranspose.__call__.__wrapped__(self, inputs)  # type: ignore[attr-defined]
+        kh, kw = pair(self.kernel_size)
         kernel = self.param(
             "kernel", self.kernel_init, (kh, kw, inputs.shape[-1], self.features), self.param_dtype
         )
@@ -286,8 +289,8 @@ class _ConvTranspose(nn.ConvTranspose):
             kernel,
             (1, 1),
             self.padding,
-            lhs_dilation=pair(self.strides),
-            rhs_dilation=pair(self.kernel_dilation),
+            lhs_dilation=pair(1 if self.strides is None else self.strides),
+            rhs_dilation=pair(1 if self.kernel_dilation is None else self.kernel_dilation),
             dimension_numbers=fast_conv.NHWC_DN,
             precision=self.precision,
             preferred_element_type=self.preferred_element_type,

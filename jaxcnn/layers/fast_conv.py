@@ -263,18 +263,18 @@ def _fast_conv(
         span = ((kh - 1) * rdil[0] + 1, (kw - 1) * rdil[1] + 1)
         dilated = tuple((s - 1) * d + 1 for s, d in zip(lhs.shape[1:3], ldil))
         padding = lax.padtype_to_pads(dilated, span, strides, padding)
-    padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+    pads = tuple((int(lo), int(hi)) for lo, hi in padding)
     c = lhs.shape[-1]
     out_hw = [
-        _out_size(lhs.shape[1 + a], rhs.shape[a], strides[a], *padding[a], ldil[a], rdil[a])
+        _out_size(lhs.shape[1 + a], rhs.shape[a], strides[a], *pads[a], ldil[a], rdil[a])
         for a in range(2)
     ]
     if min(out_hw) <= 0 or lhs.shape[0] == 0:
         return lax.conv_general_dilated(*args, **kwargs)
     if feature_group_count == c and cin_g == 1 and c > 1 and ldil == (1, 1):
-        return depthwise_conv_shifted(lhs, rhs, strides, padding, rdil)
+        return depthwise_conv_shifted(lhs, rhs, strides, pads, rdil)
     if feature_group_count == 1 and (strides == (1, 1) or ldil == (1, 1)):
-        return dense_conv_fast_filter_grad(lhs, rhs, strides, padding, ldil, rdil, precision)
+        return dense_conv_fast_filter_grad(lhs, rhs, strides, pads, ldil, rdil, precision)
     return lax.conv_general_dilated(*args, **kwargs)
 
 

@@ -108,11 +108,12 @@ def register_model(
         if key in _REGISTRY:
             raise ValueError(f"model {key!r} is registered twice")
         family = fn.__module__.rsplit(".", 1)[-1]
+        height, width, channels = input_size
         info = ModelInfo(
             name=key,
             family=family,
             params=params,
-            input_size=tuple(input_size),
+            input_size=(height, width, channels),
             num_classes=num_classes,
             paper=paper,
             reference=reference,

@@ -107,7 +107,13 @@ class MBConvBlock(nn.Module):
     def __call__(self, x, train: bool = False):
         common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         bn = lambda name: batch_norm(train, name=name, **common)  # noqa: E731
-        conv = functools.partial(conv2d, use_bias=False, kernel_init=_conv_init, **common)
+        conv = functools.partial(
+            conv2d,
+            use_bias=False,
+            kernel_init=_conv_init,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
         mid, out = 4 * self.features, self.features
         shortcut = Downsample(out, name="shortcut", **common)(x) if self.stride == 2 else x
         y = bn("pre_norm")(x)
@@ -203,7 +209,13 @@ class Stem(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False):
         common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        conv = functools.partial(conv2d, use_bias=False, kernel_init=_conv_init, **common)
+        conv = functools.partial(
+            conv2d,
+            use_bias=False,
+            kernel_init=_conv_init,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
         x = conv(self.features, 3, 2, padding=1, name="conv1")(x)
         x = _gelu(batch_norm(train, name="norm1", **common)(x))
         return conv(self.features, 3, 1, padding=1, name="conv2")(x)

@@ -160,7 +160,7 @@ _DIMS = {
     "large": (192, 384, 768, 1536),
     "xlarge": (256, 512, 1024, 2048),
 }
-_COMMON = dict(input_size=(224, 224, 3), paper=_PAPER, min_size=32)
+_COMMON: dict[str, Any] = dict(input_size=(224, 224, 3), paper=_PAPER, min_size=32)
 
 
 @register_model(

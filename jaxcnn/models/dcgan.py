@@ -298,7 +298,7 @@ def _feature_info(size: int) -> tuple[dict, ...]:
 
 # Generators take noise (1, 1, 100); counts with latent 100 and width 64 (checked against the
 # PyTorch tutorial's networks for 64x64 and against the layer formula in tests/test_dcgan.py).
-_G = dict(
+_G: dict[str, Any] = dict(
     input_size=(1, 1, 100),
     num_classes=0,
     paper=_PAPER,
@@ -306,7 +306,7 @@ _G = dict(
     task="generation",
     test_size=1,
 )
-_D = dict(num_classes=1, paper=_PAPER, reference=_REF, task="discrimination")
+_D: dict[str, Any] = dict(num_classes=1, paper=_PAPER, reference=_REF, task="discrimination")
 
 
 @register_model(params=759_680, image_size=(28, 28, 1), dataset="MNIST", **_G)

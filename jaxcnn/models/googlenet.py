@@ -44,7 +44,7 @@ import jax.numpy as jnp
 from jaxcnn.layers import ConvBNAct, adaptive_avg_pool, check_image, global_avg_pool, max_pool
 from jaxcnn.models import register_model
 
-GOOGLENET_FEATURES = (
+GOOGLENET_FEATURES: tuple[dict[str, Any], ...] = (
     {"name": "conv1", "channels": 64, "reduction": 2},
     {"name": "conv3", "channels": 192, "reduction": 4},
     {"name": "inception3b", "channels": 480, "reduction": 8},

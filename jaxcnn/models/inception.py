@@ -42,7 +42,7 @@ import jax.numpy as jnp
 from jaxcnn.layers import ConvBNAct, avg_pool, check_image, global_avg_pool, max_pool
 from jaxcnn.models import register_model
 
-INCEPTION_V3_FEATURES = (
+INCEPTION_V3_FEATURES: tuple[dict[str, Any], ...] = (
     {"name": "conv2d_2b_3x3", "channels": 64, "reduction": 2},
     {"name": "conv2d_4a_3x3", "channels": 192, "reduction": 4},
     {"name": "mixed_5d", "channels": 288, "reduction": 8},
@@ -224,7 +224,6 @@ class InceptionV3(nn.Module):
                 )
             )
         conv = functools.partial(BasicConv, dtype=self.dtype, param_dtype=self.param_dtype)
-        blk = dict(conv=conv)
         feats = {}
         x = conv(32, 3, 2, name="conv2d_1a_3x3")(x, train)
         x = conv(32, 3, name="conv2d_2a_3x3")(x, train)
@@ -233,14 +232,14 @@ class InceptionV3(nn.Module):
         x = conv(80, 1, name="conv2d_3b_1x1")(x, train)
         x = feats["conv2d_4a_3x3"] = conv(192, 3, name="conv2d_4a_3x3")(x, train)
         x = max_pool(x, 3, 2)
-        x = InceptionA(32, name="mixed_5b", **blk)(x, train)
-        x = InceptionA(64, name="mixed_5c", **blk)(x, train)
-        x = feats["mixed_5d"] = InceptionA(64, name="mixed_5d", **blk)(x, train)
-        x = InceptionB(name="mixed_6a", **blk)(x, train)
-        x = InceptionC(128, name="mixed_6b", **blk)(x, train)
-        x = InceptionC(160, name="mixed_6c", **blk)(x, train)
-        x = InceptionC(160, name="mixed_6d", **blk)(x, train)
-        x = feats["mixed_6e"] = InceptionC(192, name="mixed_6e", **blk)(x, train)
+        x = InceptionA(32, name="mixed_5b", conv=conv)(x, train)
+        x = InceptionA(64, name="mixed_5c", conv=conv)(x, train)
+        x = feats["mixed_5d"] = InceptionA(64, name="mixed_5d", conv=conv)(x, train)
+        x = InceptionB(name="mixed_6a", conv=conv)(x, train)
+        x = InceptionC(128, name="mixed_6b", conv=conv)(x, train)
+        x = InceptionC(160, name="mixed_6c", conv=conv)(x, train)
+        x = InceptionC(160, name="mixed_6d", conv=conv)(x, train)
+        x = feats["mixed_6e"] = InceptionC(192, name="mixed_6e", conv=conv)(x, train)
         if run_aux:
             InceptionAux(
                 self.num_classes,
@@ -249,9 +248,9 @@ class InceptionV3(nn.Module):
                 param_dtype=self.param_dtype,
                 name="aux",
             )(x, train)
-        x = InceptionD(name="mixed_7a", **blk)(x, train)
-        x = InceptionE(name="mixed_7b", **blk)(x, train)
-        x = feats["mixed_7c"] = InceptionE(name="mixed_7c", **blk)(x, train)
+        x = InceptionD(name="mixed_7a", conv=conv)(x, train)
+        x = InceptionE(name="mixed_7b", conv=conv)(x, train)
+        x = feats["mixed_7c"] = InceptionE(name="mixed_7c", conv=conv)(x, train)
         if self.features_only:
             return [feats[f["name"]] for f in INCEPTION_V3_FEATURES]
         x = global_avg_pool(x)

@@ -30,7 +30,7 @@ Names vs timm: ``conv2d_1a/2a/2b`` -> ``stem/...``; ``conv2d_3b/4a`` -> ``stage1
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -42,7 +42,7 @@ from jaxcnn.models.inception_v4 import ConvNormAct, Stage, conv_chain, pool_bran
 __all__ = ["InceptionResNetV2"]
 
 MIN_SIZE = 75
-INCEPTION_RESNET_V2_FEATURES = (
+INCEPTION_RESNET_V2_FEATURES: tuple[dict[str, Any], ...] = (
     {"name": "stem", "channels": 64, "reduction": 2},
     {"name": "stage1", "channels": 192, "reduction": 4},
     {"name": "stage2", "channels": 320, "reduction": 8},
@@ -169,7 +169,7 @@ class InceptionResNetV2(nn.Module):
         res = lambda kind, scale, relu=True: p(  # noqa: E731
             ResidualInception, kind, scale, relu, conv=conv, **common
         )
-        stages = {
+        stages: dict[str, list[tuple[str, Callable[..., Any] | None]]] = {
             "stem": [
                 ("conv2d_1a", p(conv, 32, 3, 2)),
                 ("conv2d_2a", p(conv, 32, 3)),

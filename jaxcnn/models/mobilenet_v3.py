@@ -152,7 +152,9 @@ class MobileNetV3(nn.Module):
         return nn.Dense(self.num_classes, name="head", **common)(x)
 
 
-_INFO = dict(input_size=(224, 224, 3), paper=_PAPER, reference="torchvision 0.29", min_size=1)
+_INFO: dict[str, Any] = dict(
+    input_size=(224, 224, 3), paper=_PAPER, reference="torchvision 0.29", min_size=1
+)
 
 
 @register_model(params=5_483_032, feature_info=LARGE_FEATURES, **_INFO)

@@ -107,7 +107,8 @@ class SwinBlock(nn.Module):
                 **common,
             )
 
-        win = tuple(self.window_size)
+        wh, ww = self.window_size
+        win = (wh, ww)
         (ph, pw), (sh, sw) = window_attention_shift((h, w), win, self.shift_size)
         y = jnp.pad(ln("norm1")(x), ((0, 0), (0, ph - h), (0, pw - w), (0, 0)))
         mask = None
@@ -234,7 +235,7 @@ def _swin(variant, kwargs, **defaults):
     return SwinTransformer(**cfg)
 
 
-_COMMON = dict(
+_COMMON: dict[str, Any] = dict(
     input_size=(224, 224, 3), paper=_PAPER, reference="torchvision 0.29 (v1)", min_size=32
 )
 

@@ -94,7 +94,9 @@ class VGG(nn.Module):
         x = max_pool(x, 2, 2)
         x = adaptive_avg_pool(x, 7)
         x = x.reshape((x.shape[0], -1))
-        dense = functools.partial(nn.Dense, kernel_init=dense_init, **common)
+        dense = functools.partial(
+            nn.Dense, kernel_init=dense_init, dtype=self.dtype, param_dtype=self.param_dtype
+        )
         x = nn.relu(dense(4096, name="fc1")(x))
         x = nn.Dropout(self.dropout)(x, deterministic=not train)
         x = nn.relu(dense(4096, name="fc2")(x))
