@@ -376,7 +376,12 @@ class AutoAugment:
         for i, (op, p, bin_) in enumerate(sub):
             if probs[i] <= p:
                 mags, signed = space[op]
-                m = float(mags[bin_]) if bin_ is not None else 0.0
+                if bin_ is None:
+                    m = 0.0
+                elif mags is None:
+                    raise ValueError(f"AutoAugment policy: {op} takes no magnitude, got bin {bin_}")
+                else:
+                    m = float(mags[bin_])
                 if signed and signs[i] == 0:
                     m = -m
                 image = _tv_apply(image, op, m, self.fill, self.interpolation)
@@ -554,7 +559,7 @@ def policies_from_config(
     Unlike timm, colour jitter is not switched off when a policy is on: set what you want.
     """
     c = {**AUGMENT_DEFAULTS, **{k: cfg[k] for k in AUGMENT_DEFAULTS if k in cfg}}
-    stages = []
+    stages: list[Policy] = []
     name = (c["augment_policy"] or "none").lower()
     if name == "randaugment":
         ops = RAND_INCREASING_OPS if c["randaugment_increasing"] else RAND_OPS
@@ -589,9 +594,10 @@ def policies_from_config(
     image = None if not stages else stages[0] if len(stages) == 1 else Compose(tuple(stages))
     normalized = None
     if c["random_erasing"]:
+        area_lo, area_hi = c["random_erasing_area"]
         normalized = RandomErasing(
             prob=float(c["random_erasing"]),
-            area=tuple(float(a) for a in c["random_erasing_area"]),
+            area=(float(area_lo), float(area_hi)),
             min_aspect=float(c["random_erasing_min_aspect"]),
             mode=c["random_erasing_mode"],
             max_count=int(c["random_erasing_count"]),

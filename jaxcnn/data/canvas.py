@@ -77,7 +77,9 @@ def load_digit_source(data_dir: str | None = None, source: str = "auto"):
     return np.clip(images, 0.0, 1.0), targets.astype(np.int32), "digits"
 
 
-def split_digits(images, labels, num_train: int | None = None):
+def split_digits(
+    images: np.ndarray, labels: np.ndarray, num_train: int | None = None
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """First ``num_train`` digits for training, the rest held out (default: 8,000 of MNIST's
     10,000 test digits, 80% otherwise). Held-out canvases use only held-out digits."""
     n = len(images)
@@ -122,7 +124,7 @@ def make_canvases(
     x = np.zeros((n, size, size), np.float32)
     y = np.zeros((n, size, size), np.int32)
     for i in range(n):
-        boxes = []
+        boxes: list[tuple[int, int, int, int]] = []  # top, left, height, width
         for j in rng.choice(len(images), rng.integers(min_digits, max_digits + 1)):
             patch = _ink_box(images[j])
             h, w = patch.shape

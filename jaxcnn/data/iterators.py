@@ -18,6 +18,7 @@ ahead by a background thread, and with ``num_workers > 0`` in that many worker p
 from __future__ import annotations
 
 import math
+from typing import Iterator
 
 import numpy as np
 
@@ -85,7 +86,7 @@ class _TrainBatches:
         self.n, self.batch, self.seed = len(source), int(global_batch_size), int(seed)
         self.row0, self.rows = row0, rows
         self.steps = steps_per_epoch(self.n, self.batch)
-        self._perm = (None, None)
+        self._perm: tuple[int | None, np.ndarray | None] = (None, None)
 
     def __getstate__(self):
         d = dict(self.__dict__)
@@ -95,10 +96,12 @@ class _TrainBatches:
     def indices(self, k: int) -> tuple[int, np.ndarray]:
         """``(epoch, source indices)`` of this process's rows of global batch ``k``."""
         epoch, b = divmod(int(k), self.steps)
-        if self._perm[0] != epoch:
-            self._perm = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n))
+        perm_epoch, perm = self._perm
+        if perm is None or perm_epoch != epoch:
+            perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+            self._perm = (epoch, perm)
         start = b * self.batch + self.row0
-        return epoch, self._perm[1][start : start + self.rows]
+        return epoch, perm[start : start + self.rows]
 
     def __call__(self, k: int) -> dict:
         epoch, idx = self.indices(k)
@@ -133,7 +136,7 @@ class _EvalBatches:
         return {"image": images, "label": labels, "id": ids, "mask": mask}
 
 
-def _grain_iter(plan, start: int, stop: int, num_workers: int, prefetch: int):
+def _grain_iter(plan, start: int, stop: int, num_workers: int, prefetch: int) -> Iterator[dict]:
     import grain
 
     ds = grain.MapDataset.range(start, stop).map(plan)
@@ -174,7 +177,8 @@ class TrainIterator:
         row0, rows = _rows(global_batch_size, process_index, process_count)
         self._plan = _TrainBatches(source, pre, global_batch_size, seed, row0, rows)
         self.num_workers, self.prefetch = int(num_workers), max(1, int(prefetch))
-        self._next, self._it = 0, None
+        self._next = 0
+        self._it: Iterator[dict] | None = None
         if state is not None:
             self.set_state(state)
 

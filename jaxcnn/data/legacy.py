@@ -97,7 +97,7 @@ def _folder(data_dir) -> Dataset:
             img = Image.open(f).convert("RGB")
             size = size or img.size
             if img.size != size:
-                img = img.resize(size, Image.BILINEAR)
+                img = img.resize(size, Image.Resampling.BILINEAR)
             images.append(np.asarray(img))
             labels.append(i)
     if not images:

@@ -63,7 +63,7 @@ def preprocess(
     standardise with ``mean``/``std`` (per channel; computed from ``ds`` when not given — pass
     the training set's statistics to the test set). Returns ``(images float32, labels,
     (mean, std))``."""
-    x = ds.images.astype(np.float32) / float(ds.max_value)
+    x: np.ndarray = ds.images.astype(np.float32) / float(ds.max_value)
     if channels is not None and x.shape[-1] != channels:
         if x.shape[-1] == 1:
             x = np.repeat(x, channels, axis=-1)
@@ -74,7 +74,8 @@ def preprocess(
                 f"dataset {ds.name!r} has {x.shape[-1]} channels; the model expects {channels}"
             )
     if size is not None:
-        x = _fit_size(x, tuple(size))
+        th, tw = size
+        x = _fit_size(x, (th, tw))
     if mean is None:
         mean = x.mean(axis=(0, 1, 2))
         std = x.std(axis=(0, 1, 2)) + 1e-6
@@ -121,7 +122,7 @@ def batches(
 def prefetch_to_device(iterator, size: int = 2, sharding=None):
     """Move batches to the device(s) ``size`` steps ahead (``sharding``: e.g. the data-parallel
     ``NamedSharding`` from :mod:`jaxcnn.train.mesh`)."""
-    queue = collections.deque()
+    queue: collections.deque = collections.deque()
 
     def put(batch):
         return jax.device_put(batch, sharding) if sharding is not None else jax.device_put(batch)

@@ -17,7 +17,7 @@ import contextlib
 import difflib
 import os
 import pathlib
-from typing import Sequence
+from typing import TYPE_CHECKING, Protocol, Sequence
 
 import numpy as np
 
@@ -25,6 +25,7 @@ from jaxcnn.data.idx import open_idx
 from jaxcnn.utils import optional_import
 
 __all__ = [
+    "Source",
     "ArraySource",
     "IdxSource",
     "FolderSource",
@@ -43,6 +44,22 @@ ASSETS = pathlib.Path(__file__).resolve().parent / "assets"
 IMAGE_EXTENSIONS = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 )
+
+
+class Source(Protocol):
+    """What every source provides (the type of ``Splits.train`` and friends)."""
+
+    name: str
+
+    @property
+    def labels(self) -> np.ndarray: ...
+
+    @property
+    def ids(self) -> np.ndarray: ...
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, i: int) -> dict: ...
 
 
 def bundled_mnist_dir() -> pathlib.Path:
@@ -76,8 +93,16 @@ class _Base:
     """Shared by every source: ``ids``/``labels`` arrays and a readable ``repr``."""
 
     name: str = ""
-    labels: np.ndarray
-    ids: np.ndarray
+
+    if TYPE_CHECKING:  # what every source provides: attributes or read-only properties
+
+        @property
+        def labels(self) -> np.ndarray: ...
+
+        @property
+        def ids(self) -> np.ndarray: ...
+
+        def __len__(self) -> int: ...
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, {len(self)} examples)"
@@ -92,6 +117,9 @@ class _Base:
 class ArraySource(_Base):
     """In-memory (or memory-mapped) arrays: images ``(N, H, W[, C])`` uint8 (0..255) or float
     (0..1), labels ``(N,)``; ``ids`` defaults to ``arange(N) + id_offset``."""
+
+    labels: np.ndarray
+    ids: np.ndarray
 
     def __init__(self, images, labels, ids=None, *, id_offset: int = 0, name: str = "arrays"):
         labels = np.asarray(labels).astype(np.int64)
@@ -127,7 +155,7 @@ class _PreadArray:
         self.path, self.offset, self.row_shape = path, offset, tuple(shape[1:])
         self.row_bytes = int(np.prod(self.row_shape))
         self.start, self.stop = start, shape[0] if stop is None else stop
-        self._fd = None
+        self._fd: int | None = None
 
     @property
     def shape(self):
@@ -144,8 +172,9 @@ class _PreadArray:
         return {**self.__dict__, "_fd": None}
 
     def __del__(self):
-        if getattr(self, "_fd", None) is not None:
-            os.close(self._fd)
+        fd = getattr(self, "_fd", None)
+        if fd is not None:
+            os.close(fd)
 
     def __getitem__(self, i):
         if isinstance(i, slice):
@@ -190,12 +219,13 @@ class IdxSource(ArraySource):
                 f"{images_path}: images {images.shape} and labels {labels.shape} do not pair up "
                 f"(expected (N, H, W[, C]) and (N,))"
             )
+        rows: np.ndarray | _PreadArray = images
         if isinstance(images, np.memmap):
-            images = _PreadArray(str(images_path), int(images.offset), images.shape)
+            rows = _PreadArray(str(images_path), int(images.offset), images.shape)
         labels = np.asarray(labels)
         stop = len(labels) if stop is None else stop
         super().__init__(
-            images[start:stop],
+            rows[start:stop],
             labels[start:stop],
             np.arange(start, stop, dtype=np.int64) + id_offset,
             name=name or pathlib.Path(images_path).name,
@@ -247,6 +277,9 @@ class FolderSource(_Base):
     ``mode`` (``"RGB"`` / ``"L"``) when given. A file PIL cannot decode raises ``ValueError``
     naming it."""
 
+    labels: np.ndarray
+    ids: np.ndarray
+
     def __init__(
         self,
         root,
@@ -297,11 +330,11 @@ def _few_download_retries(retries: int = 3):
     if old is None:
         yield
         return
-    downloader.MAX_RETRIES = min(old, retries)
+    setattr(downloader, "MAX_RETRIES", min(old, retries))
     try:
         yield
     finally:
-        downloader.MAX_RETRIES = old
+        setattr(downloader, "MAX_RETRIES", old)
 
 
 def tfds_builder(name: str, data_dir: str | None = None, *, download: bool = True):
@@ -347,6 +380,8 @@ class TfdsSource(_Base):
     access). ``image_key``/``label_key`` name the features; ``labels`` are read once without
     decoding images. Pickles as its arguments."""
 
+    ids: np.ndarray
+
     def __init__(
         self,
         name: str,
@@ -367,7 +402,7 @@ class TfdsSource(_Base):
         n = builder.info.splits[split].num_examples
         self.ids = np.arange(n, dtype=np.int64) + id_offset
         self._id_offset = id_offset
-        self._labels = None
+        self._labels: np.ndarray | None = None
 
     def __reduce__(self):
         return (
@@ -427,7 +462,7 @@ class Subset(_Base):
     def __init__(self, source, indices, name: str | None = None):
         self.source = source
         self.indices = np.asarray(indices, np.int64)
-        self.name = name or getattr(source, "name", "")
+        self.name = name if name else getattr(source, "name", "")
 
     @property
     def labels(self) -> np.ndarray:
@@ -468,7 +503,7 @@ class Repeat(_Base):
         self.source = source
         self.indices = np.concatenate([rng.permutation(n) for _ in range(passes)])[:length]
         self.copy = np.repeat(np.arange(passes, dtype=np.int64), n)[:length]
-        self.name = name or getattr(source, "name", "")
+        self.name = name if name else getattr(source, "name", "")
 
     @property
     def labels(self) -> np.ndarray:

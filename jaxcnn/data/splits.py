@@ -31,6 +31,7 @@ from jaxcnn.data.sources import (
     ArraySource,
     FolderSource,
     IdxSource,
+    Source,
     Subset,
     TfdsSource,
     bundled_digits,
@@ -50,9 +51,9 @@ TEST_IS_VALIDATION = ("imagenet2012", "imagenet2012_subset", "imagenet2012_real"
 class Splits:
     """The three splits of a dataset (``validation`` may be ``None``) and what they are."""
 
-    train: object
-    validation: object | None
-    test: object
+    train: Source
+    validation: Source | None
+    test: Source
     num_classes: int
     class_names: tuple[str, ...]
     name: str
@@ -96,11 +97,11 @@ def stratified_holdout(labels, k: int, seed) -> tuple[np.ndarray, np.ndarray]:
     order = np.argsort(-(exact - quota), kind="stable")
     quota[order[: k - quota.sum()]] += 1
     rng = np.random.default_rng(seed)
-    held = []
+    per_class = []
     for c, q in zip(classes, quota):
         idx = np.flatnonzero(labels == c)
-        held.append(rng.permutation(idx)[:q])
-    held = np.sort(np.concatenate(held))
+        per_class.append(rng.permutation(idx)[:q])
+    held = np.sort(np.concatenate(per_class))
     rest = np.setdiff1d(np.arange(n), held, assume_unique=True)
     return rest, held
 

@@ -258,6 +258,9 @@ class Preprocess:
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     policy: Callable | None = None
     erasing: Callable | None = None
+    # set by __post_init__ from mean and std
+    _mean: np.ndarray = dataclasses.field(init=False, repr=False, compare=False)
+    _inv_std: np.ndarray = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -329,7 +332,7 @@ def imagenet_eval(
     ``(H, W, C)`` array): resize the shorter side to ``floor(size / crop_pct)``, centre-crop
     ``size``, scale to [0, 1], normalise with ``mean``/``std``. Returns float32
     ``(size, size, 3)`` (timm's eval transform with the same arguments)."""
-    hw = (size, size) if isinstance(size, int) else tuple(size)
+    hw = (size, size) if isinstance(size, int) else size  # Preprocess makes it a tuple
     pre = Preprocess(
         hw, 3, tuple(mean), tuple(std), "imagenet", crop_pct=crop_pct, interpolation=interpolation
     )
@@ -345,7 +348,8 @@ def compute_mean_std(source, pre: Preprocess, *, max_examples: int = 20000, seed
         if n <= max_examples
         else np.sort(np.random.default_rng(seed).choice(n, max_examples, replace=False))
     )
-    s = s2 = None
+    s: np.ndarray | None = None
+    s2: np.ndarray | None = None
     count = 0
     for i in idx:
         x = pre.unnormalised(source[int(i)]["image"]).astype(np.float64)
@@ -353,6 +357,8 @@ def compute_mean_std(source, pre: Preprocess, *, max_examples: int = 20000, seed
         s = flat.sum(0) if s is None else s + flat.sum(0)
         s2 = (flat**2).sum(0) if s2 is None else s2 + (flat**2).sum(0)
         count += len(flat)
+    if s is None or s2 is None:
+        raise ValueError(f"cannot compute a mean and std over {source!r}: it has no examples")
     mean = s / count
     std = np.sqrt(np.maximum(s2 / count - mean**2, 0)) + 1e-6
     return tuple(float(v) for v in mean), tuple(float(v) for v in std)
