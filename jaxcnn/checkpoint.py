@@ -36,9 +36,10 @@ import shutil
 import threading
 import time
 import zlib
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import serialization
@@ -99,7 +100,7 @@ def _flatten(tree) -> list[tuple[str, Any]]:
 
 
 def _is_key(x) -> bool:
-    return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+    return hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
 def _host(x) -> np.ndarray:
@@ -118,7 +119,8 @@ def _host(x) -> np.ndarray:
 
 
 def _crc(a: np.ndarray) -> int:
-    return zlib.crc32(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
+    # an ndarray is a buffer; numpy's annotations declare __buffer__ only for Python >= 3.12
+    return zlib.crc32(np.ascontiguousarray(a).reshape(-1).view(np.uint8))  # type: ignore[arg-type]
 
 
 def _json_crc(obj) -> int:
@@ -178,7 +180,8 @@ def _first_line(e: BaseException, limit: int = 160) -> str:
 
 def _causes(e: BaseException):
     """``e`` and everything it was raised from or during (including exception groups)."""
-    seen, todo = set(), [e]
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [e]
     while todo:
         x = todo.pop(0)
         if x is None or id(x) in seen:
@@ -232,6 +235,7 @@ def _not_the_checkpoints_fault(e: BaseException) -> bool:
 
 _reap_lock = threading.Lock()
 _reap_depth = 0
+_reap_original: Callable | None = None  # Orbax's function that _run_and_reap stands in for
 
 
 def _run_and_reap(coro, settle_s: float = 60.0):
@@ -263,18 +267,18 @@ def _reap(delta: int) -> None:
     """Use :func:`_run_and_reap` for Orbax's synchronous calls while ``_reap(+1)`` calls
     outnumber ``_reap(-1)`` calls: while a :class:`Checkpointer` is open (its async saves run
     in Orbax's threads after ``save`` returns). The same as Orbax's own on success."""
-    global _reap_depth
+    global _reap_depth, _reap_original
     from orbax.checkpoint._src import asyncio_utils
 
     with _reap_lock:
         if not hasattr(asyncio_utils, "_run_sync_via_new_loop"):
             return  # another Orbax version: nothing to patch
         if delta > 0 and _reap_depth == 0:
-            _reap.original = asyncio_utils._run_sync_via_new_loop
+            _reap_original = asyncio_utils._run_sync_via_new_loop
             asyncio_utils._run_sync_via_new_loop = _run_and_reap
         _reap_depth = max(0, _reap_depth + delta)
-        if delta < 0 and _reap_depth == 0 and hasattr(_reap, "original"):
-            asyncio_utils._run_sync_via_new_loop = _reap.original
+        if delta < 0 and _reap_depth == 0 and _reap_original is not None:
+            asyncio_utils._run_sync_via_new_loop = _reap_original
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ for the measured trade-offs.
 
 from jaxcnn.compress.ensemble import Ensemble, ensemble_probs
 from jaxcnn.compress.prune import (
+    PolynomialSparsity,
     PruningState,
     apply_masks,
     get_masks,
@@ -28,6 +29,7 @@ from jaxcnn.compress.quantize import (
 __all__ = [
     "MODES",
     "Ensemble",
+    "PolynomialSparsity",
     "PruningState",
     "QuantizedModel",
     "apply_masks",

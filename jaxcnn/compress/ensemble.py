@@ -67,7 +67,8 @@ class Ensemble:
         labels = np.asarray(labels)
         if len(images) != len(labels) or len(labels) == 0:
             raise ValueError(f"{len(images)} images and {len(labels)} labels do not pair up")
-        ens_p, mem_p = [], [[] for _ in self.members]
+        ens_p: list[np.ndarray] = []
+        mem_p: list[list[np.ndarray]] = [[] for _ in self.members]
         for i in range(0, len(labels), batch_size):
             logits = self.member_logits(jnp.asarray(images[i : i + batch_size]))
             for k, lg in enumerate(logits):

@@ -43,6 +43,7 @@ import optax
 from jaxcnn.utils import map_with_path, tree_paths
 
 __all__ = [
+    "PolynomialSparsity",
     "PruningState",
     "apply_masks",
     "get_masks",
@@ -182,9 +183,23 @@ def sparsity_report(params, paths: Sequence[str] | None = None) -> dict:
 
 
 # ---------------------------------------------------------------------------------- schedule
+class PolynomialSparsity:
+    """``schedule(step)``: the sparsity of :func:`polynomial_sparsity`; ``begin_step`` and
+    ``end_step`` tell :func:`magnitude_pruning` when the masks stop changing."""
+
+    def __init__(self, final: float, begin_step: int, end_step: int, initial: float, power: float):
+        self.final, self.initial, self.power = final, initial, power
+        self.begin_step, self.end_step = begin_step, end_step
+
+    def __call__(self, step) -> jax.Array:
+        span = self.end_step - self.begin_step
+        t = jnp.clip((jnp.asarray(step, jnp.float32) - self.begin_step) / span, 0, 1)
+        return self.final + (self.initial - self.final) * (1.0 - t) ** self.power
+
+
 def polynomial_sparsity(
     final: float, begin_step: int, end_step: int, initial: float = 0.0, power: float = 3.0
-) -> Callable[[jax.Array], jax.Array]:
+) -> PolynomialSparsity:
     """Zhu & Gupta's gradual schedule: ``initial`` before ``begin_step``, then
     ``final + (initial - final) * (1 - (t - begin) / (end - begin)) ** power``, ``final`` from
     ``end_step`` on."""
@@ -192,20 +207,15 @@ def polynomial_sparsity(
     _check_sparsity(initial)
     if end_step <= begin_step:
         raise ValueError(f"end_step ({end_step}) must be after begin_step ({begin_step})")
-
-    def schedule(step):
-        t = jnp.clip((jnp.asarray(step, jnp.float32) - begin_step) / (end_step - begin_step), 0, 1)
-        return final + (initial - final) * (1.0 - t) ** power
-
-    schedule.begin_step, schedule.end_step = begin_step, end_step  # for update timing
-    return schedule
+    return PolynomialSparsity(final, begin_step, end_step, initial, power)
 
 
 # ------------------------------------------------------------------------- optax transform
 class PruningState(NamedTuple):
     """``count``: updates seen; ``masks``: boolean masks (True: kept), the structure of params."""
 
-    count: jax.Array
+    # optax's name for it (ScaleByAdamState.count): it shadows tuple.count, a method
+    count: jax.Array  # type: ignore[assignment]
     masks: Any
 
 

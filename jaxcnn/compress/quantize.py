@@ -142,7 +142,7 @@ def _rules(qwix, mode: str, skip: Sequence[str], qtype: str, act_calibration: st
     return rules
 
 
-def _batches(calibration, batch_size: int) -> Iterable[np.ndarray]:
+def _batches(calibration, batch_size: int) -> Iterable[np.ndarray | jax.Array]:
     if isinstance(calibration, (np.ndarray, jax.Array)):
         n = (len(calibration) // batch_size) * batch_size
         if n == 0:

@@ -148,6 +148,7 @@ def main(argv=None) -> int:
         image = ji.sample_image(args.image, size[:2], size[2])
     if args.feature_maps:
         layers = args.layer or ji.default_layers(model, (1, *size))
+        assert image is not None  # sampled above
         ji.plot_feature_maps(
             model,
             weights(),
@@ -165,12 +166,13 @@ def main(argv=None) -> int:
         if rf is None:
             rf = ji.receptive_fields(model, (1, *size))
             rf.model_name = args.model
-        e = ji.effective_receptive_field(
+        erf = ji.effective_receptive_field(
             model, args.erf_layer, rf=rf, num_samples=args.erf_samples, seed=args.seed
         )
-        e.save_png(args.erf)
-        print(f"{e}\n  -> {args.erf}")
+        erf.save_png(args.erf)
+        print(f"{erf}\n  -> {args.erf}")
     if args.attention:
+        assert image is not None  # sampled above
         try:
             ji.plot_attention(model, weights(), image, args.attention)
             print(f"attention map -> {args.attention}")

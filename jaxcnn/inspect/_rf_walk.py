@@ -51,7 +51,7 @@ class _Window(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class _State:
-    axes: tuple  # one _Entry or None per input spatial axis
+    axes: tuple[_Entry | None, ...]  # one _Entry or None per input spatial axis
     context: bool = False
 
 
@@ -90,20 +90,22 @@ def _holders(state: _State) -> dict:
     return h
 
 
-def _merge(states: Sequence[_State], include_context: bool = False) -> _State | None:
-    """Several operands meet pointwise: the largest field wins on every axis."""
-    states = [s for s in states if s is not None]
+def _merge(operands: Sequence[_State | None], include_context: bool = False) -> _State | None:
+    """Several operands meet pointwise: the largest field wins on every axis (None: no operand
+    carries a field)."""
+    states = [s for s in operands if s is not None]
     if not states:
         return None
     context = any(s.context for s in states)
-    axes = []
+    axes: list[_Entry | None] = []
     for i in range(len(states[0].axes)):
         entries = [s.axes[i] for s in states]
-        if any(e is None for e in entries):
+        known = [e for e in entries if e is not None]
+        if len(known) < len(entries):
             axes.append(None)
             continue
-        pos = [e for e in entries if e.axis is not None]
-        col = [e for e in entries if e.axis is None]
+        pos = [e for e in known if e.axis is not None]
+        col = [e for e in known if e.axis is None]
         if pos:
             best = max(pos, key=lambda e: e.rf.size)
             if col:
@@ -359,7 +361,7 @@ class _Walker:
         for i in range(2):
             e = state.axes[i] if state is not None else None
             t = e.axis if e is not None else None
-            w = windows.get(t, _Window(1, 1, 0))
+            w = _Window(1, 1, 0) if t is None else windows.get(t, _Window(1, 1, 0))
             kernel.append(w.kernel)
             stride.append(w.stride)
             pad.append(w.low_pad)
@@ -563,6 +565,7 @@ class _Walker:
     def p_pad(self, eqn, ins, stack, loc):
         cfg = eqn.params["padding_config"]
         state = _merge([ins[0], ins[1]], self.include_context) if ins[0] is not None else ins[1]
+        assert state is not None  # the walk skips equations whose operands carry no field
         holders = _holders(state)
 
         def f(i, e):
@@ -581,6 +584,7 @@ class _Walker:
     def p_concatenate(self, eqn, ins, stack, loc):
         dim = eqn.params["dimension"]
         st = _merge(ins, self.include_context)
+        assert st is not None  # the walk skips equations whose operands carry no field
         return [_remap(st, lambda i, e: e if e.axis != dim else _unknown_start(e))]
 
     def p_split(self, eqn, ins, stack, loc):
@@ -645,7 +649,7 @@ class _Walker:
 
             contribs.append(_remap(st, f))
         if len(contribs) == 2:  # both operands carry a field: positions must agree
-            axes = []
+            axes: list[_Entry | None] = []
             for ea, eb in zip(contribs[0].axes, contribs[1].axes):
                 if (
                     ea is not None
@@ -656,9 +660,9 @@ class _Walker:
                 ):
                     axes.append(None)
                 else:
-                    axes.append(
-                        _merge([_State((ea,)), _State((eb,))], self.include_context).axes[0]
-                    )
+                    pair = _merge([_State((ea,)), _State((eb,))], self.include_context)
+                    assert pair is not None  # two states in, one out
+                    axes.append(pair.axes[0])
             return [_State(tuple(axes), contribs[0].context or contribs[1].context)]
         return contribs
 

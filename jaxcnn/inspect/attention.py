@@ -47,7 +47,7 @@ def collect_attention(model, variables, images, **apply_kwargs) -> list:
         lambda v, x: model.apply(v, x, train=False, mutable=["intermediates"], **apply_kwargs)
     )
     _, state = run(variables, images)
-    found = []
+    found: list[tuple[tuple[str, ...], Any]] = []  # (module path, attention weights)
 
     def walk(tree, path):
         for key, value in dict(tree).items():

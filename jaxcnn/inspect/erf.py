@@ -39,7 +39,7 @@ def _bind(eqn, invals):
 def eval_to(jaxpr, consts, args, loc: Sequence):
     """Evaluate ``jaxpr`` only up to the equation at ``loc`` (indices, descending into call-like
     equations through their jaxpr parameter) and return that equation's first output."""
-    env = {}
+    env: dict = {}
 
     def read(v):
         return v.val if isinstance(v, Literal) else env[v]
@@ -207,7 +207,7 @@ def effective_receptive_field(
 
     def unit(leaves, x):
         out = eval_to(jaxpr.jaxpr, jaxpr.consts, [*leaves, x], loc)
-        idx = [slice(None)] * out.ndim
+        idx: list[slice | int] = [slice(None)] * out.ndim
         idx[th], idx[tw] = ui, uj
         return jnp.sum(out[tuple(idx)].astype(jnp.float32))
 

@@ -250,7 +250,7 @@ class FoldReport:
 
     def __str__(self) -> str:
         t = ""
-        if self.seconds_before is not None:
+        if self.seconds_before is not None and self.seconds_after is not None:
             t = (
                 f"\n  forward (jit, eval): {self.seconds_before * 1e3:.2f} ms -> "
                 f"{self.seconds_after * 1e3:.2f} ms"

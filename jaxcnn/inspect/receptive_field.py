@@ -76,7 +76,7 @@ class ReceptiveFields:
     input_shape: tuple
     rows: list[RFRow]
     modules: dict
-    output: tuple
+    output: FieldAt
     closed_jaxpr: Any = dataclasses.field(default=None, repr=False)
     var_tree: Any = dataclasses.field(default=None, repr=False)
     module_locs: dict = dataclasses.field(default_factory=dict, repr=False)
