@@ -25,7 +25,9 @@ _USER_ERRORS = ("ConfigError", "ResumeError", "NonFiniteError", "DataError", "Un
 
 
 def load_config_file(path: str) -> dict:
-    """``get_config()`` of a Python config file, as a plain dict."""
+    """``get_config()`` of a Python config file, as a plain dict; ``FILE.py:ARG`` calls
+    ``get_config(ARG)`` (ml_collections' convention)."""
+    path, _, arg = path.partition(":")
     p = pathlib.Path(path)
     if not p.is_file():
         from jaxcnn.train.config import ConfigError
@@ -34,7 +36,7 @@ def load_config_file(path: str) -> dict:
     spec = importlib.util.spec_from_file_location(f"_config_{p.stem}", p)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    c = mod.get_config()
+    c = mod.get_config(arg) if arg else mod.get_config()
     return c.to_dict() if hasattr(c, "to_dict") else dict(c)
 
 
