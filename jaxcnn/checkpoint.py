@@ -553,6 +553,13 @@ class Checkpointer:
         try:
             self.wait()
         finally:
+            # Orbax's clean-up of old temporary folders, started when the manager opened, is
+            # awaited only by a save: without one it would outlive close() (and log a traceback
+            # if the directory is gone by then)
+            cleanup = getattr(self.manager, "_maybe_await_cleanup_tmp_directory", None)
+            if cleanup is not None:
+                with contextlib.suppress(Exception), _quiet_orbax():
+                    cleanup()
             self.manager.close()
             if not self._closed:
                 self._closed = True

@@ -322,15 +322,19 @@ def describe(fields: Mapping[str, Field] | None = None) -> str:
 
 def _parse_value(key: str, text: str, f: Field):
     types = f.types
-    if str in types and not (text[:1] in "'\"" and text[-1:] == text[:1]):
+    quoted = len(text) >= 2 and text[0] in "'\"" and text[-1] == text[0]
+    if str in types and not quoted:  # also the empty text: --config.remat= is ""
         return text
+    if float in types and text.lower().lstrip("+-") in ("nan", "inf", "infinity"):
+        return float(text)  # not a literal; the range check then names the value
     if bool in types:
         low = text.lower()
         if low in ("true", "1", "yes"):
             return True
         if low in ("false", "0", "no"):
             return False
-        raise ConfigError(f"--config.{key}={text}: expected true or false")
+        if int not in types:  # augment_flip also takes -1 (auto)
+            raise ConfigError(f"--config.{key}={text}: expected true or false")
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
@@ -343,8 +347,8 @@ def _parse_value(key: str, text: str, f: Field):
             f"--config.{key}={text}: expected {_type_name(types)}, got text that is not a "
             f"Python literal"
         ) from None
-    if tuple in types and isinstance(value, (int, float)):
-        value = (value,)
+    if tuple in types and float not in types and isinstance(value, (int, float)):
+        value = (value,)  # mean=0.5 is (0.5,); color_jitter=0.4 stays a number
     return value
 
 

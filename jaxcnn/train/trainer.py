@@ -529,10 +529,15 @@ class _Run:
             if skip
             else "a non-finite loss or update"
         )
+        latest = self.ckpt.latest_step()
+        kept = (
+            "no checkpoint was written"
+            if latest is None
+            else f"the newest checkpoint (step {latest}) holds only finite values"
+        )
         msg = (
             f"{why} at step {g['first'] + 1} (of {self.step} run; {g['count']} such step(s) "
-            f"dropped); the newest checkpoint (step {self.ckpt.latest_step()}) holds only "
-            f"finite values. Lower learning_rate, set grad_clip, or on_nonfinite='skip'"
+            f"dropped); {kept}. Lower learning_rate, set grad_clip, or on_nonfinite='skip'"
         )
         self.write_metrics({"halted": msg, "steps": self.step, "nonfinite_steps": g["count"]})
         raise NonFiniteError(msg)
