@@ -1,5 +1,9 @@
 """jaxcnn.transfer: labels, freezing with fixed BatchNorm statistics, per-layer rates, gradual
-unfreezing, head replacement, features + linear probes, LoRA."""
+unfreezing, head replacement, features + linear probes, LoRA; and the transfer study
+(experiments/transfer.py) on the engine: its splits, its regimes as Classification tasks on the
+Trainer, and its tiny configuration end to end."""
+
+import json
 
 import flax.linen as nn
 import jax
@@ -385,3 +389,196 @@ def test_lora_trains_only_adapters_and_head():
     )
     with pytest.raises(ValueError, match="no kernel matches"):
         transfer.LoRA(targets=("nothing",)).init(jax.random.key(0), v["params"])
+
+
+# ---------------------------------------------------------------- the study on the engine
+
+from experiments import transfer as study  # noqa: E402
+from experiments.configs import transfer_tiny  # noqa: E402
+from jaxcnn import data as data_lib  # noqa: E402
+from jaxcnn.train import Trainer  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_data():
+    return study.load_task(transfer_tiny.get_config())
+
+
+def test_study_splits_hold_validation_out_of_train_never_test(tiny_data):
+    d = tiny_data
+    ids = lambda src: set(np.asarray(src.ids).tolist())  # noqa: E731
+    # target: validation held out of the train examples, disjoint from the pool and the test
+    assert len(d.validation) == 100
+    assert not ids(d.validation) & ids(d.pool) and not ids(d.validation) & ids(d.test)
+    assert not ids(d.pool) & ids(d.test)
+    # source: validation held out of the source train examples
+    s = d.source
+    assert len(s.validation) == 200
+    assert not ids(s.validation) & ids(s.train) and not ids(s.validation) & ids(s.test)
+    # classes relabelled 0..4 (digits 5..9 for the target), labels and examples agree
+    for src, digits in ((d.pool, (5, 6, 7, 8, 9)), (s.train, (0, 1, 2, 3, 4))):
+        assert set(np.unique(src.labels)) == set(range(5))
+        for i in (0, 7, len(src) - 1):
+            assert src[i]["label"] == src.labels[i]
+    raw = data_lib.load_splits("mnist", validation_split=0)
+    raw_label = dict(zip(np.asarray(raw.train.ids).tolist(), np.asarray(raw.train.labels)))
+    assert all(raw_label[i] == 5 + y for i, y in zip(d.validation.ids, d.validation.labels))
+    # stratified: every class in proportion to its share of the target train examples
+    pool_and_val = np.concatenate([d.pool.labels, d.validation.labels])
+    expected = 100 * np.bincount(pool_and_val) / len(pool_and_val)
+    assert np.all(np.abs(np.bincount(d.validation.labels) - expected) <= 1)
+    # seeded: the same split_seed gives the same split, another one another
+    again = study.load_task(transfer_tiny.get_config())
+    assert ids(again.validation) == ids(d.validation)
+    c = transfer_tiny.get_config()
+    c.split_seed = 1
+    assert ids(study.load_task(c).validation) != ids(d.validation)
+    # labelled subsets come from the pool, nested across counts, one per seed
+    a, b = d.labelled(10, seed=0), d.labelled(20, seed=0)
+    assert list(b.ids[:10]) == list(a.ids) and ids(b) <= ids(d.pool)
+    assert ids(d.labelled(20, seed=1)) != ids(b)
+
+
+def _arrays_splits(steps, batch_size, size=(12, 12), classes=5, n=48, seed=0):
+    rng = np.random.default_rng(seed)
+    src = data_lib.ArraySource(
+        rng.integers(0, 256, (n, *size, 1), dtype=np.uint8), np.arange(n) % classes
+    )
+    third = n // 3
+    return data_lib.Splits(
+        train=data_lib.Repeat(data_lib.Subset(src, np.arange(third)), steps * batch_size),
+        validation=data_lib.Subset(src, np.arange(third, 2 * third)),
+        test=data_lib.Subset(src, np.arange(2 * third, n)),
+        num_classes=classes,
+        class_names=tuple(map(str, range(classes))),
+        name="arrays",
+        provenance={"train": "random", "validation": "random", "test": "random"},
+    )
+
+
+def _engine(task, tmp_path, **kw):
+    cfg = dict(
+        input_size=(12, 12),
+        channels=1,
+        mean=(0.5,),
+        std=(0.25,),
+        transform="none",
+        batch_size=8,
+        epochs=1,
+        optimizer="adam",
+        schedule="constant",
+        learning_rate=1e-2,
+        progress=False,
+        keep_checkpoints=1,
+    )
+    cfg.update(kw)
+    return Trainer(task, cfg, tmp_path).run()
+
+
+def test_frozen_backbone_on_engine_keeps_params_and_bn_stats_bit_identical(tmp_path):
+    kwargs = {"num_filters": 4, "in_channels": 1}
+    model = models.create_model("resnet18_cifar", num_classes=5, **kwargs)
+    v = model.init(jax.random.key(1), jnp.zeros((1, 12, 12, 1)))
+    rules = [("stage4", "stage4"), ("head", "head"), (".*", None)]
+    labels = transfer.label_params(v["params"], rules)
+    task = study.TransferClassification(_arrays_splits(3, 8), v, study.Regime(labels))
+    p0, s0 = _snap(v["params"]), _snap(v["batch_stats"])
+    res = _engine(task, tmp_path, model="resnet18_cifar", model_kwargs=kwargs)
+    state = res["state"]
+    assert res["steps"] == 3 and res["compilations"] == {"train_step": 1}
+    p1, s1 = _snap(state.params), _snap(state.batch_stats)
+    for k in p0:  # the frozen backbone bit-identical, stage4 and the head moved
+        assert _same_bits(p0[k], p1[k]) == (not k.startswith(("stage4/", "head/"))), k
+    for k in s0:  # the frozen BatchNorm statistics too; stage4's (trained) changed
+        assert _same_bits(s0[k], s1[k]) == (not k.startswith("stage4/")), k
+    n_trainable = transfer.count_trainable(v["params"], labels)
+    assert task.trainable(state.params) == n_trainable < transfer.count_params(v["params"])
+    # no optimizer state for frozen parameters (Adam: mu and nu of the trainable ones)
+    assert sum(x.size for x in jax.tree.leaves(state.opt_state) if x.ndim) == 2 * n_trainable
+
+
+def _lenet(seed=0, classes=5):
+    model = models.create_model("lenet5_modern", num_classes=classes)
+    return model, model.init(jax.random.key(seed), jnp.zeros((1, 28, 28, 1)))
+
+
+LENET = dict(model="lenet5_modern", input_size=(28, 28))
+
+
+def test_layerwise_rates_on_engine_scale_the_first_update(tmp_path):
+    model, v = _lenet()
+    names = transfer.stages(model, (1, 28, 28, 1))
+    labels = transfer.label_params(v["params"], transfer.stage_rules(names))
+    scales = transfer.layerwise_decay(names, 0.5)  # head 1, f6 1/2, ..., c1 1/16
+    splits = _arrays_splits(1, 8, size=(28, 28))
+    task = study.TransferClassification(splits, v, study.Regime(labels, scales))
+    lr = 1e-3
+    res = _engine(task, tmp_path, learning_rate=lr, **LENET)
+    assert res["steps"] == 1
+    p0, p1 = _snap(v["params"]), _snap(res["state"].params)
+    for name in names:  # Adam's first update is lr * g / (|g| + eps): at most lr per element
+        step = max(np.abs(p1[k] - p0[k]).max() for k in p0 if k.startswith(name + "/"))
+        np.testing.assert_allclose(step, lr * scales[name], rtol=2e-3, err_msg=name)
+
+
+def test_gradual_unfreezing_on_engine_one_compilation_fresh_groups(tmp_path):
+    model, v = _lenet()
+    phases = ((0, ["head"]), (2, ["f6"]), (100, [".*"]))  # the last phase never begins
+    splits = _arrays_splits(4, 8, size=(28, 28))
+    task = study.TransferClassification(splits, v, study.Regime(phases=phases))
+    res = _engine(task, tmp_path, **LENET)
+    assert res["steps"] == 4 and res["compilations"] == {"train_step": 1}
+    state = res["state"]
+    p0, p1 = _snap(v["params"]), _snap(state.params)
+    for k in p0:
+        assert _same_bits(p0[k], p1[k]) == k.startswith(("c1", "c3", "c5")), k
+    assert task.trainable(state.params) == transfer.count_params(v["params"])
+    inner = state.opt_state.inner_states
+    assert int(inner["phase0"].inner_state[0].count) == 4  # the head: every step
+    f6 = inner["phase1"].inner_state  # conditionally_mask: outer count, inner Adam state
+    assert int(f6.step) == 4 and int(f6.inner_state[0].count) == 2  # fresh at step 2
+    late = inner["phase2"].inner_state
+    assert int(late.inner_state[0].count) == 0
+    assert not np.any(np.asarray(late.inner_state[0].mu["c1"]["kernel"]))
+
+
+def test_tiny_study_runs_every_method_through_the_engine(tmp_path, capsys):
+    c = transfer_tiny.get_config()
+    out = study.study(c, str(tmp_path), ["lenet5_modern"])
+    for f in ("results.md", "results.json", "accuracy.png"):
+        assert (tmp_path / f).stat().st_size > 0
+    saved = json.loads((tmp_path / "results.json").read_text())
+    recs = {r["method"]: r for r in saved["records"]}
+    assert set(recs) == set(c.methods) and len(saved["records"]) == len(c.methods)
+    assert "hold-out" in saved["splits"]["target_validation"]
+    n_all = 61_281  # LeNet-5 (modern) with a 5-class head
+    assert recs["scratch"]["trainable_params"] == n_all
+    assert recs["finetune"]["trainable_params"] == n_all
+    assert recs["gradual_unfreezing"]["trainable_params"] == n_all
+    assert recs["feature_extractor"]["trainable_params"] == 84 * 5 + 5
+    assert 84 * 5 + 5 < recs["lora"]["trainable_params"] < n_all // 5
+    for m, r in recs.items():
+        assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["val_accuracy"] <= 1.0, m
+        if m == "feature_extractor":
+            continue
+        # every engine run: selected on validation among its evaluations (steps 10 and 20)
+        assert r["steps"] == 20 and r["selected_step"] in (10, 20), m
+        run_dir = tmp_path / "lenet5_modern" / m / "n20_seed0"
+        run = json.loads((run_dir / "metrics.json").read_text())
+        assert [h["step"] for h in run["history"]] == [10, 20]
+        assert all(not any(k.startswith("test") for k in h) for h in run["history"])
+        assert run["final"]["selected"]["by"] == "val_accuracy"
+        assert run["final"]["selected"]["test_accuracy"] == pytest.approx(r["accuracy"])
+        assert run["facts"]["num_validation"] == 100 and run["facts"]["num_train"] == 20 * 16
+        assert not (run_dir / "checkpoints").exists() and (run_dir / "train.log").exists()
+    md = (tmp_path / "results.md").read_text()
+    assert all(study.METHOD_NAMES[m] in md for m in c.methods)
+    assert out["records"] == saved["records"]
+    # the backbone: selected on the source validation split, cached and reused
+    data = study.load_task(c)
+    meta = json.loads((tmp_path / "pretrained" / "lenet5_modern.json").read_text())
+    assert meta["selected_step"] == len(data.source.train) // 128  # one epoch, one evaluation
+    assert 0.5 < meta["source_accuracy"] <= 1.0
+    capsys.readouterr()
+    study.pretrain(c, "lenet5_modern", c.model_options["lenet5_modern"], data, str(tmp_path))
+    assert "pretrained backbone loaded" in capsys.readouterr().out

@@ -3,10 +3,13 @@
     python -m experiments.transfer --config experiments/configs/transfer_mnist.py --quick
     python -m experiments.transfer --config experiments/configs/transfer_mnist.py  # + ResNet-18
 
-Measured: docs/results.md#transfer-learning; the study itself: docs/transfer.md.
+Every network trains on the engine (jaxcnn.train.Trainer); selection (the pretrained backbone,
+the reported state of every transfer run) uses validation splits held out of the train split,
+never the test split. Measured: docs/results.md#transfer-learning; the study: docs/transfer.md.
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def _model(
@@ -21,14 +24,28 @@ def _model(
     m.steps = steps  # transfer training steps per run (every method gets the same budget)
     m.batch_size = batch_size  # min(batch_size, number of labelled examples)
     m.lr = lr  # head learning rate (Adam, cosine decay); the backbone gets less (layer decay)
+    # pretraining: the engine evaluates the source validation split after every epoch and
+    # keeps the best state
     return m
 
 
 def get_config():
     c = ml_collections.ConfigDict()
-    c.dataset = "mnist_idx"  # or "tfds:mnist" (any TFDS image classification dataset)
-    c.data_dir = ""  # default: ../shared/data/mnist-test
-    c.test_split = 2000  # the last 2,000 images are held out (file order kept)
+    c.dataset = "mnist"  # bundled (or ../shared/data/mnist-test); or "tfds:mnist" (any TFDS
+    # image classification dataset: its published train and test splits)
+    c.data_dir = ""  # IDX folder (dataset "mnist_idx") or TFDS' data_dir
+    # None: the dataset's own test split; the single-file MNIST test set holds out its last
+    # 2,000 images (file order kept): train = the first 8,000
+    c.test_split = config_dict.placeholder(int)
+    c.split_seed = 0  # seed of the validation hold-outs below
+    c.source_validation_split = 0.1  # of the source classes' train examples: selects the
+    # pretrained state (fraction or count; seeded, stratified)
+    c.validation_split = 500  # of the target classes' train examples, held out before the
+    # labelled subsets are drawn: selects the reported state of every transfer run
+    c.evaluations = 5  # validation evaluations per transfer run (every steps / evaluations)
+    c.early_stopping_patience = 0  # evaluations without a better validation accuracy (0: off)
+    c.eval_batch_size = 500
+    c.keep_run_checkpoints = False  # runs keep metrics.json and train.log only
     c.input_size = (28, 28)
     c.channels = 1  # 3 for RGB datasets (gray images are repeated to fit)
     c.source_classes = (0, 1, 2, 3, 4)  # pretraining task
@@ -54,7 +71,7 @@ def get_config():
     c.probe_steps = 500  # feature extractor: full-batch softmax regression steps
     c.compilation_cache = "jax_cache"  # under the workdir ("" disables): the runs of one
     # method share their compiled train step (same shapes), so seeds and label counts are cheap
-    c.augment_shift = 2  # random translations during training (all methods)
+    c.augment_shift = 2  # random translations during training (all methods, pretraining)
     c.seed = 0  # pretraining
     c.seeds = (0, 1, 2)  # transfer runs: one labelled subset + initialisation per seed (mean ± std)
     return c
