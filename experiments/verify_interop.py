@@ -22,8 +22,11 @@ safetensors sorts by name), checks that five other orders (``state_dict`` order 
 and, for Keras, all three file formats give bit-identical variables, runs the jaxcnn model, and
 prints relative errors ``max |jaxcnn - reference| / max |reference|`` of the logits and of
 every stage (the reference module compared is named), and whether ``to_torch_state_dict``
-gives the ``state_dict`` back bit for bit, with and without the reference. Exit status 1 if any
-relative error exceeds ``--tol`` (1e-5) or any check fails.
+gives the tensors back bit for bit (the ``state_dict``, or the Keras file's weights), with and
+without the reference. ``--photo`` also runs skimage's photo of a cat through the library's own
+eval transform and :func:`jaxcnn.interop.eval_transform` with the model's ``pretrained_cfg``:
+same input (max difference) and same top 5. Exit status 1 if any relative error exceeds
+``--tol`` (1e-5) or any check fails. Figures: docs/results.md (interop section).
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ import subprocess
 import sys
 
 KERAS_FILES = (".keras", ".weights.h5", ".legacy.h5")
+# Reference modules whose output the library passes through a ReLU in forward(), outside any
+# module (torchvision's DenseNet ``norm5``; timm's is a BatchNormAct2d that has it).
+RELU_AFTER = {"torchvision": {"features.norm5"}}
 # Auxiliary heads: (jaxcnn name, torchvision attribute, torchvision module feeding it).
 AUX = {
     "googlenet": [("aux1", "aux1", "inception4a"), ("aux2", "aux2", "inception4d")],
@@ -162,8 +168,8 @@ def _worker_keras(spec, out):
                     rng.uniform(0.5, 1.5, v.shape),
                 ]
             )
-        elif layer.name in ("predictions", "conv_preds"):
-            w = layer.get_weights()
+        elif layer.name in ("predictions", "conv_preds") and len(layer.get_weights()) == 2:
+            w = layer.get_weights()  # MobileNet's "predictions" is the (weightless) activation
             layer.set_weights([w[0], np.zeros_like(w[1])])
     side = spec["size"]
     x = rng.normal(size=(1, side, side, 3)).astype("float32")
@@ -229,8 +235,10 @@ def _worker_cfgs(specs):
             )
         elif src == "timm":
             import timm
+            import torch
 
-            c = timm.create_model(arch, pretrained=False).pretrained_cfg
+            with torch.device("meta"):  # only the config is read: allocate nothing
+                c = timm.create_model(arch, pretrained=False).pretrained_cfg
             size = c["input_size"][1]
             out.append(
                 dict(
@@ -295,15 +303,16 @@ def _counterpart(plan, module: str):
 def _override(name, info, plan, stage):
     """Reference modules for stages that no reference module holds exactly."""
     src, family, tree = plan.layout.source, info.family, plan.tree
-    if family == "densenet":
-        return f"features.denseblock{stage[len('stage') :]}"
+    if family == "densenet":  # the last stage: after norm5 and the ReLU (see RELU_AFTER)
+        last = stage == info.feature_info[-1]["name"]
+        return "features.norm5" if last else f"features.denseblock{stage[len('stage') :]}"
     if family == "alexnet":
         return {"conv1": "features.1", "conv2": "features.4", "conv5": "features.11"}[stage]
     if family == "vgg":  # the ReLU after the stage's last conv / bn
         last = [j for j in plan.leaves if j.module[0] == stage][-1]
         index = int(last.key.split(".")[1])
         return f"features.{index + 1}"
-    if family == "vit" and stage == "tokens":
+    if family in ("vit", "vit_hybrid") and stage == "tokens":
         return "encoder.ln" if src == "torchvision" else "norm"
     if family == "xception" and src == "timm" and stage == "stage4":
         return "act4"
@@ -321,7 +330,7 @@ def stage_targets(name, info, plan) -> dict:
     """{jaxcnn feature / block: reference module name} compared by the check."""
     out = {}
     stages = [f["name"] for f in info.feature_info]
-    if info.family == "vit":  # one feature map: compare every block too
+    if info.family in ("vit", "vit_hybrid"):  # one token map: compare every block too
         stages += [c for c in plan.tree.children("") if c.startswith("block")]
     for s in stages:
         target = _override(name, info, plan, s)
@@ -427,8 +436,11 @@ def check(names, source, directory, python, tol, orders: int = 5, photo=False) -
         paths = [base + e for e in KERAS_FILES] if source == "keras" else [base + ".safetensors"]
         sd = load_file(paths[0])
         variables = from_torch_state_dict(model, sd, input_shape=x.shape, source="auto")
-        chosen = core.choose_layout(model, name, x.shape, sd.keys(), "auto").layout.source
-        same = chosen == source
+        chosen_plan = core.choose_layout(model, name, x.shape, sd.keys(), "auto")
+        chosen = chosen_plan.layout.source
+        # timm's ResNet, DenseNet and Inception v3 have torchvision's names: either layout fits
+        own = core.make_plan(model, name, x.shape, core.layout_named(model, source))
+        same = chosen == source or own.keys.keys() == chosen_plan.keys.keys()
         orders_ok = True
         others = [list(ref["order"])] if "order" in ref.files else []
         for seed in range(orders):
@@ -449,7 +461,10 @@ def check(names, source, directory, python, tol, orders: int = 5, photo=False) -
         names_f = [f["name"] for f in models.model_info(name).feature_info]
         stage_rel = {}
         for s, a in zip(names_f, feats):
-            stage_rel[s] = _rel(np.asarray(a), _as_nhwc(ref[f"stage:{s}"], np.asarray(a)))
+            r = _as_nhwc(ref[f"stage:{s}"], np.asarray(a))
+            if spec["hooks"][s] in RELU_AFTER.get(source, ()):
+                r = np.maximum(r, 0)
+            stage_rel[s] = _rel(np.asarray(a), r)
         for s in spec["hooks"]:
             if s not in stage_rel:  # ViT blocks: intermediates of the full model
                 a = _intermediate(model, variables, x, s)
@@ -470,8 +485,8 @@ def check(names, source, directory, python, tol, orders: int = 5, photo=False) -
             px = pretrained.eval_transform(data.chelsea(), pretrained.pretrained_cfg(name, source))
             pdiff = float(np.abs(px - ref["photo_x"]).max())
             py = np.asarray(jax.jit(lambda v, x: model.apply(v, x))(variables, jnp.asarray(px)))
-            top = list(np.argsort(-py[0])[:5])
-            rtop = list(np.argsort(-ref["photo_logits"][0])[:5])
+            top = [int(i) for i in np.argsort(-py[0])[:5]]
+            rtop = [int(i) for i in np.argsort(-ref["photo_logits"][0])[:5]]
             photo = (
                 f"\n  photo (skimage chelsea, {px.shape[1]}px): input max |diff| {pdiff:.1e}, "
                 f"logits {_rel(py, ref['photo_logits']):.1e}, top-5 {top} "
@@ -480,12 +495,10 @@ def check(names, source, directory, python, tol, orders: int = 5, photo=False) -
             photo_ok = top == rtop and pdiff <= 1e-5
         else:
             photo_ok = True
-        exact = True
-        if source != "keras":
-            back = to_torch_state_dict(model, variables, sd, input_shape=x.shape)
-            exact = list(back) == list(sd) and all(np.array_equal(back[k], sd[k]) for k in sd)
-            fresh = to_torch_state_dict(model, variables, input_shape=x.shape, source=source)
-            exact &= set(fresh) == set(sd) and all(np.array_equal(fresh[k], sd[k]) for k in sd)
+        back = to_torch_state_dict(model, variables, sd, input_shape=x.shape)
+        exact = list(back) == list(sd) and all(np.array_equal(back[k], sd[k]) for k in sd)
+        fresh = to_torch_state_dict(model, variables, input_shape=x.shape, source=source)
+        exact &= set(fresh) == set(sd) and all(np.array_equal(fresh[k], sd[k]) for k in sd)
         worst = max(stage_rel.items(), key=lambda kv: kv[1])
         ok = same and orders_ok and exact and photo_ok and logits_rel <= tol and worst[1] <= tol
         failed |= not ok

@@ -51,28 +51,53 @@ def test_layout_names_exactly_the_reference_tensors(src, name):
     assert layout_keys == set(shapes) - ignored
 
 
-SMALL = [  # one per family and library; the rest in the slow test below
+# One model per family and library (the smallest): every convertible family in the default
+# suite; the other models of each family in the slow tests below.
+FAMILIES = [
     ("torchvision", "resnet18"),
-    ("torchvision", "mobilenet_v3_small"),
+    ("torchvision", "alexnet"),
+    ("torchvision", "vgg11_bn"),
     ("torchvision", "googlenet"),
-    ("torchvision", "swin_t"),
-    ("timm", "efficientnet_b0"),
-    ("timm", "vit_ti_16"),
-    ("timm", "convnext_tiny"),
-    ("keras", "mobilenet_v1_025"),
-]
-ROUND_TRIP = SMALL[:7] + [
-    ("torchvision", "efficientnet_b0"),
-    ("torchvision", "mobilenet_v2"),
+    ("torchvision", "inception_v3"),
     ("torchvision", "densenet121"),
+    ("torchvision", "mobilenet_v2"),
+    ("torchvision", "mobilenet_v3_small"),
+    ("torchvision", "efficientnet_b0"),
     ("torchvision", "convnext_tiny"),
+    ("torchvision", "vit_b_32"),
+    ("torchvision", "swin_t"),
+    ("timm", "resnet18"),
+    ("timm", "densenet121"),
+    ("timm", "inception_v3"),
+    ("timm", "efficientnet_b0"),
     ("timm", "mobilenet_v3_small"),
+    ("timm", "convnext_tiny"),
+    ("timm", "vit_ti_16"),
     ("timm", "swin_t"),
     ("timm", "xception"),
+    ("timm", "inception_v4"),
+    ("timm", "inception_resnet_v2"),
+    ("timm", "coatnet_0"),
+    ("timm", "vit_hybrid_r50_b16"),
+    ("keras", "mobilenet_v1_025"),
+    ("keras", "xception"),
+]
+# ~15 s each (133M parameters): AlexNet covers the same flatten permutation in the default suite
+_SLOW_FAMILY = {("torchvision", "vgg11_bn")}
+FAMILY_PARAMS = [
+    pytest.param(s, n, id=f"{s}-{n}", marks=[pytest.mark.slow] if (s, n) in _SLOW_FAMILY else [])
+    for s, n in FAMILIES
 ]
 
 
-@pytest.mark.parametrize("src,name", SMALL, ids=[f"{s}-{n}" for s, n in SMALL])
+def test_every_family_has_a_fast_case():
+    """Each (library, family) with a reference is in FAMILIES."""
+    have = {(s, models.model_info(n).family) for s, n in FAMILIES}
+    for src, name in CASES:
+        assert (src, models.model_info(name).family) in have, (src, name)
+
+
+@pytest.mark.parametrize("src,name", FAMILY_PARAMS)
 def test_any_key_order_gives_identical_variables(src, name):
     """State-dict order, sorted by name (safetensors' order), reversed and shuffled (2 seeds)."""
     sd = random_state_dict(src, name)
@@ -88,18 +113,19 @@ def test_any_key_order_gives_identical_variables(src, name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("src,name", [(s, n) for s, n in CASES if (s, n) not in SMALL])
+@pytest.mark.parametrize("src,name", [(s, n) for s, n in CASES if (s, n) not in FAMILIES])
 def test_any_key_order_gives_identical_variables_all(src, name):
     test_any_key_order_gives_identical_variables(src, name)
 
 
-@pytest.mark.parametrize("src,name", ROUND_TRIP, ids=[f"{s}-{n}" for s, n in ROUND_TRIP])
+@pytest.mark.parametrize("src,name", FAMILY_PARAMS)
 def test_safetensors_round_trip(src, name, tmp_path):
-    """reference -> jaxcnn -> torch layout (no reference) -> .safetensors -> jaxcnn: exact;
-    the keys and shapes written are the library's own."""
+    """reference -> jaxcnn -> the library's layout (without a reference) -> .safetensors ->
+    jaxcnn: exact; the keys and shapes written are the library's own (Keras: its names, HWIO
+    arrays)."""
     sd = random_state_dict(src, name)
     variables = from_torch_state_dict(name, sd)
-    kwargs = {"aux_logits": True} if name == "googlenet" else {}
+    kwargs = core.layout_named(models.create_model(name), src).kwargs_for(sd)  # aux_logits...
     back = to_torch_state_dict(name, variables, source=src, **kwargs)
     assert {k: v.shape for k, v in back.items()} == reference_shapes(src, name)
     for k, v in sd.items():
@@ -175,6 +201,71 @@ ERROR_CASES = [
         "separable_conv2d_7/pointwise_kernel",  # Keras block5 = jaxcnn stage3/block1
         "params/stage3/block1/sepconv2/pointwise/kernel",
     ),
+    (
+        "keras",
+        "mobilenet_v1",
+        "batch_normalization_9/moving_mean",
+        "batch_stats/stage3/block1/bn_dw/mean",
+    ),
+    ("torchvision", "alexnet", "features.8.weight", "params/conv4/kernel"),
+    (
+        "torchvision",
+        "inception_v3",
+        "Mixed_6c.branch7x7dbl_3.bn.running_mean",
+        "batch_stats/mixed_6c/branch7x7dbl_3/bn/mean",
+    ),
+    (
+        "torchvision",
+        "mobilenet_v2",
+        "features.5.conv.1.1.weight",
+        "params/stage3/block1/depthwise/bn/scale",
+    ),
+    (
+        "torchvision",
+        "convnext_tiny",
+        "features.5.4.block.3.weight",
+        "params/stage3/block4/fc1/kernel",
+    ),
+    (
+        "torchvision",
+        "mobilenet_v3_small",
+        "features.6.block.2.fc2.weight",
+        "params/stage3/block2/se/fc2/kernel",
+    ),
+    ("timm", "resnet50", "layer4.2.bn3.running_var", "batch_stats/stage4/block2/bn3/var"),
+    ("timm", "convnext_tiny", "stages.2.blocks.4.gamma", "params/stage3/block4/layer_scale"),
+    ("timm", "vit_ti_16", "blocks.3.attn.qkv.weight", "params/block3/attn/qkv/kernel"),
+    (
+        "timm",
+        "efficientnet_b0",
+        "blocks.5.2.conv_pwl.weight",
+        "params/stage6/block2/project/conv/kernel",
+    ),
+    (
+        "timm",
+        "inception_v4",
+        "features.11.branch2.3.conv.weight",
+        "params/stage3/block0/branch2_3/conv/kernel",
+    ),
+    ("timm", "inception_resnet_v2", "repeat_1.7.conv2d.bias", "params/stage3/block7/conv2d/bias"),
+    (
+        "timm",
+        "inception_resnet_v2",
+        "block8.branch1.2.bn.running_var",  # the last Block8 (no ReLU)
+        "batch_stats/stage4/block9/branch1_2/bn/var",
+    ),
+    (
+        "timm",
+        "coatnet_0",
+        "stages.2.blocks.0.norm1.norm.weight",
+        "params/stage3/block0/norm1/scale",
+    ),
+    (
+        "timm",
+        "vit_hybrid_r50_b16",
+        "patch_embed.backbone.stages.2.blocks.5.norm2.bias",
+        "params/stage3/block5/norm2/bias",
+    ),
 ]
 
 
@@ -205,15 +296,27 @@ def test_one_misshaped_tensor_is_named_first(src, name, key, path):
     assert f"for {path} (" in lines[0] and len(lines) == 2
 
 
-def test_one_unexpected_tensor_is_named_first():
-    shapes = reference_shapes("torchvision", "swin_t")
-    shapes["features.3.1.attn.extra.weight"] = (4, 4)
+UNEXPECTED = [
+    ("torchvision", "swin_t", "features.3.1.attn.extra.weight"),
+    ("timm", "swin_t", "layers.1.blocks.1.attn.extra.weight"),
+    ("timm", "coatnet_0", "stages.2.blocks.1.attn.rel_pos.extra"),
+    ("keras", "xception", "dense_1/kernel"),
+]
+
+
+@pytest.mark.parametrize("src,name,key", UNEXPECTED, ids=[f"{s}-{n}" for s, n, _ in UNEXPECTED])
+def test_one_unexpected_tensor_is_named_first(src, name, key):
+    shapes = reference_shapes(src, name)
+    n_vars = len(core.prepare(name, shapes.keys(), None, src, {}).leaves)
+    shapes[key] = (4, 4)
     with pytest.raises(ConversionError) as e:
-        from_torch_state_dict("swin_t", shapes)
+        from_torch_state_dict(name, shapes, source=src)
     assert str(e.value).splitlines() == [
-        "swin_t: unexpected: 'features.3.1.attn.extra.weight' (4, 4)",
-        "(torchvision layout: 1 unexpected; 186 tensors given, 173 variables)",
+        f"{name}: unexpected: {key!r} (4, 4)",
+        f"({src} layout: 1 unexpected; {len(shapes)} tensors given, {n_vars} variables)",
     ]
+    if (src, name) == ("torchvision", "swin_t"):
+        assert n_vars == 173 and len(shapes) == 186
 
 
 def test_renamed_tensor_suggests_the_given_name():

@@ -3,7 +3,9 @@ load_variables (what a training run's init_from calls). No torch, no Keras: stat
 drawn from the reference key lists in tests/data (see tests/test_interop.py)."""
 
 import json
+import shutil
 
+import chex
 import h5py
 import jax
 import jax.numpy as jnp
@@ -23,6 +25,7 @@ from jaxcnn.interop import (
     pretrained_cfg,
     read_keras,
     save_file,
+    to_torch_state_dict,
 )
 from jaxcnn.interop.files import META_FILE
 
@@ -326,3 +329,77 @@ def test_jit_apply_of_loaded_variables(r18):
     model, variables = create_model("resnet18", pretrained=sd, num_classes=4)
     y = jax.jit(lambda v, x: model.apply(v, x))(variables, jnp.zeros((2, 32, 32, 3)))
     assert y.shape == (2, 4)
+
+
+def test_convert_cli_back_to_a_library_layout_without_reference(tmp_path):
+    """``--to torch`` with no reference: the checkpoint's source names the keys (timm's here),
+    the shapes are the library's own, the values the converted ones."""
+    sd = random_state_dict("timm", "mobilenet_v3_small")
+    src = save_file(sd, tmp_path / "m.safetensors")
+    assert convert.main([src, str(tmp_path / "ckpt"), "--model", "mobilenet_v3_small"]) == 0
+    back = tmp_path / "back.npz"
+    args = [str(tmp_path / "ckpt"), str(back), "--model", "mobilenet_v3_small", "--to", "torch"]
+    assert convert.main(args) == 0
+    got = load_file(back)
+    assert {k: v.shape for k, v in got.items()} == {k: v.shape for k, v in sd.items()}
+    for k in sd:
+        if not k.endswith("num_batches_tracked"):
+            np.testing.assert_array_equal(got[k], sd[k], err_msg=k)
+
+
+def test_python_dash_m_jaxcnn_convert(tmp_path):
+    """The module runs as ``python -m jaxcnn.convert``; a misfit exits 2 naming the tensor."""
+    import subprocess
+    import sys
+
+    sd = random_state_dict("keras", "mobilenet_v1_025")
+    src = save_file(sd, tmp_path / "m.safetensors")
+    run = lambda *a: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "jaxcnn.convert", *a], capture_output=True, text=True
+    )
+    ok = run(src, str(tmp_path / "ckpt"), "--model", "mobilenet_v1_025", "--num-classes", "5")
+    assert ok.returncode == 0, ok.stderr
+    assert "  new:     params/head/kernel (" in ok.stdout  # --num-classes 5: a new head
+    assert json.loads((tmp_path / "ckpt" / META_FILE).read_text())["source"] == "keras"
+    bad = save_file({k: v for k, v in sd.items() if k != "conv2d_3/kernel"}, tmp_path / "b.npz")
+    err = run(bad, str(tmp_path / "ckpt2"), "--model", "mobilenet_v1_025")
+    assert err.returncode == 2
+    assert err.stderr.startswith("jaxcnn.convert: mobilenet_v1_025: missing: 'conv2d_3/kernel'")
+
+
+def test_training_starts_from_a_converted_checkpoint(tmp_path):
+    """``experiments.train --config.init_from=DIR`` (the Trainer's init_from): the body starts
+    from the converted weights, the 10-class head of digits is new (the file's has 3)."""
+    from jaxcnn.tasks import Classification
+    from jaxcnn.train.trainer import Trainer
+
+    model = models.create_model("lenet5_modern", num_classes=3)
+    v = model.init(jax.random.key(7), jnp.zeros((1, 28, 28, 1)))
+    sd = to_torch_state_dict(model, v, input_shape=(28, 28, 1))
+    src = save_file(sd, tmp_path / "lenet.safetensors")
+    ckpt = tmp_path / "ckpt"
+    assert convert.main([src, str(ckpt), "--model", "lenet5_modern"]) == 0
+    cfg = dict(
+        model="lenet5_modern",
+        dataset="digits",
+        num_train=64,
+        validation_split=32,
+        batch_size=32,
+        eval_batch_size=64,
+        epochs=1,
+        optimizer="sgd",
+        learning_rate=1e-9,  # one step that moves nothing measurable
+        progress=False,
+    )
+    for init_from in (ckpt, src):  # a converted checkpoint, or the weights file itself
+        res = Trainer(Classification(), {**cfg, "init_from": str(init_from)}, tmp_path / "r")
+        out = res.run(stop_at_step=1)
+        params = jax.device_get(out["state"].params)
+        assert params["head"]["kernel"].shape[-1] == 10
+        for k in v["params"]:
+            if k != "head":
+                chex.assert_trees_all_close(params[k], v["params"][k], atol=1e-6)
+        shutil.rmtree(tmp_path / "r")
+    bad = save_file({k: a for k, a in sd.items() if k != "c3.bias"}, tmp_path / "bad.npz")
+    with pytest.raises(ConversionError, match=r"LeNet5: missing: 'c3.bias' for params/c3/bias"):
+        Trainer(Classification(), {**cfg, "init_from": bad}, tmp_path / "b").run()

@@ -714,6 +714,8 @@ def _torch_shape(j: Leaf, layout: Layout) -> tuple:
             s = (s[2], s[3], s[0], s[1]) if j.transposed else (s[3], s[2], s[0], s[1])
         else:
             s = s[::-1]
+    if layout.tensors == "hwio" and len(s) == 4 and j.key.endswith("depthwise_kernel"):
+        return (s[0], s[1], s[3], 1)  # Keras' depthwise (h, w, C, 1); jaxcnn's (h, w, 1, C)
     for pattern, ndim in layout.expand:
         if re.fullmatch(pattern, j.key):
             s = _canon(s) if len(_canon(s)) <= ndim else s

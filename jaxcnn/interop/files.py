@@ -123,11 +123,17 @@ def load_file(path) -> dict[str, np.ndarray]:
     )
 
 
+def _contiguous(a: np.ndarray) -> np.ndarray:
+    """C-contiguous, same shape: ``np.ascontiguousarray`` alone makes a 0-d array (torch's
+    ``num_batches_tracked``) 1-d, which ``load_state_dict`` then refuses."""
+    return np.ascontiguousarray(a).reshape(np.shape(a))
+
+
 def save_file(tensors: Mapping, path) -> str:
     """Write ``{name: array}`` as ``.safetensors``, ``.npz`` or (with torch) ``.pth``."""
     path = os.fspath(path)
     ext = os.path.splitext(path)[1].lower()
-    arrays = {str(k): np.ascontiguousarray(to_numpy(v)) for k, v in tensors.items()}
+    arrays = {str(k): _contiguous(to_numpy(v)) for k, v in tensors.items()}
     if ext == ".safetensors":
         _safetensors().save_file(arrays, path)
     elif ext == ".npz":

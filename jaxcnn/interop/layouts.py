@@ -14,6 +14,8 @@ root module's class name; tests/test_interop.py then checks them against the ref
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from jaxcnn.interop.core import Layout, register_layout
@@ -476,5 +478,117 @@ register_layout(
         # Cadene's port: BatchNorm eps 1e-5, max pools padded by 1 (TensorFlow's "SAME" pads
         # the 74x74 map of block3 at the bottom/right only).
         model_kwargs={"bn_eps": 1e-5, "pool_padding": 1},
+    ),
+)
+
+
+# -- Inception v4 / Inception-ResNet v2 (timm) ---------------------------------------------------
+def _inception_branch(rest: str, keep_underscores: bool) -> str:
+    """``branch1_2/conv/kernel`` -> ``branch1.2.conv.kernel`` (a timm ``nn.Sequential``
+    branch); Inception-C names its convs ``branch1_0``, ``branch2_3a``: only its pool branch
+    ``branch3_1`` is a sequential (``branch3.1``)."""
+    if keep_underscores:
+        rest = rest.replace("branch3_1/", "branch3.1/")
+    else:
+        rest = re.sub(r"^branch(\d)_(\d+)/", r"branch\1.\2/", rest)
+    return rest.replace("/", ".")
+
+
+_INCEPTION_LAYER = r"(?:stem|stage\d)/\w+"
+
+
+def _timm_inception_v4(m, t):
+    """``features.{k}``: the k-th layer (with parameters) of the stem and stages 1-4."""
+    layer, rest = m[1], m[2]
+    k = t.rank(layer, _INCEPTION_LAYER)
+    inception_c = layer.startswith("stage4/block")
+    return f"features.{k}.{_inception_branch(rest, inception_c)}"
+
+
+register_layout(
+    "InceptionV4",
+    Layout(
+        "timm",
+        (
+            (rf"({_INCEPTION_LAYER})/(.+)", _timm_inception_v4),
+            (r"head/(\w+)", r"last_linear.\1"),
+        ),
+    ),
+)
+
+
+def _timm_inception_resnet_v2(m, t):
+    """``repeat``, ``repeat_1``, ``repeat_2`` hold stages 2-4's residual blocks; the last
+    (no ReLU) block of stage 4 is ``block8``; other layers keep their names at the top."""
+    stage, layer, rest = int(m[1]), m[2], _inception_branch(m[3], False)
+    b = re.fullmatch(r"block(\d+)", layer)
+    if b is None:
+        return f"{layer}.{rest}"
+    if stage == 4 and int(b[1]) == t.count(r"stage4/block\d+") - 1:
+        return f"block8.{rest}"
+    return f"repeat{'' if stage == 2 else f'_{stage - 2}'}.{b[1]}.{rest}"
+
+
+register_layout(
+    "InceptionResNetV2",
+    Layout(
+        "timm",
+        (
+            (r"stem/(\w+)/(.+)", lambda m, t: f"{m[1]}.{m[2].replace('/', '.')}"),
+            (r"stage(\d)/(\w+)/(.+)", _timm_inception_resnet_v2),
+            (r"head/(\w+)", r"classif.\1"),
+        ),
+    ),
+)
+
+
+# -- CoAtNet (timm maxxvit) ----------------------------------------------------------------------
+def _timm_coatnet_block(m, t):
+    """``stages.{s}.blocks.{b}``; the first transformer block's ``norm1`` is timm's
+    ``norm1.norm`` (a norm followed by the 2x2 pool)."""
+    s, b, rest = int(m[1]), int(m[2]), m[3]
+    blk = f"stage{s}/block{b}"
+    if b == 0 and t.has(f"{blk}/attn") and rest.startswith("norm1/"):
+        rest = "norm1/norm/" + rest[len("norm1/") :]
+    return f"stages.{s - 1}.blocks.{b}.{rest.replace('/', '.')}"
+
+
+register_layout(
+    "CoAtNet",
+    Layout(
+        "timm",
+        (
+            (r"stem/(\w+)/(\w+)", r"stem.\1.\2"),
+            (r"stage(\d+)/block(\d+)/(.+)", _timm_coatnet_block),
+            (r"norm/(\w+)", r"head.norm.\1"),
+            (r"pre_logits/(\w+)", r"head.pre_logits.fc.\1"),
+            (r"head/(\w+)", r"head.fc.\1"),
+        ),
+        # timm's attention and MLP are 1x1 convs: (out, in, 1, 1) for jaxcnn's dense kernels
+        expand=((r"stages\.\d+\.blocks\.\d+\.(attn\.(qkv|proj)|mlp\.fc\d)\.weight", 4),),
+    ),
+)
+
+
+# -- Hybrid ViT (timm vit_base_r50_s16_224) ------------------------------------------------------
+register_layout(
+    "HybridVisionTransformer",
+    Layout(
+        "timm",
+        (
+            (r"(cls_token|pos_embed)", r"\1"),
+            (r"stem/(\w+)/(\w+)", r"patch_embed.backbone.stem.\1.\2"),
+            (
+                r"stage(\d+)/block(\d+)/(.+)",
+                lambda m, t: (
+                    f"patch_embed.backbone.stages.{int(m[1]) - 1}.blocks.{m[2]}."
+                    f"{m[3].replace('/', '.')}"
+                ),
+            ),
+            (r"patch_embed/(\w+)", r"patch_embed.proj.\1"),
+            (r"block(\d+)/(.+)", lambda m, t: f"blocks.{m[1]}.{m[2].replace('/', '.')}"),
+            (r"norm/(\w+)", r"norm.\1"),
+            (r"head/(\w+)", r"head.\1"),
+        ),
     ),
 )

@@ -88,6 +88,10 @@ _TIMM = {
     "mobilenet_v3_large": "mobilenetv3_large_100",
     "mobilenet_v3_small": "mobilenetv3_small_100",
     **{f"densenet{d}": f"densenet{d}" for d in (121, 169, 201)},
+    "inception_v4": "inception_v4",
+    "inception_resnet_v2": "inception_resnet_v2",
+    **{f"coatnet_{i}": f"coatnet_{i}_224" for i in range(5)},
+    "vit_hybrid_r50_b16": "vit_base_r50_s16_224",
 }
 _TIMM_KWARGS = {  # jaxcnn options (also set automatically when a model is built by name)
     "xception": {"bn_eps": 1e-5, "pool_padding": 1},
@@ -96,7 +100,10 @@ _TIMM_KWARGS = {  # jaxcnn options (also set automatically when a model is built
     "inception_v3": {"aux_logits": False},
     **{f"efficientnet_b{i}": {"bn_eps": 1e-5} for i in range(8)},
 }
-_TIMM_ARCH_KWARGS = {"vit_l_32": {"num_classes": 1000}, "vit_h_14": {"num_classes": 1000}}
+# the default tags of these are 21k-class weights without a head
+_TIMM_ARCH_KWARGS: dict[str, dict[str, Any]] = {
+    n: {"num_classes": 1000} for n in ("vit_l_32", "vit_h_14", "vit_hybrid_r50_b16")
+}
 _KERAS = {
     "mobilenet_v1": ("MobileNet", {"alpha": 1.0}),
     "mobilenet_v1_075": ("MobileNet", {"alpha": 0.75}),
@@ -223,6 +230,11 @@ _CFGS: tuple = (
     ('wide_resnet50_2', 'torchvision', 'IMAGENET1K_V2', 224, 232, 0.9655, 'bilinear', IN),
     ('convnext_base', 'timm', 'fb_in22k_ft_in1k', 224, 256, 0.875, 'bicubic', IN),
     ('convnext_large', 'timm', 'fb_in22k_ft_in1k', 224, 256, 0.875, 'bicubic', IN),
+    ('coatnet_0', 'timm', 'untrained', 224, 235, 0.95, 'bicubic', HALF_NORM),
+    ('coatnet_1', 'timm', 'untrained', 224, 235, 0.95, 'bicubic', HALF_NORM),
+    ('coatnet_2', 'timm', 'untrained', 224, 235, 0.95, 'bicubic', HALF_NORM),
+    ('coatnet_3', 'timm', 'untrained', 224, 235, 0.95, 'bicubic', HALF_NORM),
+    ('coatnet_4', 'timm', 'untrained', 224, 235, 0.95, 'bicubic', HALF_NORM),
     ('convnext_small', 'timm', 'in12k_ft_in1k', 224, 235, 0.95, 'bicubic', IN),
     ('convnext_tiny', 'timm', 'in12k_ft_in1k', 224, 235, 0.95, 'bicubic', IN),
     ('convnext_xlarge', 'timm', 'fb_in22k_ft_in1k', 224, 256, 0.875, 'bicubic', IN),
@@ -239,7 +251,9 @@ _CFGS: tuple = (
     ('efficientnet_b7', 'timm', 'untrained', 600, 632, 0.949, 'bicubic', IN),
     ('inception_v3', 'timm', 'tv_in1k', 299, 341, 0.875, 'bicubic', HALF_NORM),
     ('mobilenet_v3_large', 'timm', 'ra_in1k', 224, 256, 0.875, 'bicubic', IN),
+    ('inception_resnet_v2', 'timm', 'tf_in1k', 299, 333, 0.8975, 'bicubic', HALF_NORM),
     ('mobilenet_v3_small', 'timm', 'lamb_in1k', 224, 256, 0.875, 'bicubic', IN),
+    ('inception_v4', 'timm', 'tf_in1k', 299, 341, 0.875, 'bicubic', HALF_NORM),
     ('resnet101', 'timm', 'a1h_in1k', 224, 235, 0.95, 'bicubic', IN),
     ('resnet152', 'timm', 'a1h_in1k', 224, 235, 0.95, 'bicubic', IN),
     ('resnet18', 'timm', 'a1_in1k', 224, 235, 0.95, 'bicubic', IN),
@@ -254,6 +268,7 @@ _CFGS: tuple = (
     ('vit_h_14', 'timm', 'orig_in21k', 224, 248, 0.9, 'bicubic', HALF_NORM, 0),
     ('vit_l_16', 'timm', 'augreg_in21k_ft_in1k', 224, 248, 0.9, 'bicubic', HALF_NORM),
     ('vit_l_32', 'timm', 'orig_in21k', 224, 248, 0.9, 'bicubic', HALF_NORM, 0),
+    ('vit_hybrid_r50_b16', 'timm', 'orig_in21k', 224, 248, 0.9, 'bicubic', HALF_NORM, 0),
     ('vit_s_16', 'timm', 'augreg_in21k_ft_in1k', 224, 248, 0.9, 'bicubic', HALF_NORM),
     ('vit_ti_16', 'timm', 'augreg_in21k_ft_in1k', 224, 248, 0.9, 'bicubic', HALF_NORM),
     ('wide_resnet50_2', 'timm', 'racm_in1k', 224, 256, 0.875, 'bicubic', IN),

@@ -277,9 +277,12 @@ class Classification(Task):
             # a copy: the train step donates the state's buffers; the caller's arrays stay usable
             variables = jax.tree.map(jnp.array, variables)
         elif cfg["init_from"]:
-            from jaxcnn.train.init_from import load_init_variables
+            from jaxcnn.interop import load_variables
 
-            variables = load_init_variables(cfg["init_from"], self.model, self.input_shape)
+            # strict=False: a classifier for another class count is replaced by a fresh one
+            variables = load_variables(
+                cfg["init_from"], self.model, strict=False, input_shape=self.input_shape[1:]
+            )
         return create_train_state(
             self.model,
             self.tx,
