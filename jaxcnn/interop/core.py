@@ -84,6 +84,8 @@ class Layout:
     buffers: Callable | None = None
     ignore: tuple = BUFFERS
     expand: tuple = ()
+    # the compiled ``rules``, set by __post_init__
+    _compiled: tuple = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if self.tensors not in ("torch", "hwio"):
@@ -279,7 +281,7 @@ def jax_leaves(model: nn.Module, input_shape) -> list[Leaf]:
         if c is None or c.path != j.module or j.kind != "kernel":
             continue
         j.transposed = isinstance(c.module, nn.ConvTranspose)
-        x = c.args[0] if c.args else None
+        x: Any = c.args[0] if c.args else None  # an array, a tracer or None
         if len(j.shape) == 2 and hasattr(x, "shape") and len(x.shape) == 2:
             j.flat = _flat_hint(calls, i, j.shape[0], owners)
         if (
@@ -428,7 +430,7 @@ def make_plan(model: nn.Module, name: str, input_shape, layout: Layout, leaves=N
                 f"{seen[j.key].name} and {j.name}"
             )
         seen[j.key] = j
-    spare = frozenset()
+    spare: frozenset[str] = frozenset()
     if getattr(model, "features_only", False):
         full = make_plan(model.clone(features_only=False), name, input_shape, layout)
         spare = frozenset(full.keys) - frozenset(seen)
@@ -565,7 +567,9 @@ def _shapes(tensors: Mapping) -> dict[str, tuple]:
     }
 
 
-def choose_layout(model: nn.Module, name: str, input_shape, given_keys, source: str) -> Plan:
+def choose_layout(
+    model: nn.Module, name: str, input_shape, given_keys, source: str | Layout
+) -> Plan:
     """The plan of the layout named ``source``, or for ``"auto"`` of the layout whose keys
     overlap the given ones most (ties: the first registered)."""
     if isinstance(source, Layout):
@@ -579,6 +583,7 @@ def choose_layout(model: nn.Module, name: str, input_shape, given_keys, source: 
         score = len(given & (set(plan.keys) | plan.spare))
         if best is None or score > best[0]:
             best = (score, plan)
+    assert best is not None  # layouts_for always holds JAXCNN
     return best[1]
 
 
@@ -616,7 +621,7 @@ def load(
     input_shape=None,
     *,
     strict: bool = True,
-    source: str = "auto",
+    source: str | Layout = "auto",
     adapt_input: bool = False,
     seed: int = 0,
     **create_kwargs,

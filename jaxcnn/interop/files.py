@@ -137,7 +137,8 @@ def save_file(tensors: Mapping, path) -> str:
     if ext == ".safetensors":
         _safetensors().save_file(arrays, path)
     elif ext == ".npz":
-        np.savez(path, **arrays)
+        # the keys are tensor names; numpy's annotation lets **kwds fill allow_pickle: bool
+        np.savez(path, **arrays)  # type: ignore[arg-type]
     elif ext in (".pth", ".pt", ".bin"):
         import torch
 

@@ -58,7 +58,7 @@ def _read_v3(f) -> dict:
         n = len(group)
         if cls == "batch_normalization" and n != 4:
             raise ValueError(f"{lname}: BatchNormalization with {n} variables is not supported")
-        if cls == "separable_conv2d" and n == 2:
+        if names is not None and cls == "separable_conv2d" and n == 2:
             names = names[:2]
         for i in range(n):
             var = names[i] if names and i < len(names) else str(i)

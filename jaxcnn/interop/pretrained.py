@@ -93,7 +93,8 @@ _TIMM = {
     **{f"coatnet_{i}": f"coatnet_{i}_224" for i in range(5)},
     "vit_hybrid_r50_b16": "vit_base_r50_s16_224",
 }
-_TIMM_KWARGS = {  # jaxcnn options (also set automatically when a model is built by name)
+# jaxcnn options (also set automatically when a model is built by name)
+_TIMM_KWARGS: dict[str, dict[str, Any]] = {
     "xception": {"bn_eps": 1e-5, "pool_padding": 1},
     "mobilenet_v3_large": {"bn_eps": 1e-5},
     "mobilenet_v3_small": {"bn_eps": 1e-5},
@@ -367,7 +368,11 @@ def eval_transform(image, cfg: PretrainedCfg) -> np.ndarray:
             raise ValueError(f"an image array must be uint8 HWC, got {image.dtype}")
         image = Image.fromarray(image if image.ndim == 3 else image[..., None].repeat(3, -1))
     image = image.convert("RGB")
-    interp = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
+    interp = {
+        "bilinear": Image.Resampling.BILINEAR,
+        "bicubic": Image.Resampling.BICUBIC,
+        "nearest": Image.Resampling.NEAREST,
+    }
     if cfg.interpolation not in interp:
         raise ValueError(f"unknown interpolation {cfg.interpolation!r}")
     w, h = image.size
@@ -381,7 +386,7 @@ def eval_transform(image, cfg: PretrainedCfg) -> np.ndarray:
     ch, cw = cfg.input_size[:2]
     w, h = image.size
     top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
-    x = np.asarray(image.crop((left, top, left + cw, top + ch)), np.float32) / 255.0
+    x: np.ndarray = np.asarray(image.crop((left, top, left + cw, top + ch)), np.float32) / 255.0
     x = (x - np.asarray(cfg.mean, np.float32)) / np.asarray(cfg.std, np.float32)
     return x[None]
 
@@ -474,7 +479,8 @@ def create_model(
             raise ValueError(f"{pretrained} holds {meta['model']} weights, not {name}")
         kwargs = {**meta.get("model_kwargs", {}), **model_kwargs}
         kwargs.pop("num_classes", None), kwargs.pop("in_channels", None)
-        tensors, src = variables_tensors(restore_variables(pretrained)), core.VARIABLES
+        src: str | core.Layout = core.VARIABLES
+        tensors = variables_tensors(restore_variables(pretrained))
         cfg_source = meta.get("source")
     else:
         tensors, kwargs, src, cfg_source = _tensors(pretrained), dict(model_kwargs), source, None

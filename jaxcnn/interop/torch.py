@@ -21,6 +21,7 @@ from typing import Mapping
 
 import jax.numpy as jnp
 
+from jaxcnn.inspect import resolve
 from jaxcnn.interop import core
 
 __all__ = ["from_torch_state_dict", "to_torch_state_dict", "torchvision_transform_input"]
@@ -82,7 +83,7 @@ def to_torch_state_dict(
         keys = core._shapes(reference).keys()
         plan = core.prepare(model_or_name, keys, input_shape, source or "auto", create_kwargs)
     else:
-        model, input_shape, name = core.resolve(model_or_name, input_shape, **create_kwargs)
+        model, input_shape, name = resolve(model_or_name, input_shape, **create_kwargs)
         name = name or type(model).__name__
         layouts = core.layouts_for(model)
         layout = core.layout_named(model, source) if source else layouts[0]

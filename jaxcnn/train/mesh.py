@@ -79,7 +79,7 @@ def initialize_distributed(
     """
     if jax.distributed.is_initialized():
         return jax.process_count() > 1
-    given = {
+    given: dict[str, Any] = {
         "coordinator_address": coordinator_address,
         "num_processes": num_processes,
         "process_id": process_id,
@@ -215,6 +215,7 @@ class DataParallel(NamedTuple):
             {
                 (i[0].start or 0, i[0].stop if i[0].stop is not None else batch_size)
                 for i in self.data.addressable_devices_indices_map((batch_size,)).values()
+                if i is not None  # jax annotates the indices as optional
             }
         )
         start, stop = spans[0][0], spans[-1][1]

@@ -8,7 +8,7 @@ across devices sums over all of them; :func:`summarize` turns the totals into th
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -60,7 +60,7 @@ def summarize(sums: dict, class_names: Sequence[str] | None = None) -> dict:
     so the result is strict JSON) and ``count``."""
     s = jax.device_get(sums)
     n = float(s["count"])
-    out = {"count": n}
+    out: dict[str, Any] = {"count": n}
     if n > 0:
         out["loss"] = float(s["loss_sum"]) / n
         out["accuracy"] = float(s["correct"]) / n

@@ -94,10 +94,11 @@ def init_dynamic_scale(
     The scale and the finite-step counter are arrays, so the state is one pytree of arrays."""
     if not get_policy(policy).loss_scaling:
         return None
+    # flax annotates fin_steps/scale as int/float, but its own update stores arrays there
     return DynamicScale(
         growth_interval=growth_interval,
-        fin_steps=jnp.zeros((), jnp.int32),
-        scale=jnp.asarray(initial_scale, jnp.float32),
+        fin_steps=jnp.zeros((), jnp.int32),  # type: ignore[arg-type]
+        scale=jnp.asarray(initial_scale, jnp.float32),  # type: ignore[arg-type]
     )
 
 
@@ -115,7 +116,7 @@ def update_dynamic_scale(ds: DynamicScale, finite: jax.Array) -> DynamicScale:
     up = jnp.where(
         grow, jnp.minimum(ds.scale * ds.growth_factor, jnp.finfo(jnp.float32).max), ds.scale
     )
-    down = ds.scale * ds.backoff_factor
+    down: jax.Array | float = ds.scale * ds.backoff_factor
     if ds.minimum_scale is not None:
         down = jnp.maximum(down, ds.minimum_scale)
     return ds.replace(

@@ -28,6 +28,8 @@ Cityscapes compute them), numpy or jax (inside jit) alike:
 
 from __future__ import annotations
 
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -246,7 +248,7 @@ def predict(state, images, batch_size: int = 64) -> np.ndarray:
     return np.concatenate(out)[: len(images)]
 
 
-_PREDICT = []
+_PREDICT: list[Callable] = []
 
 
 def _predict_step():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -38,6 +38,10 @@ class TrainState:
     dynamic_scale: Any = None
     # weight EMA ``{"params", "batch_stats"}`` (``jaxcnn.train.ema``); None when off.
     ema: Any = None
+
+    if TYPE_CHECKING:  # added by struct.dataclass, which flax's annotations do not show
+
+        def replace(self, **changes: Any) -> TrainState: ...
 
     def apply_gradients(self, grads, **changes) -> "TrainState":
         updates, opt_state = self.tx.update(grads, self.opt_state, self.params)

@@ -604,7 +604,8 @@ class _Run:
             "stopped_early": self.stopped_early,
             "train_time_s": self.elapsed["train_s"],
             "data_wait_fraction": self.elapsed["wait_s"] / max(self.elapsed["train_s"], 1e-9),
-            "compilations": {"train_step": self.step_fn._cache_size()},
+            # a private counter of jax.jit's functions, absent from jax's JitWrapped type
+            "compilations": {"train_step": self.step_fn._cache_size()},  # type: ignore[attr-defined]
         }
         if "test" in task.splits():
             final.update(_with_prefix("test", task.evaluate(self.state, "test")))

@@ -112,7 +112,8 @@ class LoRA:
     def rules(self, train: Sequence[str] = ("head",)) -> list[tuple[str, str | None]]:
         """Label rules: LoRA leaves ``"lora"``, ``train`` patterns ``"head"``-like labels
         (trained fully), everything else frozen."""
-        return [(".*/lora_[ab]", "lora")] + [(t, "train") for t in train] + [(".*", FROZEN)]
+        rules: list[tuple[str, str | None]] = [(".*/lora_[ab]", "lora")]
+        return rules + [(t, "train") for t in train] + [(".*", FROZEN)]
 
     def count(self, params) -> int:
         """Number of LoRA parameters in ``params``."""
