@@ -6,14 +6,14 @@
     python -m experiments.benchmark_steps --quick          # smoke test: a tiny ResNet on CPU
 
 Uses every device present (``--devices N``: the first N) through the same mesh and jit step as
-``jaxcnn.train.fit``; ``--batch-size`` is the global batch. For each configuration it reports
-XLA's compiled memory analysis (temp = activations and scratch, argument, output bytes; these
-do not depend on machine load), the device's peak memory where the backend reports it, and the
-mean step time after warm-up, and the bytes the forward pass keeps for the backward pass
-(``kept``: JAX's residuals, what per-block remat cuts; for whole-model remat, "dots"/"full",
-the backward pass re-creates them, so the peak does not fall with it). ``--remat-compare``
-runs the same model without remat and with
-each remat mode (``none, blocks, dots, full``). ``--json PATH`` writes the results.
+the training engine (``jaxcnn.train.Trainer``); ``--batch-size`` is the global batch. For each
+configuration it reports XLA's compiled memory analysis (temp = activations and scratch,
+argument, output bytes; these do not depend on machine load), the device's peak memory where the
+backend reports it, and the mean step time after warm-up, and the bytes the forward pass keeps
+for the backward pass (``kept``: JAX's residuals, what per-block remat cuts; for whole-model
+remat, "dots"/"full", the backward pass re-creates them, so the peak does not fall with it).
+``--remat-compare`` runs the same model without remat and with each remat mode (``none, blocks,
+dots, full``). ``--json PATH`` writes the results.
 """
 
 from __future__ import annotations

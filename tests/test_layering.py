@@ -48,7 +48,7 @@ def _imports(rel: pathlib.PurePath, source: str):
 
 
 def _package(parts) -> str:
-    """``jaxcnn/train/loop.py`` -> "train"; ``jaxcnn/checkpoint.py`` -> "checkpoint";
+    """``jaxcnn/train/trainer.py`` -> "train"; ``jaxcnn/checkpoint.py`` -> "checkpoint";
     ``jaxcnn/__init__.py`` -> ""."""
     return "" if parts[1] == "__init__" else parts[1]
 

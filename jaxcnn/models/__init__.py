@@ -123,10 +123,7 @@ def register_model(
             task=task,
             test_size=max(min_size, 32) if test_size is None else test_size,
             aux_weight=aux_weight,
-            # The training loop of jaxcnn.train.loop still reads these three from ``extra``
-            # until the new engine (which reads the fields) replaces it.
-            extra={**extra, "task": task, "aux_weight": aux_weight}
-            | ({} if test_size is None else {"test_size": test_size}),
+            extra=dict(extra),
         )
         _REGISTRY[key] = (fn, info)
         return fn
