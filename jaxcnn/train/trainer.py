@@ -38,7 +38,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import jax
@@ -108,7 +108,7 @@ class Context:
     workdir: str
     main: bool = True  # process 0: prints, writes metrics and plots
 
-    def to_device(self, host_batches: Iterator[dict], prefetch: int = 2) -> Iterator[Any]:
+    def to_device(self, host_batches: Iterable[dict], prefetch: int = 2) -> Iterator[Any]:
         """Sharded global device arrays from this process's numpy rows, ``prefetch`` ahead."""
         return mesh_lib._prefetch(iter(host_batches), self.dp.shard, prefetch)
 
@@ -118,7 +118,7 @@ class Context:
             fn, in_shardings=(self.dp.replicated, self.dp.data), out_shardings=self.dp.replicated
         )
 
-    def sum_over(self, step: Callable, state: Any, host_batches: Iterator[dict]) -> dict:
+    def sum_over(self, step: Callable, state: Any, host_batches: Iterable[dict]) -> dict:
         """Add ``step(state, batch)`` over every batch on device; one host transfer at the end."""
         total = None
         for batch in self.to_device(host_batches):
@@ -132,14 +132,15 @@ class Context:
 class Task:
     """What one kind of training supplies to the :class:`Trainer`; subclass and override.
 
-    Class attributes: ``name``; ``fields`` (its config keys, joined to the common ones);
+    Class attributes: ``name``; ``fields`` (its config keys, joined to the common ones; a key
+    mapped to ``None`` drops a common one, see :func:`jaxcnn.train.config.schema`);
     ``selection`` (the key of :meth:`evaluate`'s validation result that ranks checkpoints and
     drives early stopping, and ``"max"`` or ``"min"``; ``None``: the validation metrics are
     recorded but select nothing, e.g. a GAN's sample quality).
     """
 
     name = "task"
-    fields: Mapping[str, config_lib.Field] = {}
+    fields: Mapping[str, config_lib.Field | None] = {}
     selection: tuple[str, str] | None = ("accuracy", "max")
 
     def build(self, ctx: Context) -> None:
