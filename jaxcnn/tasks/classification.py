@@ -331,7 +331,10 @@ class Classification(Task):
         )
         s = self.ctx.sum_over(self._eval_step, state, batches)
         n = float(s["count"])
-        out = {"loss": float(s["loss_sum"]) / n, "accuracy": float(s["correct"]) / n}
+        out: dict[str, Any] = {
+            "loss": float(s["loss_sum"]) / n,
+            "accuracy": float(s["correct"]) / n,
+        }
         if split == "test":
             cm = np.rint(np.asarray(s["confusion"])).astype(int)
             out["confusion"] = cm.tolist()

@@ -252,8 +252,10 @@ class Segmentation(Task):
         return train_step_fn(state, batch, loss_fn=self.loss_fn, metrics_fn=_train_metrics)
 
     def train_batches(self, data_state):
+        images, labels = self.data["train_digits"]
         return canvas_lib.CanvasIterator(
-            *self.data["train_digits"],
+            images,
+            labels,
             self.cfg["batch_size"],
             self.cfg["seed"],
             state=data_state,

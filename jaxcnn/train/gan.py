@@ -45,7 +45,7 @@ saves and restores; the modules and optimizers are static fields.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
 import jax
@@ -96,6 +96,10 @@ class GANState:
     num_codes: int = struct.field(pytree_node=False, default=0)  # InfoGAN categorical code
     info_weight: float = struct.field(pytree_node=False, default=1.0)
     augment: tuple = struct.field(pytree_node=False, default=())  # DiffAugment policy
+
+    if TYPE_CHECKING:  # added by struct.dataclass, which flax's annotations do not show
+
+        def replace(self, **changes: Any) -> GANState: ...
 
     @property
     def latent_dim(self) -> int:
