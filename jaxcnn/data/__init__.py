@@ -27,6 +27,7 @@ from jaxcnn.data.pipeline import (
 )
 from jaxcnn.data.sources import (
     ArraySource,
+    DataError,
     FolderSource,
     IdxSource,
     Repeat,
@@ -46,6 +47,7 @@ from jaxcnn.data.transforms import (
 )
 
 __all__ = [
+    "DataError",
     "CONFIG_DEFAULTS",
     "EvalIterator",
     "Preprocess",

@@ -25,6 +25,7 @@ from jaxcnn.data.idx import open_idx
 from jaxcnn.utils import optional_import
 
 __all__ = [
+    "DataError",
     "Source",
     "ArraySource",
     "IdxSource",
@@ -39,6 +40,13 @@ __all__ = [
     "list_image_files",
     "IMAGE_EXTENSIONS",
 ]
+
+
+class DataError(ValueError):
+    """Data that cannot be read as asked (a missing or malformed folder or file, an image that
+    does not decode, an unknown TFDS name): the message names the file or dataset, and the
+    command line prints it as one line."""
+
 
 ASSETS = pathlib.Path(__file__).resolve().parent / "assets"
 IMAGE_EXTENSIONS = frozenset(
@@ -124,7 +132,7 @@ class ArraySource(_Base):
     def __init__(self, images, labels, ids=None, *, id_offset: int = 0, name: str = "arrays"):
         labels = np.asarray(labels).astype(np.int64)
         if len(images) != len(labels) or np.ndim(images) not in (3, 4) or labels.ndim != 1:
-            raise ValueError(
+            raise DataError(
                 f"{name}: images {np.shape(images)} and labels {labels.shape} do not pair up "
                 f"(expected (N, H, W[, C]) and (N,))"
             )
@@ -215,7 +223,7 @@ class IdxSource(ArraySource):
         self._range = (start, stop, id_offset)
         images, labels = open_idx(images_path), open_idx(labels_path)
         if images.ndim not in (3, 4) or labels.ndim != 1 or len(images) != len(labels):
-            raise ValueError(
+            raise DataError(
                 f"{images_path}: images {images.shape} and labels {labels.shape} do not pair up "
                 f"(expected (N, H, W[, C]) and (N,))"
             )
@@ -248,11 +256,11 @@ def list_image_files(folder: pathlib.Path, classes: Sequence[str] | None = None)
     if classes is None:
         classes = found
         if not classes:
-            raise ValueError(f"{folder}: expected one sub-folder per class, found none")
+            raise DataError(f"{folder}: expected one sub-folder per class, found none")
     else:
         extra = sorted(set(found) - set(classes))
         if extra:
-            raise ValueError(
+            raise DataError(
                 f"{folder}: class folders {extra[:5]} are not among the {len(classes)} classes "
                 f"of the training folder"
             )
@@ -267,7 +275,7 @@ def list_image_files(folder: pathlib.Path, classes: Sequence[str] | None = None)
         files += [os.path.join(c, n) for n in names]
         labels += [index[c]] * len(names)
     if not files:
-        raise ValueError(f"{folder}: no image files in the class folders {list(found)[:5]}")
+        raise DataError(f"{folder}: no image files in the class folders {list(found)[:5]}")
     return files, np.asarray(labels, np.int64), tuple(classes)
 
 
@@ -308,7 +316,7 @@ class FolderSource(_Base):
                 mode = self.mode or ("L" if im.mode in ("L", "1", "I;16") else "RGB")
                 img = np.asarray(im.convert(mode))
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
-            raise ValueError(f"cannot decode image {path}: {type(e).__name__}: {e}") from None
+            raise DataError(f"cannot decode image {path}: {type(e).__name__}: {e}") from None
         if img.ndim == 2:
             img = img[..., None]
         return {"image": img, "label": int(self.labels[i]), "id": int(self.ids[i])}
@@ -351,7 +359,7 @@ def tfds_builder(name: str, data_dir: str | None = None, *, download: bool = Tru
         close = difflib.get_close_matches(base, tfds.list_builders(with_community_datasets=False))
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         where = f" and none was prepared in {data_dir}" if data_dir else ""
-        raise ValueError(f"unknown TFDS dataset {name!r}{hint}{where}") from None
+        raise DataError(f"unknown TFDS dataset {name!r}{hint}{where}") from None
     except Exception as e:  # noqa: BLE001  (TFDS raises many kinds; keep the message short)
         raise RuntimeError(f"TFDS dataset {name!r}: {_short(e)}") from None
     if not builder.is_prepared():
@@ -368,7 +376,7 @@ def tfds_builder(name: str, data_dir: str | None = None, *, download: bool = Tru
             ) from None
     fmt = getattr(builder.info, "file_format", None)
     if fmt is not None and "array_record" not in str(fmt).lower():
-        raise ValueError(
+        raise DataError(
             f"TFDS dataset {name!r} in {builder.data_dir} is stored as {fmt}; random access needs "
             f"array_record: rebuild it with `tfds build {name} --file_format=array_record`"
         )
@@ -497,7 +505,7 @@ class Repeat(_Base):
     def __init__(self, source, length: int, seed: int = 0, name: str | None = None):
         n = len(source)
         if n < 1 or length < 1:
-            raise ValueError(f"Repeat: {length} examples from a source of {n}")
+            raise DataError(f"Repeat: {length} examples from a source of {n}")
         rng = np.random.default_rng([seed, 2])
         passes = -(-int(length) // n)
         self.source = source

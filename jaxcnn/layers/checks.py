@@ -36,6 +36,8 @@ def check_image(
             f"first, e.g. x.astype(jnp.float32) / 255"
         )
     n, h, w, c = shape
+    if n == 0:
+        raise ValueError(f"{model}: expected a batch of at least 1 image, got 0 in shape {shape}")
     if channels is not None and c != channels:
         raise ValueError(
             f"{model}: expected {channels} input channel(s) (NHWC, channels last), got {c} "
