@@ -425,6 +425,18 @@ def test_bad_config_value_is_one_line_before_any_data(arg, message, tmp_path, ca
     assert not fail.called and not wd.exists()
 
 
+def test_num_classes_in_model_kwargs_is_one_line_before_any_data(tmp_path, capsys):
+    """``--config.model_kwargs.num_classes=5``: a TypeError traceback (a keyword given twice)."""
+    fail = mock.Mock(side_effect=AssertionError("data read before the config was checked"))
+    with mock.patch("jaxcnn.data.splits_from_config", fail):
+        rc, err, _ = in_process(
+            ["--config", CONFIG, "--config.model_kwargs.num_classes=5", "--workdir", tmp_path],
+            capsys,
+        )
+    assert rc == 2 and len(err) == 1, err
+    assert "num_classes comes from the dataset" in err[0] and not fail.called
+
+
 def test_bad_config_exit_status_and_no_traceback_in_a_real_process(tmp_path):
     r = cli(tmp_path / "run", "--config.epoch=3")
     assert r.returncode == 2

@@ -207,6 +207,11 @@ class Classification(Task):
                 f"model {cfg['model']!r} is a {self.info.task} model; the classification task "
                 f"needs a classifier"
             )
+        if "num_classes" in cfg["model_kwargs"]:
+            raise ConfigError(
+                "config key 'model_kwargs': num_classes comes from the dataset's labels, got "
+                f"model_kwargs.num_classes={cfg['model_kwargs']['num_classes']!r}; drop it"
+            )
         sp = self._given_splits or data_lib.splits_from_config(cfg)
         self.data = sp
         if sp.validation is None and cfg["early_stopping_patience"]:
