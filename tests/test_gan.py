@@ -1,5 +1,7 @@
-"""DCGAN networks, the GAN train step and the generator evaluation (jaxcnn.train.gan*)."""
+"""DCGAN networks, the GAN train step, the generator evaluation (jaxcnn.train.gan*), the GAN
+task on the training engine (jaxcnn.tasks.gan) and the experiment's judge."""
 
+import json
 import os
 import subprocess
 import sys
@@ -11,6 +13,7 @@ import numpy as np
 import optax
 import pytest
 
+from experiments.gan_judge import Classifier
 from jaxcnn import models
 from jaxcnn.checkpoint import Checkpointer
 from jaxcnn.data import default_mnist_dir
@@ -28,7 +31,6 @@ from jaxcnn.train.gan import (
     top_k_schedule,
 )
 from jaxcnn.train.gan_eval import (
-    Classifier,
     confidence_metrics,
     evaluate_samples,
     frechet_distance,
@@ -38,9 +40,16 @@ from jaxcnn.train.gan_eval import (
 SIZES = (28, 32, 64)
 
 
-def _gan(size=28, width=8, channels=1, seed=0):
-    g = models.create_model(f"dcgan_generator_{size}", width=width, out_channels=channels)
-    d = models.create_model(f"dcgan_discriminator_{size}", width=width, in_channels=channels)
+# The step tests build the networks with plain XLA convolutions: about half the compile time of
+# the default fast path, which computes the same function (tests/test_fast_conv.py and
+# test_fast_generator_equals_transposed_conv below); the model tests keep the default.
+XLA = {"conv_impl": "xla"}
+
+
+def _gan(size=28, width=8, channels=1, seed=0, conv_impl="xla"):
+    kw = {"width": width, "conv_impl": conv_impl}
+    g = models.create_model(f"dcgan_generator_{size}", out_channels=channels, **kw)
+    d = models.create_model(f"dcgan_discriminator_{size}", in_channels=channels, **kw)
     return create_gan_state(g, d, seed=seed)
 
 
@@ -91,7 +100,7 @@ def test_known_reference_counts():
 
 @pytest.mark.parametrize("size", SIZES)
 def test_shapes_and_tanh_range(size):
-    state = _gan(size, width=8)
+    state = _gan(size, width=8, conv_impl="fast")
     z = 3.0 * jax.random.normal(jax.random.key(1), (4, 100))
     x_eval = None
     for train in (False, True):
@@ -229,8 +238,8 @@ def test_sample_latent_appends_one_hot_codes():
 
 
 def test_infogan_code_becomes_readable_and_shapes_are_checked():
-    g = models.create_model("dcgan_generator_28", width=8)
-    d = models.create_model("dcgan_discriminator_28", width=8, num_classes=5)
+    g = models.create_model("dcgan_generator_28", width=8, **XLA)
+    d = models.create_model("dcgan_discriminator_28", width=8, num_classes=5, **XLA)
     with pytest.raises(ValueError, match="num_classes=5"):
         create_gan_state(g, models.create_model("dcgan_discriminator_28", width=8), num_codes=4)
     with pytest.raises(ValueError, match="num_codes"):
@@ -256,8 +265,8 @@ def test_infogan_code_becomes_readable_and_shapes_are_checked():
 
 
 def test_acgan_real_labels_add_the_class_loss_on_real_images():
-    g = models.create_model("dcgan_generator_28", width=8)
-    d = models.create_model("dcgan_discriminator_28", width=8, num_classes=4)
+    g = models.create_model("dcgan_generator_28", width=8, **XLA)
+    d = models.create_model("dcgan_discriminator_28", width=8, num_classes=4, **XLA)
     state = create_gan_state(g, d, seed=0, num_codes=3, info_weight=0.5)
     real = jax.random.uniform(jax.random.key(3), (8, 28, 28, 1), minval=-1, maxval=1)
     labels = jnp.array([0, 1, 2, 0, 1, 2, 0, 1])
@@ -306,8 +315,8 @@ def test_diff_augment_translates_and_cuts_out_per_image_and_passes_gradients():
 
 
 def test_gan_step_with_diff_augment_changes_what_d_sees_and_checks_the_policy():
-    g = models.create_model("dcgan_generator_32", width=8, out_channels=1)
-    d = models.create_model("dcgan_discriminator_32", width=8, in_channels=1)
+    g = models.create_model("dcgan_generator_32", width=8, out_channels=1, **XLA)
+    d = models.create_model("dcgan_discriminator_32", width=8, in_channels=1, **XLA)
     with pytest.raises(ValueError, match="unknown DiffAugment operation"):
         create_gan_state(g, d, augment=("color",))
     plain = create_gan_state(g, d, seed=0)
@@ -323,8 +332,8 @@ def test_gan_step_with_diff_augment_changes_what_d_sees_and_checks_the_policy():
 
 
 def test_generator_ema_is_the_moving_average_and_samples_with_it():
-    g = models.create_model("dcgan_generator_28", width=8)
-    d = models.create_model("dcgan_discriminator_28", width=8)
+    g = models.create_model("dcgan_generator_28", width=8, **XLA)
+    d = models.create_model("dcgan_discriminator_28", width=8, **XLA)
     state = create_gan_state(g, d, seed=0, ema_decay=0.5)
     chex.assert_trees_all_equal(state.g_ema_params, state.g_params)
     before = jax.device_get(state.g_params)
@@ -416,53 +425,265 @@ def test_classifier_features_and_baselines():
     assert len(ev["class_share"]) == 10
 
 
-@pytest.mark.slow
-def test_gan_experiment_runs_one_epoch(tmp_path):
-    if (
-        not (default_mnist_dir() / "t10k-images-idx3-ubyte.gz").exists()
-        and not (default_mnist_dir() / "t10k-images-idx3-ubyte").exists()
+# ----------------------------------------------------------------------------- the GAN task
+class _ProjectionJudge:
+    """A stand-in judge for the engine tests: fixed random projections of the pixels as logits
+    and features (what the task does with a judge's outputs does not depend on what it is)."""
+
+    info = {"kind": "random projection"}
+
+    def __init__(self, seed=0):
+        rng = np.random.default_rng(seed)
+        self.w = rng.normal(size=(28 * 28, 10)).astype(np.float32) * 0.3
+        self.f = rng.normal(size=(28 * 28, 6)).astype(np.float32)
+
+    def __call__(self, images01):
+        x = np.asarray(images01, np.float32).reshape(len(images01), -1)
+        return x @ self.w, x @ self.f
+
+
+def _gan_config(**kw):
+    c = dict(
+        image_size=28,
+        width=4,
+        latent_dim=16,
+        num_digits=128,
+        batch_size=16,  # 8 steps per epoch
+        epochs=2,
+        label_smoothing=0.1,
+        top_k_gamma=0.8,  # k = 16, 12 of 16
+        lr_decay_start=1,  # the second epoch's updates scaled by 0.5
+        ema_decay=0.5,
+        num_eval_samples=32,
+        eval_sets=2,
+        model_kwargs=XLA,
+        progress=False,
+    )
+    c.update(kw)
+    return c
+
+
+def _gan_run(workdir, judge=True, resume=False, stop_at_step=None, **kw):
+    from jaxcnn.tasks import GAN
+    from jaxcnn.train import Trainer
+
+    task = GAN(_ProjectionJudge() if judge else None)
+    return Trainer(task, _gan_config(**kw), str(workdir), resume=resume).run(
+        stop_at_step=stop_at_step
+    )
+
+
+def test_digit_batches_cover_each_epoch_and_resume_exactly():
+    from jaxcnn.tasks.gan import DigitBatches
+
+    x = np.arange(10, dtype=np.float32).reshape(10, 1, 1, 1)
+    y = np.arange(10, dtype=np.int32)
+    it = DigitBatches(x, y, 4, seed=3)  # 2 batches per epoch, 2 digits dropped
+    ids = [next(it)["id"] for _ in range(6)]
+    for e in range(3):  # epoch e: the permutation default_rng([3, e]), in batch order
+        perm = np.random.default_rng([3, e]).permutation(10)
+        np.testing.assert_array_equal(np.concatenate(ids[2 * e : 2 * e + 2]), perm[:8])
+    b = DigitBatches(x, y, 4, seed=3)
+    for _ in range(3):
+        next(b)
+    again = DigitBatches(x, y, 4, seed=3, state=b.get_state())
+    for k in range(3, 6):
+        got = next(again)
+        np.testing.assert_array_equal(got["id"], ids[k])
+        np.testing.assert_array_equal(got["image"][:, 0, 0, 0], ids[k])
+    # one process's rows of each global batch
+    half = DigitBatches(x, y, 4, seed=3, rows=slice(2, 4))
+    np.testing.assert_array_equal(next(half)["id"], ids[0][2:])
+    with pytest.raises(ValueError, match="global_batch_size saved 4 vs now 2"):
+        DigitBatches(x, y, 2, seed=3, state=b.get_state())
+
+
+def test_gan_task_trains_on_the_engine_writes_and_resumes_bit_identically(tmp_path):
+    full = _gan_run(tmp_path / "full")
+    out = tmp_path / "full"
+    for f in (
+        "metrics.json",
+        "curves.png",
+        "samples/epoch_001.png",
+        "samples/epoch_002.png",
+        "samples_final.png",
+        "samples_by_class.png",
     ):
-        pytest.skip(f"MNIST test IDX files not found in {default_mnist_dir()}")
+        assert (out / f).stat().st_size > 0, f
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["task"] == "gan" and m["judge"] == {"kind": "random projection"}
+    assert m["facts"]["num_train"] == 128 and m["final"]["compilations"]["train_step"] == 1
+    assert [h["step"] for h in m["history"]] == [8, 16]
+    for h in m["history"]:  # validation: the judge's figures of the fixed samples, every epoch
+        assert {"train_d_loss", "train_g_loss", "val_fd", "val_confident_share"} <= set(h)
+        assert "val_raw_fd" in h and not any(k.startswith("test_") for k in h)
+        assert sum(h["val_class_share"]) == pytest.approx(1.0)
+    final = m["final"]
+    assert final["test_num_sets"] == 2 and len(final["test_set_fd"]) == 2
+    assert final["test_fd"] == pytest.approx(np.mean(final["test_set_fd"]))
+    assert final["selected"]["by"] == "val_fd"
+    best = min(m["history"], key=lambda h: h["val_fd"])
+    assert final["selected"]["step"] == best["step"]
+
+    # the engine's steps are the GAN steps of an explicit loop (the earlier experiment's): the
+    # same batches, noise, top-k per epoch and learning-rate scale per epoch
+    from jaxcnn.data import load_idx_folder
+    from jaxcnn.tasks.gan import lr_scale
+
+    task_state = jax.device_get(full["state"])
+    g = models.create_model("dcgan_generator_28", width=4, latent_dim=16, out_channels=1, **XLA)
+    d = models.create_model("dcgan_discriminator_28", width=4, in_channels=1, **XLA)
+    state = create_gan_state(
+        g, d, optax.adam(2e-4, b1=0.5), optax.adam(2e-4, b1=0.5), seed=0, ema_decay=0.5
+    )
+    x = load_idx_folder(default_mnist_dir())[0][:128].astype(np.float32)[..., None] / 255.0
+    x = x * 2.0 - 1.0
+    step = make_gan_train_step(label_smoothing=0.1)
+    for epoch in range(2):
+        order = np.random.default_rng([0, epoch]).permutation(128)
+        k, scale = top_k_schedule(epoch, 16, 0.8, 0.5), lr_scale(epoch, 2, 1)
+        for b in range(8):
+            state, _ = step(state, jnp.asarray(x[order[b * 16 : (b + 1) * 16]]), k, scale)
+    assert [top_k_schedule(e, 16, 0.8, 0.5) for e in (0, 1)] == [16, 12]
+    assert [lr_scale(e, 2, 1) for e in (0, 1)] == [1.0, 0.5]
+    for field in ("g_params", "d_params", "g_ema_params", "g_batch_stats", "d_opt_state"):
+        chex.assert_trees_all_close(
+            getattr(task_state, field), jax.device_get(getattr(state, field)), atol=1e-6
+        )
+
+    # killed mid-epoch and resumed: the same batches and noise, bit-identical parameters
+    part = _gan_run(tmp_path / "part", stop_at_step=5)
+    assert part["preempted"] and part["step"] == 5
+    resumed = _gan_run(tmp_path / "part", resume=True)
+    chex.assert_trees_all_equal(
+        jax.tree.leaves(jax.device_get(resumed["state"])), jax.tree.leaves(task_state)
+    )
+    m2 = json.loads((tmp_path / "part" / "metrics.json").read_text())
+    assert [h["val_fd"] for h in m2["history"]] == [h["val_fd"] for h in m["history"]]
+    assert resumed["test_fd"] == final["test_fd"]
+
+
+def test_gan_task_without_a_judge_draws_grids_and_selects_nothing(tmp_path):
+    from jaxcnn.tasks import GAN
+
+    assert GAN().selection is None and GAN(_ProjectionJudge()).selection == ("fd", "min")
+    r = _gan_run(tmp_path, judge=False, epochs=1, top_k_gamma=0.0, lr_decay_start=0)
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert "selected" not in r and not any(k.startswith("test_") for k in r)
+    assert set(m["history"][0]) == {"epoch", "step", "time_s"} | {
+        f"train_{k}" for k in ("d_loss", "g_loss", "d_real", "d_fake", "d_gen")
+    }
+    assert (tmp_path / "samples" / "epoch_001.png").exists()
+    assert (tmp_path / "samples_final.png").exists()
+    assert not (tmp_path / "samples_by_class.png").exists()
+
+
+def test_gan_config_errors_come_before_training(tmp_path, capsys):
+    from experiments import gan as gan_experiment
+    from jaxcnn.train.config import ConfigError
+
+    with pytest.raises(ConfigError, match="did you mean 'width'"):
+        _gan_run(tmp_path / "a", widht=8)
+    with pytest.raises(ConfigError, match="unknown config key 'optimizer'"):
+        _gan_run(tmp_path / "b", optimizer="sgd")  # a common key the GAN does not read
+    with pytest.raises(ConfigError, match="'image_size': expected one of 28, 32, 64"):
+        _gan_run(tmp_path / "c", image_size=30)
+    with pytest.raises(ConfigError, match="'augment'"):
+        _gan_run(tmp_path / "d", augment="translation,colour")
+    with pytest.raises(ConfigError, match="'model_kwargs'.*subpixel"):
+        _gan_run(tmp_path / "g", model_kwargs={"subpixel": False})  # the generator's only
+    with pytest.raises(ConfigError, match="info_codes must be 0 or 10"):
+        _gan_run(tmp_path / "e", conditional=True, info_codes=4)
+    with pytest.raises(ConfigError, match="early_stopping_patience needs a judge"):
+        _gan_run(tmp_path / "f", judge=False, early_stopping_patience=2)
+    for name in "abcdefg":
+        ckpt = tmp_path / name / "checkpoints"
+        assert not ckpt.exists() or not any(ckpt.iterdir())
+    # the experiment's command line: one line and exit status 2, before the judge is trained
+    rc = gan_experiment.main(["--config.widht=8", f"--workdir={tmp_path / 'h'}"])
+    assert rc == 2 and "did you mean 'width'" in capsys.readouterr().err
+    assert gan_experiment.main(["--help_config"]) == 0
+    text = capsys.readouterr().out
+    assert "classifier_workdir" in text and "top_k_gamma" in text and "optimizer" not in text
+    # the judge's directory flag is the config key
+    assert gan_experiment._judge_flag(["--classifier_workdir", "j", "--resume"]) == [
+        "--resume",
+        "--config.classifier_workdir=j",
+    ]
+
+
+def test_a_finished_judge_with_another_config_is_refused(tmp_path):
+    from experiments.gan_judge import judge_config, train_or_load_judge
+    from jaxcnn.train.config import ConfigError
+
+    (tmp_path / "metrics.json").write_text(
+        json.dumps({"task": "classification", "config": judge_config(3), "final": {}})
+    )
+    with pytest.raises(ConfigError, match=r"epochs: 3 -> 1.*classifier_workdir"):
+        train_or_load_judge(str(tmp_path), 1)
+
+
+@pytest.mark.slow  # a LeNet-5 judge and a DCGAN epoch through the command line: ~2 min
+def test_gan_experiment_trains_its_judge_and_one_epoch(tmp_path):
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    args = [
+        sys.executable,
+        "-m",
+        "experiments.gan",
+        "--config.epochs=1",
+        "--config.width=8",
+        "--config.num_digits=2000",
+        "--config.classifier_epochs=1",
+        "--config.num_eval_samples=200",
+        "--config.eval_sets=2",
+        "--config.d_learning_rate=4e-4",
+        "--config.info_codes=10",
+        "--config.conditional=True",
+        "--config.augment=translation,cutout",
+        "--config.progress=false",
+        f"--classifier_workdir={tmp_path / 'judge'}",
+    ]
     out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "experiments.gan",
-            "--config.epochs=1",
-            "--config.width=8",
-            "--config.classifier_epochs=1",
-            "--config.num_eval_samples=200",
-            "--config.eval_sets=2",
-            "--config.d_learning_rate=4e-4",
-            "--config.info_codes=10",
-            "--config.conditional=True",
-            "--config.augment=translation,cutout",
-            f"--workdir={tmp_path / 'gan'}",
-        ],
+        args + [f"--workdir={tmp_path / 'gan'}"],
         cwd=repo,
         capture_output=True,
         text=True,
         timeout=1200,
     )
     assert out.returncode == 0, out.stderr[-3000:]
+    assert "training the LeNet-5 judge" in out.stdout
     for f in (
         "samples/epoch_001.png",
         "samples_final.png",
         "samples_by_class.png",
         "samples_by_code.png",
         "metrics.json",
+        "curves.png",
         "checkpoints",
     ):
         assert (tmp_path / "gan" / f).exists(), f
-    import json
-
-    final = json.loads((tmp_path / "gan" / "metrics.json").read_text())["final"]
-    assert final["num_samples"] == 200 and final["fd_real_baseline"] < final["fd"]
-    assert 0.0 <= final["class_agreement"] <= 1.0  # conditional: judge vs requested digit
-    other = final["other_sets"]
-    assert other["num_sets"] == 2 and 0 <= other["passed"] <= 2
-    assert other["confident_min"] <= other["confident_mean"] <= other["confident_max"]
+    judge = json.loads((tmp_path / "judge" / "metrics.json").read_text())
+    assert judge["task"] == "classification" and judge["config"]["epochs"] == 1
+    m = json.loads((tmp_path / "gan" / "metrics.json").read_text())
+    assert m["judge"]["directory"] == str(tmp_path / "judge")
+    assert m["judge"]["test_accuracy"] > 0.8
+    final = m["final"]
+    assert final["test_num_samples"] == 200 and final["test_num_sets"] == 2
+    assert final["test_fd_real_baseline"] < final["test_fd"]
+    assert 0.0 <= final["test_class_agreement"] <= 1.0  # conditional: judge vs requested digit
+    assert 0 <= final["test_target_met"] <= 2
+    conf = [final[f"test_confident_{k}"] for k in ("min", "share", "max")]
+    assert conf == sorted(conf)
+    # a second run reuses the finished judge
+    again = subprocess.run(
+        args + [f"--workdir={tmp_path / 'gan2'}", "--config.eval_sets=0"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "LeNet-5 judge from" in again.stdout and "training the LeNet-5" not in again.stdout
 
 
 def test_conditional_config_is_the_base_config_with_labels():

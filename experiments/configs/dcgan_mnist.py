@@ -3,6 +3,7 @@
     python -m experiments.gan --config experiments/configs/dcgan_mnist.py
 
 Measured, and the other settings tried: docs/results.md#dcgan; what it writes: docs/gan.md.
+Every key, its default and its meaning: python -m experiments.gan --help_config.
 """
 
 import ml_collections
@@ -14,7 +15,7 @@ def get_config():
     c.width = 48  # ngf; the paper's (and the registered default) is 64
     c.d_width = 32  # ndf, the discriminator's width (0: the same as the generator's)
     c.latent_dim = 100
-    c.data_dir = ""  # default: ../shared/data/mnist-test
+    c.data_dir = ""  # "": the bundled MNIST test set (or ../shared/data/mnist-test)
     c.batch_size = 32  # more steps per pass over the 10,000 digits
     c.epochs = 60
     c.learning_rate = 2e-4  # Adam, both networks (paper)
@@ -22,8 +23,8 @@ def get_config():
     c.beta1 = 0.5
     c.lr_decay_start = 0  # > 0: from this epoch (0-based) both learning rates decay linearly to ~0
     c.label_smoothing = 0.1  # one-sided: real target 0.9
-    c.num_eval_samples = 1000
-    c.eval_sets = 10  # at the end, the figures on this many other sets of samples too
+    c.num_eval_samples = 1000  # samples per set: the validation set, and each test set
+    c.eval_sets = 10  # the test split: the figures on this many fresh sets of samples at the end
     c.confidence = 0.9
     c.top_k_gamma = 0.97  # > 0: top-k generator updates, k = max(gamma**epoch, top_k_min) * batch
     c.top_k_min = 0.5
@@ -34,7 +35,7 @@ def get_config():
     c.ema_decay = 0.999  # sample from an exponential moving average of G (0: the raw G)
     c.sample_mode = "batch"  # generator BatchNorm at sampling: "running" averages or "batch"
     c.seed = 0
-    c.keep_checkpoints = 2
-    # the judge: LeNet-5 (modern) trained with experiments/configs/lenet_mnist.py
-    c.classifier_epochs = 10  # 98.7% on the held-out digits, confident on 96.1% of them
+    c.keep_checkpoints = 2  # and the best by validation FD (keep_best, default 1)
+    # the judge: LeNet-5 (modern) trained by the engine with experiments/configs/lenet_mnist.py
+    c.classifier_epochs = 10
     return c

@@ -8,6 +8,7 @@ from jaxcnn.tasks.classification import (
     DATA_FIELDS,
     Classification,
 )
+from jaxcnn.tasks.gan import GAN, GAN_FIELDS
 from jaxcnn.tasks.segmentation import SEGMENTATION_FIELDS, Segmentation
 
 __all__ = [
@@ -15,6 +16,8 @@ __all__ = [
     "CLASSIFICATION_FIELDS",
     "Classification",
     "DATA_FIELDS",
+    "GAN",
+    "GAN_FIELDS",
     "SEGMENTATION_FIELDS",
     "Segmentation",
 ]

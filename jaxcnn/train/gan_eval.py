@@ -1,6 +1,9 @@
-"""Evaluating a digit generator with a classifier trained on real digits.
+"""Evaluating a generator with a classifier trained on real images (a "judge").
 
-Three figures, all from a LeNet-5 (or any registered classifier with ``features_only``):
+The judge is any callable ``judge(images01) -> (logits, features)`` on images in ``[0, 1]``:
+logits ``(N, classes)`` and penultimate features ``(N, D)``. The DCGAN experiment's is a
+LeNet-5 trained on real digits by the training engine (``experiments/gan_judge.py``); the
+figures below depend only on its outputs:
 
 - **confident share**: the fraction of generated samples whose top softmax probability is at
   least ``threshold`` (0.9): the samples look like *some* digit;
@@ -19,58 +22,22 @@ complex square roots).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
 import numpy as np
 
+# images in [0, 1], NHWC -> (logits (N, classes), features (N, D)), both numpy
+Judge = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
 __all__ = [
-    "Classifier",
+    "Judge",
     "confidence_metrics",
     "feature_stats",
     "frechet_distance",
     "gaussian_frechet_distance",
     "evaluate_samples",
 ]
-
-
-class Classifier:
-    """A trained classifier as the judge: logits and penultimate features of images.
-
-    ``model`` is the classifier module (e.g. ``create_model("lenet5_modern")``) with its
-    ``variables``; ``mean``/``std`` the standardisation it was trained with (applied to images
-    in ``[0, 1]``). Features are the last entry of the ``features_only=True`` outputs (F6 for
-    LeNet-5), computed with the same parameters (the head is simply not used).
-    """
-
-    def __init__(self, model: nn.Module, variables: dict, mean=0.0, std=1.0, batch_size: int = 500):
-        self.model, self.variables, self.batch_size = model, variables, batch_size
-        self.mean = jnp.asarray(mean, jnp.float32)
-        self.std = jnp.asarray(std, jnp.float32)
-        feat_model = model.clone(features_only=True)
-
-        def run(v, x01):
-            x = (x01 - self.mean) / self.std
-            return model.apply(v, x, train=False), feat_model.apply(v, x, train=False)[-1]
-
-        self._run = jax.jit(run)
-
-    def __call__(self, images01) -> tuple[np.ndarray, np.ndarray]:
-        """``(logits, features)`` for images in ``[0, 1]`` (NHWC), in fixed-size batches."""
-        images01 = np.asarray(images01, np.float32)
-        n, bs = len(images01), self.batch_size
-        logits, feats = [], []
-        for i in range(0, n, bs):
-            x = images01[i : i + bs]
-            pad = bs - len(x)
-            if pad:
-                x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
-            lg, ft = jax.device_get(self._run(self.variables, x))
-            logits.append(lg[: bs - pad])
-            feats.append(ft[: bs - pad].reshape(bs - pad, -1))
-        return np.concatenate(logits), np.concatenate(feats)
 
 
 def confidence_metrics(logits, threshold: float = 0.9) -> dict[str, Any]:
@@ -123,7 +90,7 @@ def frechet_distance(features1, features2) -> float:
 
 
 def evaluate_samples(
-    classifier: Classifier,
+    classifier: Judge,
     samples01,
     real01=None,
     threshold: float = 0.9,
