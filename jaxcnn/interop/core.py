@@ -714,13 +714,13 @@ def export(plan: Plan, variables: Mapping, reference: Mapping | None = None) -> 
 def _torch_shape(j: Leaf, layout: Layout) -> tuple:
     """The tensor shape of ``j`` in the other library when there is no reference."""
     s = tuple(j.shape)
+    if layout.tensors == "hwio" and len(s) == 4 and j.key.endswith("depthwise_kernel"):
+        return (s[0], s[1], s[3], 1)  # Keras' depthwise (h, w, C, 1); jaxcnn's (h, w, 1, C)
     if layout.tensors == "torch" and j.kind == "kernel" and len(s) >= 2:
         if len(s) == 4:
             s = (s[2], s[3], s[0], s[1]) if j.transposed else (s[3], s[2], s[0], s[1])
         else:
             s = s[::-1]
-    if layout.tensors == "hwio" and len(s) == 4 and j.key.endswith("depthwise_kernel"):
-        return (s[0], s[1], s[3], 1)  # Keras' depthwise (h, w, C, 1); jaxcnn's (h, w, 1, C)
     for pattern, ndim in layout.expand:
         if re.fullmatch(pattern, j.key):
             s = _canon(s) if len(_canon(s)) <= ndim else s
