@@ -175,13 +175,28 @@ def _run_doctest(b: Block) -> None:
         )
 
 
+def _wait_for(namespace: dict) -> None:
+    """Blocks until every array the block left behind is computed: JAX dispatches
+    asynchronously, so without this a block's last steps would run (and count) in the next
+    test."""
+    import jax
+
+    for value in namespace.values():
+        try:
+            jax.block_until_ready(value)
+        except Exception:  # not a pytree of arrays (a module, a function)
+            pass
+
+
 @pytest.mark.parametrize("block", _params(PYTHON))
 def test_python_block(block: Block, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     if block.source.lstrip().startswith(">>>"):
         _run_doctest(block)
         return
-    exec(_code(block), {"__name__": "__docs__"})
+    namespace = {"__name__": "__docs__"}
+    exec(_code(block), namespace)
+    _wait_for(namespace)
 
 
 def _import_only(b: Block, jaxcnn_only: bool) -> str:
