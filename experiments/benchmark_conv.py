@@ -2,7 +2,7 @@
 
 Two interpreters (jaxcnn's venv has no torch, and jaxcnn never imports it)::
 
-    /work/tvenv/bin/python -m experiments.benchmark_conv --torch --json runs/conv_torch.json
+    ../tvenv/bin/python -m experiments.benchmark_conv --torch --json runs/conv_torch.json
     python -m experiments.benchmark_conv --torch-json runs/conv_torch.json [--impl both]
 
 The JAX run prints one Markdown table: JAX ms, torch ms, JAX/torch. ``--impl xla|fast|both``

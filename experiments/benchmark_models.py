@@ -5,7 +5,7 @@ time per image, printed as a Markdown table (the "which model should I choose" c
     python -m experiments.benchmark_models --models resnet50,vit_b_16 --json out/bench.json
     python -m experiments.benchmark_models --all                # every registered model
     python -m experiments.benchmark_models --quick              # smoke test, seconds
-    /work/tvenv/bin/python experiments/benchmark_models.py --torch   # torchvision equivalents
+    ../tvenv/bin/python experiments/benchmark_models.py --torch   # torchvision equivalents
 
 Columns: exact parameter count; GFLOPs of the forward pass at batch 1 from XLA's cost analysis
 of the compiled program (one multiply-add counts 2 FLOPs, so papers' "FLOPs" -- usually
