@@ -86,6 +86,13 @@ def main(
         raise
 
 
+def print_written(workdir: str, names: Sequence[str]) -> None:
+    """One line naming which of ``names`` the run wrote into ``workdir`` (plots are skipped
+    without matplotlib), and its checkpoints."""
+    made = [n for n in names if os.path.exists(os.path.join(workdir, n))]
+    print(f"wrote {workdir}/: {', '.join(made)} and checkpoints/")
+
+
 def _is_disk_error(e: BaseException) -> bool:
     while e is not None:
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EACCES, errno.EROFS):

@@ -12,7 +12,6 @@ checkpoint, early stopping) uses the validation canvases' mean IoU; the test can
 evaluated at the end.
 """
 
-import os
 import sys
 
 from experiments import cli
@@ -36,12 +35,7 @@ def _report(result, cfg, workdir):
     if "test_mean_iou" in sel:
         line += f"; selected by validation (step {sel['step']}): {sel['test_mean_iou']:.4f}"
     print(line)
-    made = [
-        n
-        for n in ("metrics.json", "curves.png", "predictions.png")
-        if os.path.exists(os.path.join(workdir, n))
-    ]
-    print(f"wrote {workdir}/: {', '.join(made)} and checkpoints/")
+    cli.print_written(workdir, ("metrics.json", "curves.png", "predictions.png"))
 
 
 def main(argv=None) -> int:

@@ -17,7 +17,6 @@ command on every host; on a Cloud TPU slice add --distributed, elsewhere give
 JAX_NUM_PROCESSES, JAX_PROCESS_ID environment variables).
 """
 
-import os
 import sys
 
 from experiments import cli
@@ -40,12 +39,7 @@ def _report(result, cfg, workdir):
     if "test_accuracy" in sel:
         line += f"; selected by validation (step {sel['step']}): {sel['test_accuracy']:.4f}"
     print(line)
-    made = [
-        n
-        for n in ("metrics.json", "curves.png", "confusion.png")
-        if os.path.exists(os.path.join(workdir, n))
-    ]
-    print(f"wrote {workdir}/: {', '.join(made)} and checkpoints/")
+    cli.print_written(workdir, ("metrics.json", "curves.png", "confusion.png"))
 
 
 def main(argv=None) -> int:

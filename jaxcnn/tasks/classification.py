@@ -353,13 +353,11 @@ class Classification(Task):
     def finish(self, state, result: dict, workdir: str) -> None:
         import os
 
-        from jaxcnn.train.plots import can_plot, plot_confusion, plot_curves
+        from jaxcnn.train.plots import can_plot, plot_confusion, plot_run_curves
 
         if not can_plot("curves.png and confusion.png"):
             return
-        history = _read_history(os.path.join(workdir, "metrics.json"))
-        if history:
-            plot_curves(history, os.path.join(workdir, "curves.png"), ("loss", "accuracy"))
+        plot_run_curves(workdir, ("loss", "accuracy"))
         plot_confusion(
             np.asarray(result["test_confusion"]),
             os.path.join(workdir, "confusion.png"),
@@ -367,10 +365,3 @@ class Classification(Task):
             f"{self.ctx.cfg['model']} on {self.data.name}: test accuracy "
             f"{result['test_accuracy']:.4f}",
         )
-
-
-def _read_history(path) -> list:
-    import json
-
-    with open(path) as f:
-        return json.load(f).get("history", [])

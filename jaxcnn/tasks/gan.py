@@ -550,18 +550,10 @@ class GAN(Task):
         return out
 
     def finish(self, state, result: dict, workdir: str) -> dict | None:
-        import json
+        from jaxcnn.train.plots import can_plot, plot_run_curves
 
-        from jaxcnn.train.plots import plot_curves
-
-        with open(os.path.join(workdir, "metrics.json")) as f:
-            history = json.load(f).get("history", [])
-        if history:
-            plot_curves(
-                history,
-                os.path.join(workdir, "curves.png"),
-                ("d_loss", "g_loss", "confident_share", "fd"),
-            )
+        if can_plot("curves.png"):  # the sample grids below are drawn with Pillow
+            plot_run_curves(workdir, ("d_loss", "g_loss", "confident_share", "fd"))
         host = jax.device_get(state)
         samples = self.sample01(host, self._z_val)
         save_grid(samples[:100], os.path.join(workdir, "samples_final.png"), 10)

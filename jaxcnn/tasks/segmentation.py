@@ -291,20 +291,12 @@ class Segmentation(Task):
         return out
 
     def finish(self, state, result: dict, workdir: str) -> None:
-        import json
 
-        from jaxcnn.train.plots import can_plot, plot_curves
+        from jaxcnn.train.plots import can_plot, plot_run_curves
 
         if not can_plot("curves.png and predictions.png"):
             return
-        with open(os.path.join(workdir, "metrics.json")) as f:
-            history = json.load(f).get("history", [])
-        if history:
-            plot_curves(
-                history,
-                os.path.join(workdir, "curves.png"),
-                ("loss", "pixel_accuracy", "mean_iou"),
-            )
+        plot_run_curves(workdir, ("loss", "pixel_accuracy", "mean_iou"))
         x, y = self.data["test"]
         k = min(self.cfg["num_pictures"], len(x))
         if k:

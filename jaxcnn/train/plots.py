@@ -12,7 +12,7 @@ import numpy as np
 
 from jaxcnn.utils import optional_import
 
-__all__ = ["can_plot", "plot_curves", "plot_history", "plot_confusion"]
+__all__ = ["can_plot", "plot_run_curves", "plot_curves", "plot_history", "plot_confusion"]
 
 
 def can_plot(what: str = "plots") -> bool:
@@ -26,6 +26,18 @@ def can_plot(what: str = "plots") -> bool:
         pass
     print(f"{what} skipped: matplotlib is not installed (pip install 'jaxcnn[plots]')", flush=True)
     return False
+
+
+def plot_run_curves(workdir, metrics) -> None:
+    """``workdir/curves.png`` from the history in ``workdir/metrics.json`` (nothing when the
+    history is empty), as the tasks draw it at the end of a run."""
+    import json
+    import os
+
+    with open(os.path.join(workdir, "metrics.json")) as f:
+        history = json.load(f).get("history", [])
+    if history:
+        plot_curves(history, os.path.join(workdir, "curves.png"), metrics)
 
 
 def plot_curves(history: list[dict], path, metrics=("loss", "accuracy"), x: str = "epoch") -> None:
