@@ -107,6 +107,10 @@ def _run(make_task, args, overrides, report) -> int:
     from jaxcnn.train import config as config_lib
     from jaxcnn.train import mesh
     from jaxcnn.train.trainer import Trainer
+    from jaxcnn.utils import enable_compilation_cache
+
+    # before anything compiles; JAXCNN_COMPILATION_CACHE=0 turns it off (jaxcnn.utils.cache)
+    enable_compilation_cache()
 
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every save at INFO
     cfg = load_config_file(args.config)

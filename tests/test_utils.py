@@ -1,5 +1,7 @@
 """jaxcnn.utils: the one home of path, parameter-count, abstract-init and running-sum helpers."""
 
+import os
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -73,3 +75,52 @@ def test_inspect_exposes_what_interop_needs():
     assert [c.name for c in calls] == ["", "stem", "bn", "head"]
     module, shape, name = inspect.resolve("lenet5")
     assert shape == (1, 32, 32, 1) and name == "lenet5" and isinstance(module, nn.Module)
+
+
+# -- the persistent compilation cache (jaxcnn.utils.cache) ---------------------------------------
+def test_default_cache_dir_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("JAXCNN_COMPILATION_CACHE", "0")
+    assert utils.default_cache_dir() is None
+    monkeypatch.setenv("JAXCNN_COMPILATION_CACHE", str(tmp_path / "mine"))
+    assert utils.default_cache_dir() == str(tmp_path / "mine")
+    monkeypatch.delenv("JAXCNN_COMPILATION_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    d = utils.default_cache_dir()
+    # keyed by machine: another CPU never loads this one's native code
+    assert d.startswith(str(tmp_path / "xdg" / "jaxcnn" / "xla-")) and len(d) > len(str(tmp_path))
+
+
+def test_cli_second_start_loads_every_compiled_program_from_the_cache(tmp_path):
+    """``python -m experiments.train`` caches its compiled programs by default; the same run
+    started again compiles nothing new (no new cache entry) and gives the same result."""
+    import json
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    cache = tmp_path / "cache"
+    env = {
+        **os.environ,
+        "JAXCNN_COMPILATION_CACHE": str(cache),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    }
+    small = ["--config.epochs=1", "--config.num_train=128", "--config.progress=false"]
+    results = []
+    entries = []
+    for i in range(2):
+        wd = tmp_path / f"run{i}"
+        r = subprocess.run(
+            [sys.executable, "-m", "experiments.train", *small, "--workdir", str(wd)],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert r.returncode == 0, r.stderr
+        entries.append(sorted(p.name for p in cache.iterdir()))
+        results.append(json.loads((wd / "metrics.json").read_text())["final"]["test_accuracy"])
+    assert len(entries[0]) >= 2, entries[0]  # at least the train and eval steps
+    assert entries[1] == entries[0]
+    assert results[1] == results[0]

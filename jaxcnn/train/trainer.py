@@ -496,13 +496,16 @@ class _Run:
                 self.step += 1
                 bar.update(1)
                 self.elapsed["wait_s"] += waited
-                self.elapsed["train_s"] += time.perf_counter() - t0
                 step, every = self.step, cfg["eval_every_steps"]
                 boundary = step % self.spe == 0 or (every and step % every == 0)
                 if boundary or step % cfg["log_every_steps"] == 0:
+                    # reading the guard waits for the device to finish this step: the steps
+                    # dispatched since the last read are counted here, so train_s is the
+                    # training's wall time (dispatch alone returns before the step has run)
                     self.check_guard()
                     if self.main and cfg["progress"]:
                         bar.set_postfix(self.task.summarize(jax.device_get(self.epoch_sums)))
+                self.elapsed["train_s"] += time.perf_counter() - t0
                 if boundary:
                     self.evaluate(bar)
                 elif cfg["checkpoint_every_steps"] and step % cfg["checkpoint_every_steps"] == 0:
