@@ -1,8 +1,11 @@
-"""CIFAR-stem ResNet-18 (11.2M parameters, ``in_channels=1``) on the MNIST split of lenet_mnist.py.
+"""CIFAR-stem ResNet-18 (11.2M parameters, ``in_channels=1``) on the MNIST split of lenet_mnist.py,
+with a small recipe: 12 epochs of SGD (cosine, 0.5 warm-up epoch), 2-pixel shifts, label
+smoothing 0.1 and RandAugment (one op per image at magnitude 5).
 
     python -m experiments.train --config experiments/configs/resnet18_mnist.py
 
-Expected >= 99.0% test accuracy; measured: docs/results.md#training.
+Measured: 99.60% test accuracy (last and validation-selected state; 70 min on 2 contended cores);
+without label smoothing and RandAugment, 6 epochs: 98.95%. docs/results.md#resnet-18-on-mnist.
 """
 
 import ml_collections
@@ -16,12 +19,16 @@ def get_config():
     c.input_size = (28, 28)
     c.batch_size = 128
     c.eval_batch_size = 500
-    c.epochs = 4
+    c.epochs = 12
     c.optimizer = "sgd"
     c.learning_rate = 0.1
     c.weight_decay = 5e-4
     c.schedule = "cosine"
     c.warmup_epochs = 0.5
     c.augment_shift = 2
+    c.label_smoothing = 0.1
+    c.augment_policy = "randaugment"
+    c.randaugment_num_ops = 1
+    c.randaugment_magnitude = 5.0
     c.seed = 0
     return c
