@@ -2,13 +2,14 @@
 
     python -m experiments.transfer --config experiments/configs/transfer_mnist.py --quick
     python -m experiments.transfer --config experiments/configs/transfer_mnist.py \
-        --config.models='("resnet18_cifar",)' --workdir runs/transfer_resnet18
+        --config.models='("resnet18_cifar",)' --config.budgets='(60, 200, 600)' \
+        --workdir runs/transfer_resnet18
 
 Every network here is trained by the one engine: :class:`jaxcnn.train.Trainer` running
 :class:`TransferClassification`, the :class:`jaxcnn.tasks.Classification` task on in-memory
-splits whose optimizer (the config's Adam with cosine decay) is put under a fine-tuning regime
-of :mod:`jaxcnn.transfer` (:class:`Regime`: frozen parts, per-layer rates, unfreezing phases,
-LoRA adapters).
+splits, whose ``transfer`` config key puts the config's optimizer (Adam, cosine decay) under a
+:class:`jaxcnn.transfer.Plan`: the same code path as ``python -m experiments.train
+--config.transfer=...``.
 
 The data (:func:`load_task`), from the dataset's published train and test splits:
 
@@ -18,28 +19,32 @@ The data (:func:`load_task`), from the dataset's published train and test splits
   classes of train first; the labelled subsets (nested: the first 50 of a seed's 200, ...) are
   drawn from the rest; the target classes of test are the target test set.
 
-For each backbone: pretrain on the source classes (the state selected on the source validation
-split is cached as ``<workdir>/pretrained/<model>.msgpack``; a rerun reuses it), then for each
-number of labelled target examples compare, with the same step budget and optimizer (Adam,
-cosine decay), the state evaluated on the target validation split ``evaluations`` times a run:
+For each backbone (``models``): pretrain on the source classes (the state selected on the source
+validation split is cached as ``<workdir>/pretrained/<model>.msgpack``; a rerun reuses it), then
+for each step budget (``budgets``, or the backbone's own), number of labelled target examples
+(``label_counts``), method (``methods``) and seed (``seeds``) train with the same budget and
+optimizer, evaluating the target validation split ``evaluations`` times a run. A method is
 
 - ``scratch``: a fresh model, everything trains;
 - ``feature_extractor``: frozen backbone; pooled last-stage features
   (``transfer.extract_features``) and a softmax-regression head (``transfer.fit_linear``, a fixed
   number of full-batch steps: not a network training loop, nothing selected);
-- ``finetune``: new head, everything trains, learning rate ``lr * decay^(stages from head)``;
-- ``gradual_unfreezing``: head only, then also the last backbone stage, then everything (one
-  compiled step; the phase in force is picked on device from the step count);
-- ``lora``: rank-r LoRA on every conv/dense kernel but the head, base weights frozen (and their
-  BatchNorm statistics), new head trained.
+- any :class:`jaxcnn.transfer.Plan` spec: ``linear_probe``, ``finetune``,
+  ``finetune_lwd:0.8``, ``gradual`` (head, + last stage, + everything; fresh moments, layer-wise
+  rates and a warm-up per newly unfrozen group; one compiled step), ``lora:8`` (adapters on every
+  kernel but the head's, BatchNorm affine and the new head trained), with ``,key=value``
+  options (``lora:16,bn_affine=false``; see ``Plan.parse``).
 
 The accuracy reported is the test accuracy of the state selected on the target validation split
 (the best validation accuracy of the run's evaluations; ``early_stopping_patience`` may end a run
-early); the test split is evaluated once, at the end, and selects nothing. Writes a Markdown
-table (accuracy, trainable parameters, wall time per run) to stdout and to
-``<workdir>/results.md``, the records to ``results.json`` and ``accuracy.png``; every engine run
-leaves its ``metrics.json`` and ``train.log`` in ``<workdir>/<model>/<method>/n<labels>_seed<s>/``
-(``<workdir>/<model>/pretrain/`` for pretraining).
+early); the test split is evaluated once, at the end, and selects nothing. Writes Markdown
+tables (accuracy mean ± std over seeds, trainable parameters, wall time per run; validation loss
+and accuracy at the end of each unfreezing phase) to stdout and to ``<workdir>/results.md``,
+the records (with every run's evaluation curve) to ``results.json``, ``accuracy.png`` and
+``curves.png`` (validation loss and accuracy vs step, phase starts marked); every engine run
+leaves its ``metrics.json`` and ``train.log`` in
+``<workdir>/<model>/<budget>steps/<method>/n<labels>_seed<s>/`` (``<workdir>/<model>/pretrain/``
+for pretraining).
 """
 
 from __future__ import annotations
@@ -49,15 +54,15 @@ import dataclasses
 import json
 import os
 import pathlib
+import re
 import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from absl import app, flags, logging
 
 from jaxcnn import data as data_lib
@@ -66,12 +71,10 @@ from jaxcnn.tasks import Classification
 
 _DEFAULT = str(pathlib.Path(__file__).parent / "configs" / "transfer_mnist.py")
 
+# the methods that are no transfer plan (every other method is a jaxcnn.transfer.Plan spec)
 METHOD_NAMES = {
     "scratch": "from scratch",
-    "feature_extractor": "feature extractor (frozen)",
-    "finetune": "fine-tune, layer-wise LR",
-    "gradual_unfreezing": "gradual unfreezing",
-    "lora": "LoRA",
+    "feature_extractor": "feature extractor (linear probe on features)",
 }
 
 
@@ -243,167 +246,38 @@ def load_task(c) -> TransferData:
     )
 
 
-# ----------------------------------------------------------------------------------- regimes
+# ----------------------------------------------------------------------------------- methods
 
 
-@dataclasses.dataclass(frozen=True)
-class Regime:
-    """What trains, and how fast, in a :class:`TransferClassification` run.
-
-    - ``labels``: a label tree over the parameters (:func:`jaxcnn.transfer.label_params`);
-      ``transfer.FROZEN`` parts get no update, hold no optimizer state and keep their BatchNorm
-      statistics; ``lr_scales`` multiplies each label's update (``transfer.finetune``).
-      ``None``: everything trains with the config's optimizer.
-    - ``phases``: gradual unfreezing, ``((start step, patterns), ...)`` as
-      :class:`jaxcnn.transfer.GradualUnfreezing` takes them (cumulative, the first at step 0);
-      excludes ``labels``.
-    - ``wrap``: ``apply_fn -> apply_fn`` under the model's (LoRA's ``lora.wrap``).
-    """
-
-    labels: Any = None
-    lr_scales: Mapping[str, float] | None = None
-    phases: Sequence[tuple[int, Sequence[str]]] = ()
-    wrap: Callable | None = None
-
-    def __post_init__(self):
-        if self.phases and (self.labels is not None or self.lr_scales):
-            raise ValueError("a Regime has either phases or labels (and lr_scales), not both")
-        if self.lr_scales and self.labels is None:
-            raise ValueError("lr_scales need labels")
+def method_name(method: str) -> str:
+    """How tables name a method: the two that are no plan, or the plan's spec."""
+    return METHOD_NAMES.get(method, method)
 
 
-def phased_optimizer(tx: optax.GradientTransformation, unfreeze) -> optax.GradientTransformation:
-    """All phases of ``unfreeze`` (a :class:`jaxcnn.transfer.GradualUnfreezing`) as one
-    optimizer with one state layout, for one compiled step: group ``phase{k}`` (the parameters
-    that start training in phase ``k``) runs ``tx`` from the step its phase begins, with the
-    fresh state it had at initialisation then (``optax.transforms.conditionally_mask`` gives
-    zero updates and passes the inner state through unchanged before): the groups already
-    training keep their moments, a newly unfrozen one starts its Adam moments and schedule
-    afresh, as :class:`~jaxcnn.transfer.GradualUnfreezing` does. Parameters no phase names
-    never train."""
-    n = len(unfreeze.phases)
-    labels = jax.tree.map(lambda k: f"phase{k}" if k < n else transfer.FROZEN, unfreeze.first)
-    present = set(jax.tree.leaves(labels))
-    groups = {}
-    if transfer.FROZEN in present:
-        groups[transfer.FROZEN] = optax.set_to_zero()
-    for k, start in enumerate(unfreeze.starts):
-        if f"phase{k}" not in present:
-            continue
-        groups[f"phase{k}"] = (
-            tx
-            if start == 0
-            else optax.transforms.conditionally_mask(tx, lambda count, s=start: count >= s)
-        )
-    return optax.partition(groups, labels)
+def run_dir_name(method: str) -> str:
+    """A directory name for a method (a plan spec's ``:,=`` become ``_``)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", method)
 
 
 class TransferClassification(Classification):
-    """:class:`jaxcnn.tasks.Classification` under a transfer :class:`Regime`: the task builds
-    its optimizer from the config (optimizer, schedule, weight decay, clipping) and the regime
-    puts it under ``jaxcnn.transfer``'s labels (``optax.partition``); the state's ``apply_fn``
-    keeps the frozen parts' BatchNorm statistics fixed. With ``phases`` the train step picks the
-    phase in force from ``state.step`` on device (``lax.switch`` over one ``apply_fn`` per
-    phase), so a run compiles its step once.
+    """:class:`jaxcnn.tasks.Classification` for the study's many short runs: ``splits`` and
+    ``variables`` as the task takes them, the transfer plan from the config's ``transfer`` key
+    (or ``plan``); ``pictures=False`` skips the curves and confusion-matrix pictures."""
 
-    ``splits`` and ``variables`` as :class:`~jaxcnn.tasks.Classification` takes them (LoRA's
-    adapters included in ``variables["params"]``); ``pictures=False`` skips the curves and
-    confusion-matrix pictures of the many short runs.
-    """
-
-    def __init__(
-        self,
-        splits,
-        variables: dict | None = None,
-        regime: Regime | None = None,
-        pictures: bool = False,
-    ):
-        super().__init__(splits=splits, variables=variables)
-        self.regime = regime or Regime()
+    def __init__(self, splits, variables: dict | None = None, plan=None, pictures: bool = False):
+        super().__init__(splits=splits, variables=variables, plan=plan)
         self.pictures = pictures
-        if (self.regime.phases or self.regime.labels is not None) and variables is None:
-            raise ValueError("a transfer regime needs the starting variables")
-
-    def _apply(self) -> Callable:
-        r = self.regime
-        return r.wrap(self.model.apply) if r.wrap is not None else self.model.apply
-
-    def build(self, ctx) -> None:
-        super().build(ctx)
-        r = self.regime
-        self.unfreeze = None
-        if r.phases:
-            self.unfreeze = transfer.GradualUnfreezing(
-                r.phases, self.tx, self._apply(), self._given_variables
-            )
-            self.tx = phased_optimizer(self.tx, self.unfreeze)
-        elif r.labels is not None:
-            self.tx = transfer.finetune(self.tx, r.labels, r.lr_scales)
-
-    def init_state(self):
-        state = super().init_state()
-        r = self.regime
-        if self.unfreeze is not None:
-            return state.replace(apply_fn=self.unfreeze.apply_fns[0])
-        if r.labels is not None:
-            fn = transfer.frozen_batchnorm(self._apply(), r.labels, state.batch_stats)
-            return state.replace(apply_fn=fn)
-        return state.replace(apply_fn=self._apply())
-
-    def step_fn(self, state, batch):
-        if self.unfreeze is None:
-            return super().step_fn(state, batch)
-        plain = super().step_fn
-
-        def phase_step(apply_fn):
-            def step(state, batch):
-                new, sums = plain(state.replace(apply_fn=apply_fn), batch)
-                return new.replace(apply_fn=state.apply_fn), sums
-
-            return step
-
-        starts = jnp.asarray(self.unfreeze.starts, jnp.int32)
-        k = jnp.sum(state.step >= starts) - 1  # the phase in force at this step
-        branches = [phase_step(fn) for fn in self.unfreeze.apply_fns]
-        return jax.lax.switch(k, branches, state, batch)
 
     def trainable(self, params) -> int:
-        """Parameters of ``params`` that the regime trains."""
-        r = self.regime
-        if self.unfreeze is not None:
-            n = len(self.unfreeze.phases)
-            trains = jax.tree.leaves(jax.tree.map(lambda k: k < n, self.unfreeze.first))
-            return sum(int(np.size(p)) for p, t in zip(jax.tree.leaves(params), trains) if t)
-        if r.labels is not None:
-            return transfer.count_trainable(params, r.labels)
+        """Parameters the run trains (in its last phase)."""
+        if self.transfer is not None:
+            return self.transfer.trainable_params()
         return transfer.count_params(params)
 
     def finish(self, state, result, workdir):
         if self.pictures:
             return super().finish(state, result, workdir)
         return None
-
-
-def make_regime(method: str, c, model, variables: dict, shape, steps: int, seed: int):
-    """``(variables, Regime)`` of a transfer ``method`` from the pretrained ``variables`` (with
-    the new head): LoRA adds its adapters to the parameters."""
-    params = variables["params"]
-    names = transfer.stages(model, shape)
-    if method == "finetune":
-        labels = transfer.label_params(params, transfer.stage_rules(names))
-        return variables, Regime(labels, transfer.layerwise_decay(names, c.layer_decay))
-    if method == "gradual_unfreezing":
-        starts = [int(round(f * steps)) for f in c.unfreeze_at]
-        return variables, Regime(phases=tuple(zip(starts, [["head"], [names[-2]], [".*"]])))
-    if method == "lora":
-        lora = transfer.LoRA(rank=c.lora_rank, alpha=c.lora_alpha, exclude=("head",))
-        params = lora.init(jax.random.key(seed), params)
-        labels = transfer.label_params(
-            params, [(".*/lora_[ab]", "lora"), ("head", "head"), (".*", None)]
-        )
-        regime = Regime(labels, {"lora": c.lora_lr_multiplier}, wrap=lora.wrap)
-        return {**variables, "params": params}, regime
-    raise ValueError(f"no engine regime for method {method!r}")
 
 
 # ----------------------------------------------------------------------------------- training
@@ -563,11 +437,23 @@ def pretrain(c, name, opts, data: TransferData, workdir):
     return model, variables, acc
 
 
-def run_method(method, c, name, opts, pretrained, data: TransferData, n, seed, run_dir=None):
-    """One transfer run; returns a dict: ``accuracy`` (test accuracy of the state selected on
-    the target validation split), ``last_accuracy`` (of the last state), ``val_accuracy`` (of
-    the selected one), ``selected_step``, ``steps``, ``trainable_params``; and ``state``, the
-    last state of an engine run (None for the feature extractor)."""
+def budgets(c, opts) -> list[int]:
+    """The step budgets a backbone runs: the config's ``budgets`` or the backbone's own."""
+    return [int(b) for b in (c.budgets or opts.budgets)]
+
+
+def run_method(method, c, name, opts, pretrained, data: TransferData, n, seed, steps, run_dir=None):
+    """One transfer run of ``steps`` steps; returns a dict: ``accuracy`` (test accuracy of the
+    state selected on the target validation split), ``last_accuracy`` (of the last state),
+    ``val_accuracy`` (of the selected one), ``selected_step``, ``steps``, ``trainable_params``,
+    ``phase_starts`` and ``curve`` (the run's evaluations: step, train and validation loss and
+    accuracy); and ``state``, the last state of an engine run (None for the feature
+    extractor).
+
+    ``method``: ``scratch`` (a fresh model), ``feature_extractor`` (a softmax regression on the
+    pooled features) or a :class:`jaxcnn.transfer.Plan` spec (``finetune_lwd:0.8``,
+    ``gradual``, ``lora:8``...) applied to the pretrained variables by the classification
+    task (its ``transfer`` config key)."""
     k = data.num_classes
     model = models.create_model(name, num_classes=k, **opts.kwargs)
     shape = (1, *data.input_size, data.channels)
@@ -588,17 +474,15 @@ def run_method(method, c, name, opts, pretrained, data: TransferData, n, seed, r
             "selected_step": None,
             "steps": c.probe_steps,
             "trainable_params": transfer.count_params(head),
+            "phase_starts": [0],
+            "curve": [],
             "state": None,
         }
-    if method not in METHOD_NAMES:
-        raise ValueError(f"unknown method {method!r}; expected one of {list(METHOD_NAMES)}")
+    scratch = method == "scratch"
+    if not scratch:
+        transfer.Plan.parse(method)  # a clear error before any training
     bs = min(opts.batch_size, n)
-    splits = data.target_splits(train, opts.steps, bs, seed)
-    if method == "scratch":
-        variables, regime = None, Regime()
-    else:
-        start = transfer.replace_head(pretrained, model, shape, seed=seed)
-        variables, regime = make_regime(method, c, model, start, shape, opts.steps, seed)
+    splits = data.target_splits(train, steps, bs, seed)
     cfg = engine_config(
         c,
         data,
@@ -608,18 +492,22 @@ def run_method(method, c, name, opts, pretrained, data: TransferData, n, seed, r
         batch_size=bs,
         learning_rate=opts.lr,
         seed=seed,
-        eval_every_steps=max(opts.steps // max(int(c.evaluations), 1), 1),
+        eval_every_steps=max(steps // max(int(c.evaluations), 1), 1),
         validation_split=c.validation_split,
-        description=f"transfer study: {method}, {n} labels, seed {seed}",
+        transfer="" if scratch else method,
+        description=f"transfer study: {method}, {n} labels, {steps} steps, seed {seed}",
     )
-    task = TransferClassification(splits, variables, regime)
-    if run_dir is None:
-        import tempfile
+    task = TransferClassification(splits, None if scratch else pretrained)
+    with contextlib.ExitStack() as stack:
+        if run_dir is None:
+            import tempfile
 
-        with tempfile.TemporaryDirectory() as tmp:
-            result = train_run(task, cfg, pathlib.Path(tmp) / "run")
-    else:
-        result = train_run(task, cfg, run_dir, keep_checkpoints=c.keep_run_checkpoints)
+            run_dir = pathlib.Path(stack.enter_context(tempfile.TemporaryDirectory())) / "run"
+            result = train_run(task, cfg, run_dir)
+        else:
+            result = train_run(task, cfg, run_dir, keep_checkpoints=c.keep_run_checkpoints)
+        history = json.loads((pathlib.Path(run_dir) / "metrics.json").read_text())["history"]
+    keys = ("step", "train_loss", "train_accuracy", "val_loss", "val_accuracy")
     sel = result["selected"]
     state = result["state"]
     return {
@@ -629,6 +517,8 @@ def run_method(method, c, name, opts, pretrained, data: TransferData, n, seed, r
         "selected_step": int(sel["step"]),
         "steps": int(result["steps"]),
         "trainable_params": task.trainable(state.params),
+        "phase_starts": list(task.transfer.starts) if task.transfer else [0],
+        "curve": [{k: h.get(k) for k in keys} for h in history],
         "state": state,
     }
 
@@ -641,18 +531,29 @@ def _mean(records, key):
     return float(v.mean()), float(v.std()) if len(v) > 1 else None
 
 
-def table(records, models_run, counts) -> str:
-    """One Markdown table per model; accuracy is the test accuracy of the state selected on the
-    target validation split, mean over seeds (± std when several), time the mean wall time of
-    one run (compilation included)."""
+def _mean_std(rs, key, digits=3) -> str:
+    if not rs:
+        return "-"
+    mean, std = _mean(rs, key)
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+
+
+def _settings(records):
+    """``(model, budget)`` pairs of ``records`` in the order they ran."""
+    return list(dict.fromkeys((r["model"], r["budget"]) for r in records))
+
+
+def table(records, counts) -> str:
+    """One Markdown table per backbone and step budget; accuracy is the test accuracy of the
+    state selected on the target validation split, mean ± std over seeds, time the mean wall
+    time of one run (compilation included)."""
     lines = []
-    for name in models_run:
-        rows = [r for r in records if r["model"] == name]
-        if not rows:
-            continue
+    for name, budget in _settings(records):
+        rows = [r for r in records if r["model"] == name and r["budget"] == budget]
+        seeds = sorted({r["seed"] for r in rows})
         lines += [
-            f"**{name}** (pretrained on source classes: test accuracy "
-            f"{rows[0]['source_accuracy']:.4f})",
+            f"**{name}**, {budget} steps per run, seeds {seeds} (pretrained on the source "
+            f"classes: test accuracy {rows[0]['source_accuracy']:.4f})",
             "",
             "| method | trainable params | "
             + " | ".join(f"acc @{n}" for n in counts)
@@ -664,16 +565,9 @@ def table(records, models_run, counts) -> str:
         for m in dict.fromkeys(r["method"] for r in rows):
             runs = {n: [r for r in rows if r["method"] == m and r["labels"] == n] for n in counts}
             tp = sorted({r["trainable_params"] for rs in runs.values() for r in rs})
-
-            def acc(rs):
-                if not rs:
-                    return "-"
-                mean, std = _mean(rs, "accuracy")
-                return f"{mean:.3f}" + (f" ± {std:.3f}" if std is not None else "")
-
             lines.append(
-                f"| {METHOD_NAMES.get(m, m)} | {', '.join(f'{t:,}' for t in tp)} | "
-                + " | ".join(acc(runs[n]) for n in counts)
+                f"| {method_name(m)} | {', '.join(f'{t:,}' for t in tp)} | "
+                + " | ".join(_mean_std(runs[n], "accuracy") for n in counts)
                 + " | "
                 + " | ".join(
                     f"{_mean(runs[n], 'time_s')[0]:.1f}" if runs[n] else "-" for n in counts
@@ -684,28 +578,89 @@ def table(records, models_run, counts) -> str:
     return "\n".join(lines)
 
 
-def plot(records, models_run, path) -> bool:
-    """Accuracy vs labelled examples, one panel per model (``matplotlib.figure.Figure``, no
-    pyplot); False when matplotlib is not installed (the ``plots`` extra)."""
+def _at_phase_ends(rec) -> list[dict | None]:
+    """The last evaluation of each phase of a run (None where a phase had none)."""
+    starts = list(rec["phase_starts"]) + [rec["steps"] + 1]
+    out = []
+    for a, b in zip(starts, starts[1:]):
+        inside = [h for h in rec["curve"] if a < h["step"] <= b - (b <= rec["steps"])]
+        out.append(inside[-1] if inside else None)
+    return out
+
+
+def phase_table(records, counts) -> str:
+    """For every method with unfreezing phases: validation loss and accuracy at the last
+    evaluation of each phase, mean ± std over seeds (evaluations every ``steps /
+    evaluations``: set ``evaluations`` to a multiple of the phases to hit their ends)."""
+    lines = []
+    for name, budget in _settings(records):
+        rows = [
+            r
+            for r in records
+            if r["model"] == name and r["budget"] == budget and len(r["phase_starts"]) > 1
+        ]
+        for m in dict.fromkeys(r["method"] for r in rows):
+            mine = [r for r in rows if r["method"] == m]
+            starts = mine[0]["phase_starts"]
+            lines += [
+                f"**{name}**, {budget} steps, `{m}`: phases start at steps {starts}; validation "
+                "loss / accuracy at the last evaluation of each phase",
+                "",
+                "| labels | " + " | ".join(f"phase {k} (step)" for k in range(len(starts))) + " |",
+                "|---:|" + "---|" * len(starts),
+            ]
+            for n in counts:
+                rs = [r for r in mine if r["labels"] == n]
+                if not rs:
+                    continue
+                cells = []
+                for k in range(len(starts)):
+                    ends = [
+                        e
+                        for e in (_at_phase_ends(r)[k] for r in rs)
+                        if e is not None and e.get("val_loss") is not None
+                    ]
+                    if not ends:
+                        cells.append("-")
+                        continue
+                    loss = _mean_std(ends, "val_loss")
+                    acc = _mean_std(ends, "val_accuracy")
+                    cells.append(f"{loss} / {acc} ({ends[0]['step']})")
+                lines.append(f"| {n} | " + " | ".join(cells) + " |")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def _figure(panels: int, height: float = 4.0):
     try:
         from matplotlib.figure import Figure
     except ImportError:
+        return None
+    fig = Figure(figsize=(5.5 * panels, height))
+    return fig, fig.subplots(1, panels, squeeze=False)[0]
+
+
+def plot(records, path) -> bool:
+    """Accuracy vs labelled examples, one panel per backbone and budget
+    (``matplotlib.figure.Figure``, no pyplot); False when matplotlib is not installed."""
+    settings = _settings(records)
+    made = _figure(len(settings))
+    if made is None:
         return False
-    fig = Figure(figsize=(5.5 * len(models_run), 4))
-    axes = fig.subplots(1, len(models_run), squeeze=False)
-    for ax, name in zip(axes[0], models_run):
-        rows = [r for r in records if r["model"] == name]
+    fig, axes = made
+    for ax, (name, budget) in zip(axes, settings):
+        rows = [r for r in records if r["model"] == name and r["budget"] == budget]
         for m in dict.fromkeys(r["method"] for r in rows):
             ns = sorted({r["labels"] for r in rows if r["method"] == m})
             means = [
                 _mean([r for r in rows if r["method"] == m and r["labels"] == n], "accuracy")[0]
                 for n in ns
             ]
-            ax.plot(ns, means, marker="o", label=METHOD_NAMES.get(m, m))
+            ax.plot(ns, means, marker="o", label=method_name(m))
         ax.set_xscale("log")
         ax.set_xlabel("labelled target examples")
         ax.set_ylabel("test accuracy (selected on validation)")
-        ax.set_title(name)
+        ax.set_title(f"{name}, {budget} steps")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -713,13 +668,65 @@ def plot(records, models_run, path) -> bool:
     return True
 
 
+def plot_curves(records, counts, path) -> bool:
+    """Validation loss and accuracy vs step of every engine method (mean over seeds), one
+    column per backbone, budget and label count; dotted lines at the phase starts of methods
+    with unfreezing phases. False when matplotlib is not installed."""
+    panels = [
+        (name, budget, n)
+        for name, budget in _settings(records)
+        for n in counts
+        if any(
+            r["model"] == name and r["budget"] == budget and r["labels"] == n and r["curve"]
+            for r in records
+        )
+    ]
+    if not panels:
+        return False
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        return False
+    fig = Figure(figsize=(4.5 * len(panels), 7))
+    axes = fig.subplots(2, len(panels), squeeze=False)
+    for col, (name, budget, n) in enumerate(panels):
+        rows = [
+            r
+            for r in records
+            if r["model"] == name and r["budget"] == budget and r["labels"] == n and r["curve"]
+        ]
+        for m in dict.fromkeys(r["method"] for r in rows):
+            rs = [r for r in rows if r["method"] == m]
+            steps = [h["step"] for h in rs[0]["curve"]]
+            for row, key in enumerate(("val_loss", "val_accuracy")):
+                v = np.array([[h.get(key) or np.nan for h in r["curve"]] for r in rs], float)
+                (line,) = axes[row, col].plot(
+                    steps, np.nanmean(v, 0), marker=".", label=method_name(m)
+                )
+                for s in rs[0]["phase_starts"][1:]:
+                    axes[row, col].axvline(s, color=line.get_color(), ls=":", lw=1)
+        axes[0, col].set_title(f"{name}, {budget} steps, {n} labels", fontsize=9)
+        axes[0, col].set_ylabel("validation loss")
+        axes[1, col].set_ylabel("validation accuracy")
+        axes[1, col].set_xlabel("step")
+        for ax in axes[:, col]:
+            ax.grid(alpha=0.3)
+        axes[1, col].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
+
+
 def study(c, workdir, models_run: Sequence[str]) -> dict:
     """Run the study of config ``c`` for ``models_run`` in ``workdir``; writes results.md,
-    results.json and accuracy.png there and returns what results.json holds."""
+    results.json, accuracy.png and curves.png there and returns what results.json holds."""
     os.makedirs(workdir, exist_ok=True)
     if c.compilation_cache:  # runs differing only in data/seed reuse compiled steps
         jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, c.compilation_cache))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    for m in c.methods:  # every plan spec checked before anything runs
+        if m not in METHOD_NAMES:
+            transfer.Plan.parse(m)
     t_all = time.perf_counter()
     data = load_task(c)
     print(
@@ -732,39 +739,55 @@ def study(c, workdir, models_run: Sequence[str]) -> dict:
     for mname in models_run:
         opts = c.model_options[mname]
         _, pretrained, src_acc = pretrain(c, mname, opts, data, workdir)
-        for n in c.label_counts:
-            for method in c.methods:
-                for seed in opts.get("seeds") or c.seeds:  # a labelled subset + init each
-                    t0 = time.perf_counter()
-                    run_dir = pathlib.Path(workdir) / mname / method / f"n{n}_seed{seed}"
-                    out = run_method(method, c, mname, opts, pretrained, data, n, seed, run_dir)
-                    out.pop("state")
-                    rec = {
-                        "model": mname,
-                        "method": method,
-                        "labels": n,
-                        "seed": seed,
-                        **out,
-                        "trainable_params": int(out["trainable_params"]),
-                        "time_s": time.perf_counter() - t0,
-                        "source_accuracy": src_acc,
-                        "run_dir": None if method == "feature_extractor" else str(run_dir),
-                    }
-                    records.append(rec)
-                    print(
-                        f"{mname:>16} {n:>5} labels  {METHOD_NAMES[method]:<28} seed {seed} "
-                        f"acc {rec['accuracy']:.4f} (val {rec['val_accuracy']:.4f})  trainable "
-                        f"{rec['trainable_params']:>10,}  {rec['time_s']:.1f}s",
-                        flush=True,
-                    )
+        for steps in budgets(c, opts):
+            for n in c.label_counts:
+                for method in c.methods:
+                    for seed in opts.get("seeds") or c.seeds:  # a labelled subset + init each
+                        t0 = time.perf_counter()
+                        run_dir = (
+                            pathlib.Path(workdir)
+                            / mname
+                            / f"{steps}steps"
+                            / run_dir_name(method)
+                            / f"n{n}_seed{seed}"
+                        )
+                        out = run_method(
+                            method, c, mname, opts, pretrained, data, n, seed, steps, run_dir
+                        )
+                        out.pop("state")
+                        rec = {
+                            "model": mname,
+                            "budget": steps,
+                            "method": method,
+                            "labels": n,
+                            "seed": seed,
+                            **out,
+                            "trainable_params": int(out["trainable_params"]),
+                            "time_s": time.perf_counter() - t0,
+                            "source_accuracy": src_acc,
+                            "run_dir": None if method == "feature_extractor" else str(run_dir),
+                        }
+                        records.append(rec)
+                        print(
+                            f"{mname:>16} {steps:>4} steps {n:>5} labels  "
+                            f"{method_name(method):<28} seed {seed} acc {rec['accuracy']:.4f} "
+                            f"(val {rec['val_accuracy']:.4f})  trainable "
+                            f"{rec['trainable_params']:>10,}  {rec['time_s']:.1f}s",
+                            flush=True,
+                        )
     total = time.perf_counter() - t_all
-    md = table(records, models_run, list(c.label_counts))
+    counts = list(c.label_counts)
+    md = table(records, counts)
     md += (
         f"\nAccuracy: target test split, state selected on the {len(data.validation)}-example "
         f"target validation split (held out of the target train examples; the feature "
-        f"extractor's linear head selects nothing). Total wall time {total:.0f}s (data loading, "
-        f"pretraining unless cached, {len(records)} transfer runs).\n"
+        f"extractor's linear head selects nothing); mean ± std over seeds. Total wall time "
+        f"{total:.0f}s (data loading, pretraining unless cached, {len(records)} transfer "
+        f"runs).\n"
     )
+    phases = phase_table(records, counts)
+    if phases:
+        md += "\n## Per phase\n\n" + phases
     print("\n" + md)
     (pathlib.Path(workdir) / "results.md").write_text(md)
     out = {
@@ -775,10 +798,11 @@ def study(c, workdir, models_run: Sequence[str]) -> dict:
     }
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump(out, f, indent=1, default=list)
-    drew = plot(records, models_run, os.path.join(workdir, "accuracy.png"))
+    drew = plot(records, os.path.join(workdir, "accuracy.png"))
+    drew = plot_curves(records, counts, os.path.join(workdir, "curves.png")) and drew
     print(
         f"wrote {workdir}/results.md, results.json"
-        + (", accuracy.png" if drew else " (no accuracy.png: matplotlib is not installed)")
+        + (", accuracy.png, curves.png" if drew else " (no pictures: matplotlib is missing)")
     )
     return out
 

@@ -149,3 +149,44 @@ def test_augmentation_keys_reach_the_train_transform(tmp_path):
     a, b = pre(x, np.random.default_rng(0)), pre(x, np.random.default_rng(1))
     assert not np.array_equal(a, b)  # train transform is random...
     np.testing.assert_array_equal(pre(x), pre(x))  # ...eval is not
+
+
+def test_transfer_plan_from_init_from_weights_on_the_command_line(tmp_path, capsys):
+    """``python -m experiments.train --config.init_from=WEIGHTS --config.transfer=linear_probe``:
+    the weights load, the plan's table prints, the backbone stays bit-identical and only the
+    (reset) head trains; a run without ``transfer`` is untouched by the key."""
+    import jax
+
+    from experiments import train as train_cli
+    from jaxcnn.interop.files import save_variables
+
+    base, _ = train(tmp_path, "base", epochs=1, checkpoint_every_steps=0)
+    weights = jax.device_get(base["state"].variables)
+    path = save_variables(tmp_path / "weights", weights, {"model": "lenet5_modern"})
+    flags = [f"--config.{k}={v}" for k, v in small_config(epochs=1).items()]
+    workdir = tmp_path / "probe"
+    capsys.readouterr()
+    rc = train_cli.main(
+        ["--workdir", str(workdir), *flags, f"--config.init_from={path}"]
+        + ["--config.transfer=linear_probe", "--config.checkpoint_every_steps=0"]
+    )
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "transfer plan 'linear_probe'" in out and "trainable 850 of 61,706" in out
+    m = json.loads((workdir / "metrics.json").read_text())
+    assert m["config"]["transfer"] == "linear_probe"
+    assert m["transfer"]["trainable_params"] == 84 * 10 + 10 and m["final"]["compilations"] == {
+        "train_step": 1
+    }
+    from jaxcnn.checkpoint import Checkpointer
+
+    ckpt = Checkpointer(workdir / "checkpoints")
+    try:
+        after = ckpt.restore(None).state["params"]
+    finally:
+        ckpt.close()
+    for name in ("c1", "c3", "c5", "f6"):
+        chex.assert_trees_all_equal(after[name], weights["params"][name])
+    assert not np.array_equal(after["head"]["kernel"], weights["params"]["head"]["kernel"])
+    with pytest.raises(ConfigError, match="set init_from"):
+        train(tmp_path, "no_weights", transfer="finetune")

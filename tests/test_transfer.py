@@ -14,6 +14,7 @@ import pytest
 
 from jaxcnn import models, transfer
 from jaxcnn.train import make_train_step
+from jaxcnn.train.steps import train_step_fn
 
 SHAPE = (1, 8, 8, 3)
 
@@ -391,6 +392,189 @@ def test_lora_trains_only_adapters_and_head():
         transfer.LoRA(targets=("nothing",)).init(jax.random.key(0), v["params"])
 
 
+# ---------------------------------------------------------------- the plan
+
+
+def test_plan_parse_presets_options_and_errors():
+    P = transfer.Plan.parse
+    assert P("linear_probe").backbone == "frozen" and P("finetune").layer_decay == 1.0
+    assert P("finetune_lwd").layer_decay == 0.7 and P("finetune_lwd:0.5").layer_decay == 0.5
+    g = P("gradual:4,warmup=10,at=0.2/0.5/0.7,bn_stats=fixed")
+    assert (g.phases, g.warmup, g.unfreeze_at, g.bn_stats) == (4, 10, (0.2, 0.5, 0.7), "fixed")
+    lo = P("lora:16,alpha=8,lr=3,bn_affine=false,reset_head=false")
+    assert (lo.backbone, lo.lora_rank, lo.lora_alpha, lo.lora_lr) == ("lora", 16, 8, 3)
+    assert lo.bn_affine is False and lo.reset_head is False and lo.label == lo.name
+    assert P("lora").lora().scale == 2.0  # alpha = 2 x rank by default
+    assert P(g) is g
+    for bad, msg in [
+        ("nope", "unknown transfer preset 'nope'"),
+        ("linear_probe:3", "takes no ':' argument"),
+        ("lora:0", "lora_rank must be >= 1"),
+        ("lora:2.5", "whole number"),
+        ("finetune_lwd:1.5", r"layer_decay must be in \(0, 1\]"),
+        ("gradual,at=0.5", r"gives 1 start\(s\) for 2 phase"),
+        ("gradual,bn_stats=sometimes", "bn_stats must be one of"),
+        ("finetune,phases=2", "needs something frozen"),
+        ("lora,bn_affine=maybe", "true or false"),
+        ("lora,rank", "expected key=value"),
+    ]:
+        with pytest.raises(ValueError, match=msg):
+            P(bad)
+    model = TinyResNet()
+    with pytest.raises(ValueError, match="give steps="):
+        P("gradual").apply(model, _init(model), optax.adam(1e-3), input_shape=SHAPE)
+    with pytest.raises(ValueError, match="reach past"):
+        P("gradual,at=5/10").apply(
+            model, _init(model), optax.adam(1e-3), input_shape=SHAPE, steps=8
+        )
+
+
+@pytest.mark.parametrize("name,shape", [("resnet50", (1, 224, 224, 3))])
+def test_frozen_backbone_holds_no_optimizer_state(name, shape):
+    """Frozen means free: a linear probe on ResNet-50 holds Adam moments for the new head only
+    (jax.eval_shape: nothing allocated); full fine-tuning holds them for all 23.5M params."""
+    model = models.create_model(name, num_classes=10)
+    v = models.abstract_variables(model, shape)
+    head = 2048 * 10 + 10
+    n_all = transfer.count_params(v["params"])
+    sched = optax.cosine_decay_schedule(1e-3, 100)
+    kw = dict(input_shape=shape, prepare=False, steps=100)
+    probe = transfer.Plan.parse("linear_probe").apply(model, v, optax.adam, sched, **kw)
+    bytes_probe = probe.optimizer_state_bytes()
+    # mu and nu of the head (float32) + Adam's and the schedule's step counters (int32)
+    assert bytes_probe == 2 * 4 * head + 4 + 4
+    full = transfer.Plan.parse("finetune").apply(model, v, optax.adam, sched, **kw)
+    assert full.optimizer_state_bytes() == 2 * 4 * n_all + 8
+    assert probe.trainable_params() == head and full.trainable_params() == n_all
+    # gradual unfreezing: one compiled step for all phases means one state layout, so groups
+    # waiting for their phase hold their (zero) moments from the start: the measured cost
+    grad = transfer.Plan.parse("gradual").apply(model, v, optax.adam, sched, **kw)
+    assert grad.trainable_params(0) == head
+    assert grad.optimizer_state_bytes(0) == 2 * 4 * n_all + 3 * 8 + 2 * 4  # + warm-up counts
+    assert "optimizer state 0.16 MiB" in probe.table()
+
+
+def _convs(fn, *args) -> int:
+    return str(jax.make_jaxpr(fn)(*args)).count("conv_general_dilated")
+
+
+def test_frozen_parameters_are_not_differentiated():
+    """The train step differentiates only the trainable partition: a linear probe's step has
+    the forward convolutions only; each differentiated conv adds two (input and kernel
+    gradients; counted in the jaxpr, before XLA's simplifications)."""
+    kwargs = {"num_filters": 4, "in_channels": 1}
+    model = models.create_model("resnet18_cifar", num_classes=5, **kwargs)
+    shape = (8, 12, 12, 1)
+    v = model.init(jax.random.key(1), jnp.zeros(shape))
+    batch = _batch(shape=shape, classes=5)
+    forward = _convs(lambda v, x: model.apply(v, x), v, batch["image"])
+    assert forward == 20  # stem, 8 blocks x 2, 3 downsamples
+    counts = {}
+    for spec in ("linear_probe", "finetune", "lora:2"):
+        a = transfer.Plan.parse(spec).apply(model, v, optax.adam(1e-3), input_shape=shape)
+        counts[spec] = _convs(a.step(), a.init_state(), batch)
+    assert counts["linear_probe"] == forward
+    assert counts["finetune"] == 3 * forward
+    assert counts["lora:2"] == 3 * forward  # adapters in every conv: all differentiated
+    # gradual: each phase's branch differentiates what trains in it: phase 0 the head only,
+    # phase 1 + stage4 (its 5 convs), phase 2 everything
+    g = transfer.Plan.parse("gradual").apply(model, v, optax.adam(1e-3), input_shape=shape, steps=9)
+    per_phase = []
+    for ph in g.phases:
+
+        def one(s, b, ph=ph):
+            return train_step_fn(
+                s.replace(apply_fn=ph.apply_fn, tx=ph.tx), b, trainable=ph.trainable
+            )
+
+        per_phase.append(_convs(one, g.init_state(), batch))
+    assert per_phase == [forward, forward + 2 * 5, 3 * forward]
+    assert _convs(g.step(), g.init_state(), batch) == sum(per_phase)  # lax.switch: all phases
+
+
+def test_plan_linear_probe_frozen_bit_identical_head_trains():
+    model = TinyResNet()
+    v = _init(model, seed=3)
+    a = transfer.Plan.parse("linear_probe").apply(model, v, optax.adam(1e-2), input_shape=SHAPE)
+    state = a.init_state()
+    step = jax.jit(a.step(), donate_argnums=0)
+    p0, s0 = _snap(v["params"]), _snap(v["batch_stats"])
+    h0 = _snap(a.variables["params"])
+    assert not _same_bits(h0["head/kernel"], p0["head/kernel"])  # the head was reset
+    for i in range(3):
+        state, _ = step(state, _batch(seed=i))
+    p1, s1 = _snap(state.params), _snap(state.batch_stats)
+    for k in p0:
+        assert _same_bits(h0[k], p1[k]) == (not k.startswith("head/")), k
+    for k in s0:
+        assert _same_bits(s0[k], s1[k]), k
+    assert step._cache_size() == 1
+
+
+def test_gradual_plan_fresh_moments_on_the_run_schedule_with_warmup_and_bn_per_phase():
+    model = TinyResNet()
+    v = _init(model)
+    sched = optax.linear_schedule(1e-2, 1e-3, 8)
+    plan = transfer.Plan.parse("gradual,at=2/4,warmup=2,decay=0.5,reset_head=false")
+    a = plan.apply(model, v, optax.adam, sched, input_shape=SHAPE, steps=8)
+    assert a.starts == [0, 2, 4]
+    rows = {r["group"]: r for r in a.rows()}
+    assert rows["stage2"]["phase"] == 1 and rows["stage1"]["phase"] == 2
+    assert rows["stage2"]["bn_stats"] == ["fixed", "batch", "batch"]
+    assert rows["stem"]["bn_stats"] == ["fixed", "fixed", "batch"]
+    assert rows["stage2"]["lr_scale"] == [0.5] and rows["stem"]["lr_scale"] == [0.125]
+    state = a.init_state()
+    step = jax.jit(a.step(), donate_argnums=0)
+    snaps = [(_snap(state.params), _snap(state.batch_stats))]
+    for t in range(6):
+        state, _ = step(state, _batch(seed=t))
+        snaps.append((_snap(state.params), _snap(state.batch_stats)))
+    assert step._cache_size() == 1  # every phase in one compiled step
+    k2, k1 = "stage2/block0/conv1/conv/kernel", "stem/conv/kernel"
+    for t in range(7):  # params and BN statistics move from their phase on, not before
+        p, s = snaps[t]
+        assert _same_bits(p[k2], snaps[0][0][k2]) == (t <= 2), t
+        assert _same_bits(p[k1], snaps[0][0][k1]) == (t <= 4), t
+        assert _same_bits(s["stem/bn/mean"], snaps[0][1]["stem/bn/mean"]) == (t <= 4), t
+    # stage2's first update (step 2): Adam's first step (lr * sign(g)) at the run's rate for
+    # step 2 (not a restarted schedule), its layer-wise scale 0.5, warm-up 1/2
+    first = np.abs(snaps[3][0][k2] - snaps[2][0][k2]).max()
+    np.testing.assert_allclose(first, sched(2) * 0.5 * 0.5, rtol=2e-3)
+    second = np.abs(snaps[4][0][k2] - snaps[3][0][k2]).max()
+    assert second > 1.2 * first  # warm-up over: full rate (Adam's second step is smaller)
+    assert {g: int(x.count) for g, x in _adam(state.opt_state).items()} == {
+        "phase0": 6,
+        "phase1": 4,
+        "phase2": 2,
+    }
+
+
+def test_lora_plan_trains_adapters_bn_affine_and_head():
+    model = TinyResNet()
+    v = _init(model)
+    for spec, affine_trains, stats_move in [
+        ("lora:2", True, False),
+        ("lora:2,bn_affine=false", False, False),
+        ("lora:2,bn_stats=batch", True, True),
+    ]:
+        a = transfer.Plan.parse(spec).apply(model, v, optax.adam(1e-2), input_shape=SHAPE)
+        state = a.init_state()
+        step = jax.jit(a.step(), donate_argnums=0)
+        start = _snap(a.variables["params"])
+        for i in range(2):
+            state, _ = step(state, _batch(seed=i))
+        after, stats = _snap(state.params), _snap(state.batch_stats)
+        for k in start:
+            leaf = k.rsplit("/", 1)[-1]
+            bn = "/bn/" in k and leaf in ("scale", "bias")
+            trains = leaf in ("lora_a", "lora_b") or k.startswith("head/") or (bn and affine_trains)
+            assert _same_bits(start[k], after[k]) != trains, (spec, k)
+        moved = [not _same_bits(x, stats[k]) for k, x in _snap(v["batch_stats"]).items()]
+        assert all(moved) if stats_move else not any(moved), spec
+    table = a.table()
+    assert "lora r=2 + bn affine" in table and "batch" in table and "LoRA adapters" in table
+
+
 # ---------------------------------------------------------------- the study on the engine
 
 from experiments import transfer as study  # noqa: E402
@@ -475,13 +659,25 @@ def _engine(task, tmp_path, **kw):
     return Trainer(task, cfg, tmp_path).run()
 
 
+def _adam(opt_state) -> dict:
+    """``{optimizer group: its Adam state}`` of a plan's optimizer state."""
+    found = jax.tree_util.tree_flatten_with_path(
+        opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState)
+    )[0]
+    out = {}
+    for kp, x in found:
+        if isinstance(x, optax.ScaleByAdamState):
+            group = [p for p in transfer.path_str(kp).split("/") if p.startswith("phase")][0]
+            out[group] = x
+    return out
+
+
 def test_frozen_backbone_on_engine_keeps_params_and_bn_stats_bit_identical(tmp_path):
     kwargs = {"num_filters": 4, "in_channels": 1}
     model = models.create_model("resnet18_cifar", num_classes=5, **kwargs)
     v = model.init(jax.random.key(1), jnp.zeros((1, 12, 12, 1)))
-    rules = [("stage4", "stage4"), ("head", "head"), (".*", None)]
-    labels = transfer.label_params(v["params"], rules)
-    task = study.TransferClassification(_arrays_splits(3, 8), v, study.Regime(labels))
+    plan = transfer.Plan(backbone="frozen", rules=(("stage4", "train"),), reset_head=False)
+    task = study.TransferClassification(_arrays_splits(3, 8), v, plan)
     p0, s0 = _snap(v["params"]), _snap(v["batch_stats"])
     res = _engine(task, tmp_path, model="resnet18_cifar", model_kwargs=kwargs)
     state = res["state"]
@@ -491,10 +687,15 @@ def test_frozen_backbone_on_engine_keeps_params_and_bn_stats_bit_identical(tmp_p
         assert _same_bits(p0[k], p1[k]) == (not k.startswith(("stage4/", "head/"))), k
     for k in s0:  # the frozen BatchNorm statistics too; stage4's (trained) changed
         assert _same_bits(s0[k], s1[k]) == (not k.startswith("stage4/")), k
-    n_trainable = transfer.count_trainable(v["params"], labels)
+    n_trainable = transfer.count_params({k: v["params"][k] for k in ("stage4", "head")})
     assert task.trainable(state.params) == n_trainable < transfer.count_params(v["params"])
     # no optimizer state for frozen parameters (Adam: mu and nu of the trainable ones)
     assert sum(x.size for x in jax.tree.leaves(state.opt_state) if x.ndim) == 2 * n_trainable
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    rows = {r["group"]: r for r in m["transfer"]["groups"]}
+    assert rows["stage4"]["mode"] == "train" and rows["stage3"]["mode"] == "frozen"
+    assert rows["stage3"]["bn_stats"] == ["fixed"] and rows["stage4"]["bn_stats"] == ["batch"]
+    assert m["transfer"]["trainable_params"] == n_trainable
 
 
 def _lenet(seed=0, classes=5):
@@ -508,10 +709,10 @@ LENET = dict(model="lenet5_modern", input_size=(28, 28))
 def test_layerwise_rates_on_engine_scale_the_first_update(tmp_path):
     model, v = _lenet()
     names = transfer.stages(model, (1, 28, 28, 1))
-    labels = transfer.label_params(v["params"], transfer.stage_rules(names))
     scales = transfer.layerwise_decay(names, 0.5)  # head 1, f6 1/2, ..., c1 1/16
     splits = _arrays_splits(1, 8, size=(28, 28))
-    task = study.TransferClassification(splits, v, study.Regime(labels, scales))
+    plan = transfer.Plan(layer_decay=0.5, reset_head=False)
+    task = study.TransferClassification(splits, v, plan)
     lr = 1e-3
     res = _engine(task, tmp_path, learning_rate=lr, **LENET)
     assert res["steps"] == 1
@@ -523,23 +724,45 @@ def test_layerwise_rates_on_engine_scale_the_first_update(tmp_path):
 
 def test_gradual_unfreezing_on_engine_one_compilation_fresh_groups(tmp_path):
     model, v = _lenet()
-    phases = ((0, ["head"]), (2, ["f6"]), (100, [".*"]))  # the last phase never begins
-    splits = _arrays_splits(4, 8, size=(28, 28))
-    task = study.TransferClassification(splits, v, study.Regime(phases=phases))
+    plan = transfer.Plan(
+        backbone="frozen",
+        phases=3,
+        unfreeze_at=(2, 5),
+        unfreeze=(("f6",), (".*",)),
+        reset_head=False,
+    )
+    splits = _arrays_splits(6, 8, size=(28, 28))
+    task = study.TransferClassification(splits, v, plan)
     res = _engine(task, tmp_path, **LENET)
-    assert res["steps"] == 4 and res["compilations"] == {"train_step": 1}
+    assert res["steps"] == 6 and res["compilations"] == {"train_step": 1}
     state = res["state"]
     p0, p1 = _snap(v["params"]), _snap(state.params)
-    for k in p0:
-        assert _same_bits(p0[k], p1[k]) == k.startswith(("c1", "c3", "c5")), k
+    assert not any(_same_bits(p0[k], p1[k]) for k in p0)  # every phase began
     assert task.trainable(state.params) == transfer.count_params(v["params"])
-    inner = state.opt_state.inner_states
-    assert int(inner["phase0"].inner_state[0].count) == 4  # the head: every step
-    f6 = inner["phase1"].inner_state  # conditionally_mask: outer count, inner Adam state
-    assert int(f6.step) == 4 and int(f6.inner_state[0].count) == 2  # fresh at step 2
-    late = inner["phase2"].inner_state
-    assert int(late.inner_state[0].count) == 0
-    assert not np.any(np.asarray(late.inner_state[0].mu["c1"]["kernel"]))
+    adam = _adam(state.opt_state)
+    # each group's moments start fresh with its phase: updates counted from its start
+    assert {g: int(a.count) for g, a in adam.items()} == {"phase0": 6, "phase1": 4, "phase2": 1}
+
+
+def test_cli_transfer_key_and_bad_specs(tmp_path):
+    model, v = _lenet()
+    splits = _arrays_splits(2, 8, size=(28, 28))
+    task = study.TransferClassification(splits, v)
+    res = _engine(task, tmp_path / "a", transfer="lora:2,alpha=2", **LENET)
+    lora = res["state"].params["c3"]
+    assert lora["lora_a"].shape == (5 * 5 * 6, 2) and lora["lora_b"].shape == (2, 16)
+    assert _same_bits(lora["kernel"], v["params"]["c3"]["kernel"])
+    assert not _same_bits(res["state"].params["head"]["kernel"], v["params"]["head"]["kernel"])
+    from jaxcnn.train.config import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown transfer preset 'nope'"):
+        _engine(study.TransferClassification(splits, v), tmp_path / "b", transfer="nope", **LENET)
+    with pytest.raises(ConfigError, match="option 'rnak=4'"):
+        _engine(
+            study.TransferClassification(splits, v), tmp_path / "c", transfer="lora,rnak=4", **LENET
+        )
+    with pytest.raises(ConfigError, match="set init_from"):
+        _engine(study.TransferClassification(splits), tmp_path / "d", transfer="finetune", **LENET)
 
 
 def test_tiny_study_runs_every_method_through_the_engine(tmp_path, capsys):
@@ -550,20 +773,24 @@ def test_tiny_study_runs_every_method_through_the_engine(tmp_path, capsys):
     saved = json.loads((tmp_path / "results.json").read_text())
     recs = {r["method"]: r for r in saved["records"]}
     assert set(recs) == set(c.methods) and len(saved["records"]) == len(c.methods)
+    assert c.methods == ("scratch", "feature_extractor", "finetune_lwd:0.8", "gradual", "lora:4")
     assert "hold-out" in saved["splits"]["target_validation"]
     n_all = 61_281  # LeNet-5 (modern) with a 5-class head
     assert recs["scratch"]["trainable_params"] == n_all
-    assert recs["finetune"]["trainable_params"] == n_all
-    assert recs["gradual_unfreezing"]["trainable_params"] == n_all
+    assert recs["finetune_lwd:0.8"]["trainable_params"] == n_all
+    assert recs["gradual"]["trainable_params"] == n_all
     assert recs["feature_extractor"]["trainable_params"] == 84 * 5 + 5
-    assert 84 * 5 + 5 < recs["lora"]["trainable_params"] < n_all // 5
+    assert 84 * 5 + 5 < recs["lora:4"]["trainable_params"] < n_all // 5
+    assert recs["gradual"]["phase_starts"] == [0, 7, 13]  # thirds of the 20 steps
     for m, r in recs.items():
         assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["val_accuracy"] <= 1.0, m
         if m == "feature_extractor":
             continue
         # every engine run: selected on validation among its evaluations (steps 10 and 20)
         assert r["steps"] == 20 and r["selected_step"] in (10, 20), m
-        run_dir = tmp_path / "lenet5_modern" / m / "n20_seed0"
+        assert [h["step"] for h in r["curve"]] == [10, 20], m
+        assert r["curve"][-1]["val_accuracy"] is not None, m
+        run_dir = tmp_path / "lenet5_modern" / "20steps" / study.run_dir_name(m) / "n20_seed0"
         run = json.loads((run_dir / "metrics.json").read_text())
         assert [h["step"] for h in run["history"]] == [10, 20]
         assert all(not any(k.startswith("test") for k in h) for h in run["history"])
@@ -571,8 +798,12 @@ def test_tiny_study_runs_every_method_through_the_engine(tmp_path, capsys):
         assert run["final"]["selected"]["test_accuracy"] == pytest.approx(r["accuracy"])
         assert run["facts"]["num_validation"] == 100 and run["facts"]["num_train"] == 20 * 16
         assert not (run_dir / "checkpoints").exists() and (run_dir / "train.log").exists()
+        # a plan prints its table before training; scratch has none
+        assert ("transfer plan" in (run_dir / "train.log").read_text()) == (m != "scratch"), m
     md = (tmp_path / "results.md").read_text()
-    assert all(study.METHOD_NAMES[m] in md for m in c.methods)
+    assert all(study.method_name(m) in md for m in c.methods)
+    assert "`gradual`: phases start at steps [0, 7, 13]" in md  # the per-phase table
+    assert (tmp_path / "curves.png").stat().st_size > 0
     assert out["records"] == saved["records"]
     # the backbone: selected on the source validation split, cached and reused
     data = study.load_task(c)

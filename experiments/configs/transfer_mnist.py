@@ -2,6 +2,10 @@
 
     python -m experiments.transfer --config experiments/configs/transfer_mnist.py --quick
     python -m experiments.transfer --config experiments/configs/transfer_mnist.py  # + ResNet-18
+    python -m experiments.transfer --config experiments/configs/transfer_mnist.py \
+        --config.models='("resnet18_cifar",)' --config.seeds='(0, 1, 2)' \
+        --config.budgets='(60, 200, 600)' --config.label_counts='(50, 200, 1000)' \
+        --config.methods='("scratch", "finetune_lwd:0.8", "gradual", "lora:4", "lora:8")'
 
 Every network trains on the engine (jaxcnn.train.Trainer); selection (the pretrained backbone,
 the reported state of every transfer run) uses validation splits held out of the train split,
@@ -13,7 +17,7 @@ from ml_collections import config_dict
 
 
 def _model(
-    pretrain_epochs, pretrain_batch_size, pretrain_lr, steps, batch_size, lr, seeds=(), **kwargs
+    pretrain_epochs, pretrain_batch_size, pretrain_lr, budgets, batch_size, lr, seeds=(), **kwargs
 ):
     m = ml_collections.ConfigDict()
     m.seeds = seeds  # transfer seeds for this backbone (empty: the config's ``seeds``)
@@ -21,7 +25,8 @@ def _model(
     m.pretrain_epochs = pretrain_epochs
     m.pretrain_batch_size = pretrain_batch_size
     m.pretrain_lr = pretrain_lr
-    m.steps = steps  # transfer training steps per run (every method gets the same budget)
+    # transfer training steps per run, one study per budget (every method gets the same)
+    m.budgets = tuple(budgets)
     m.batch_size = batch_size  # min(batch_size, number of labelled examples)
     m.lr = lr  # head learning rate (Adam, cosine decay); the backbone gets less (layer decay)
     # pretraining: the engine evaluates the source validation split after every epoch and
@@ -42,7 +47,8 @@ def get_config():
     # pretrained state (fraction or count; seeded, stratified)
     c.validation_split = 500  # of the target classes' train examples, held out before the
     # labelled subsets are drawn: selects the reported state of every transfer run
-    c.evaluations = 5  # validation evaluations per transfer run (every steps / evaluations)
+    c.evaluations = 6  # validation evaluations per transfer run (every steps / evaluations;
+    # a multiple of the unfreezing phases puts one at the end of each phase)
     c.early_stopping_patience = 0  # evaluations without a better validation accuracy (0: off)
     c.eval_batch_size = 500
     c.keep_run_checkpoints = False  # runs keep metrics.json and train.log only
@@ -51,23 +57,22 @@ def get_config():
     c.source_classes = (0, 1, 2, 3, 4)  # pretraining task
     c.target_classes = (5, 6, 7, 8, 9)  # transfer task (relabelled 0..4)
     c.label_counts = (50, 200, 1000)  # labelled target examples (nested subsets)
-    c.models = ("lenet5_modern", "resnet18_cifar")
+    c.models = ("lenet5_modern", "resnet18_cifar")  # the backbones
     c.quick_models = ("lenet5_modern",)  # --quick
     c.model_options = ml_collections.ConfigDict(
         {
-            "lenet5_modern": _model(6, 64, 2e-3, steps=300, batch_size=32, lr=2e-3),
-            # one seed and 60 steps: a batch-32 ResNet-18 step takes ~1.3 s on 2 cores
+            "lenet5_modern": _model(6, 64, 2e-3, budgets=(300,), batch_size=32, lr=2e-3),
+            # a batch-32 ResNet-18 step takes ~1.3 s on 2 cores: the full grid (3 budgets x
+            # 3 label counts x 5 methods x 3 seeds) wants an accelerator
             "resnet18_cifar": _model(
-                2, 128, 1e-3, steps=60, batch_size=32, lr=1e-3, seeds=(0,), in_channels=1
+                2, 128, 1e-3, budgets=(60, 200, 600), batch_size=32, lr=1e-3, in_channels=1
             ),
         }
     )
-    c.methods = ("scratch", "feature_extractor", "finetune", "gradual_unfreezing", "lora")
-    c.layer_decay = 0.8  # fine-tuning: lr x decay^(stages from the head)
-    c.unfreeze_at = (0.0, 1 / 3, 2 / 3)  # fractions of the steps: head; + last stage; all
-    c.lora_rank = 4
-    c.lora_alpha = 8.0
-    c.lora_lr_multiplier = 2.0  # LoRA adapters train with a larger rate, as usual
+    c.budgets = ()  # step budgets for every backbone (empty: each backbone's own budgets)
+    # methods: scratch, feature_extractor, or any jaxcnn.transfer.Plan spec (docs/transfer.md):
+    # linear_probe, finetune, finetune_lwd:D, gradual[:N], lora[:R], with ,key=value options
+    c.methods = ("scratch", "feature_extractor", "finetune_lwd:0.8", "gradual", "lora:4")
     c.probe_steps = 500  # feature extractor: full-batch softmax regression steps
     c.compilation_cache = "jax_cache"  # under the workdir ("" disables): the runs of one
     # method share their compiled train step (same shapes), so seeds and label counts are cheap

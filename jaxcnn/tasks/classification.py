@@ -27,6 +27,7 @@ from jaxcnn.train.remat import check_remat, remat_blocks
 from jaxcnn.train.state import create_train_state
 from jaxcnn.train.steps import train_step_fn
 from jaxcnn.train.trainer import Context, Task
+from jaxcnn.transfer.plan import Applied, Plan
 
 __all__ = ["AUGMENT_FIELDS", "CLASSIFICATION_FIELDS", "Classification", "DATA_FIELDS"]
 
@@ -116,6 +117,16 @@ def _jitter(v):
     return None if len(v) in (3, 4) and min(v) >= 0 else "a number or 3-4 numbers >= 0"
 
 
+def _transfer_spec(v: str) -> str | None:
+    if not v:
+        return None
+    try:
+        Plan.parse(v)
+    except ValueError as e:
+        return f"a transfer plan spec ({e})"
+    return None
+
+
 # Host-side augmentation policies (jaxcnn.data.augment reads these; train mode only).
 AUGMENT_FIELDS: dict[str, Field] = {
     "augment_policy": Field(
@@ -170,6 +181,13 @@ CLASSIFICATION_FIELDS: dict[str, Field] = {
         "weight of auxiliary classifiers (GoogLeNet, Inception v3); -1: the model's default",
         lambda v: None if v == -1 or v >= 0 else ">= 0 or -1 (the model's default)",
     ),
+    "transfer": Field(
+        "",
+        "transfer-learning plan over the starting weights (init_from): linear_probe, finetune, "
+        "finetune_lwd[:decay], gradual[:phases] or lora[:rank], with ,key=value options "
+        "(docs/transfer.md); '': everything trains as usual",
+        _transfer_spec,
+    ),
 }
 
 
@@ -186,16 +204,23 @@ class Classification(Task):
 
     ``splits`` (a :class:`jaxcnn.data.Splits`) replaces the config's dataset keys, for data
     built in Python (the transfer study, tests); ``variables`` starts from given weights
-    (``init_from`` does the same from a file).
+    (``init_from`` does the same from a file). ``plan`` (a :class:`jaxcnn.transfer.Plan` or
+    its spec) replaces the config's ``transfer`` key: the starting weights are trained under
+    it (frozen parts hold no optimizer state and get no gradient; phases of gradual
+    unfreezing are picked on device from the step, in one compiled step).
     """
 
     name = "classification"
     fields = CLASSIFICATION_FIELDS
     selection = ("accuracy", "max")
 
-    def __init__(self, splits: Any = None, variables: dict | None = None):
+    def __init__(
+        self, splits: Any = None, variables: dict | None = None, plan: Plan | str | None = None
+    ):
         self._given_splits = splits
         self._given_variables = variables
+        self._given_plan = plan
+        self.transfer: Applied | None = None
 
     # -- set-up ------------------------------------------------------------------------------
     def build(self, ctx: Context) -> None:
@@ -240,6 +265,8 @@ class Classification(Task):
                 f"examples"
             )
         total = self.steps_per_epoch * cfg["epochs"]
+        self.total_steps = total
+        self.plan = self._plan(cfg)
         self.lr = make_schedule(
             cfg["schedule"],
             cfg["learning_rate"],
@@ -257,6 +284,20 @@ class Classification(Task):
             lambda state, batch: _eval_sums(state, batch, sp.num_classes)
         )
 
+    def _plan(self, cfg) -> Plan | None:
+        spec = self._given_plan if self._given_plan is not None else cfg["transfer"]
+        if not spec:
+            return None
+        if self._given_variables is None and not cfg["init_from"]:
+            raise ConfigError(
+                f"config key 'transfer': the plan {str(spec)!r} transfers pretrained weights; "
+                f"set init_from (a checkpoint or weight file)"
+            )
+        try:
+            return Plan.parse(spec)
+        except ValueError as e:
+            raise ConfigError(f"config key 'transfer': {e}") from None
+
     def facts(self) -> dict:
         sp = self.data
         return {
@@ -269,11 +310,20 @@ class Classification(Task):
         }
 
     def describe(self) -> dict:
-        return {
+        out: dict[str, Any] = {
             "dataset": self.data.name,
             "splits": dict(self.data.provenance),
             "class_names": list(self.data.class_names),
         }
+        if self.transfer is not None:
+            out["transfer"] = {
+                "plan": self.transfer.plan.label,
+                "phase_starts": list(self.transfer.starts),
+                "groups": self.transfer.rows(),
+                "trainable_params": self.transfer.trainable_params(),
+                "optimizer_state_bytes": self.transfer.optimizer_state_bytes(),
+            }
+        return out
 
     def init_state(self):
         cfg = self.ctx.cfg
@@ -288,26 +338,54 @@ class Classification(Task):
             variables = load_variables(
                 cfg["init_from"], self.model, strict=False, input_shape=self.input_shape[1:]
             )
-        return create_train_state(
+        if self.plan is None:
+            return create_train_state(
+                self.model,
+                self.tx,
+                self.input_shape,
+                seed=cfg["seed"],
+                variables=variables,
+                dynamic_scale=init_dynamic_scale(self.policy),
+            )
+        if variables is None:  # build() refused a plan without starting weights
+            raise ConfigError("config key 'transfer' needs starting weights (init_from)")
+        # the config's optimizer per plan group (each on the run's schedule from its start);
+        # clipping over all trainable gradients together
+        self.transfer = self.plan.apply(
             self.model,
-            self.tx,
-            self.input_shape,
+            variables,
+            lambda lr: make_optimizer(cfg["optimizer"], lr, cfg["weight_decay"]),
+            self.lr,
+            input_shape=self.input_shape,
+            steps=self.total_steps,
             seed=cfg["seed"],
-            variables=variables,
-            dynamic_scale=init_dynamic_scale(self.policy),
+            grad_clip=cfg["grad_clip"],
+        )
+        self.tx = self.transfer.tx
+        if self.ctx.main:
+            print(self.transfer.table(), flush=True)
+        return self.transfer.init_state(
+            seed=cfg["seed"], dynamic_scale=init_dynamic_scale(self.policy), copy=False
         )
 
     # -- training ----------------------------------------------------------------------------
     def step_fn(self, state, batch):
         cfg = self.ctx.cfg
-        return train_step_fn(
-            state,
-            batch,
-            label_smoothing=cfg["label_smoothing"],
-            aux_weight=self.aux_weight,
-            grad_accum_steps=cfg["grad_accum_steps"],
-            remat=self.remat,
-        )
+
+        def step(state, batch, trainable=None):
+            return train_step_fn(
+                state,
+                batch,
+                label_smoothing=cfg["label_smoothing"],
+                aux_weight=self.aux_weight,
+                grad_accum_steps=cfg["grad_accum_steps"],
+                remat=self.remat,
+                trainable=trainable,
+            )
+
+        if self.transfer is None:
+            return step(state, batch)
+        return self.transfer.step(step)(state, batch)
 
     def train_batches(self, data_state):
         cfg = self.ctx.cfg

@@ -53,10 +53,33 @@ def _forward(state: TrainState, mutable: list[str], remat: str | None) -> Callab
     return jax.checkpoint(apply, policy=REMAT_POLICIES[remat])
 
 
-def _grads_fn(state: TrainState, loss_fn: Callable, aux_weight: float, remat: str | None):
+def _differentiate(fn: Callable, params, trainable):
+    """``jax.value_and_grad(fn, has_aux=True)(params)``, differentiating only the leaves that
+    ``trainable`` (a tree of bools like ``params``, or None: all) marks: the others are closed
+    over as constants, so no gradient is computed for them (nor for anything that only they
+    feed, e.g. a frozen backbone's backward pass); their gradients are returned as zeros."""
+    if trainable is None:
+        return jax.value_and_grad(fn, has_aux=True)(params)
+    leaves, treedef = jax.tree.flatten(params)
+    mask = jax.tree.leaves(jax.tree.map(lambda _, m: bool(m), params, trainable))
+
+    def merge(parts, rest):
+        it = iter(parts)
+        return jax.tree.unflatten(treedef, [next(it) if m else x for x, m in zip(rest, mask)])
+
+    out, g = jax.value_and_grad(lambda t: fn(merge(t, leaves)), has_aux=True)(
+        [x for x, m in zip(leaves, mask) if m]
+    )
+    return out, merge(g, [jnp.zeros_like(x) for x in leaves])
+
+
+def _grads_fn(
+    state: TrainState, loss_fn: Callable, aux_weight: float, remat: str | None, trainable=None
+):
     """``(batch_stats, x, y, w, rng, frac) -> ((loss, (logits, updates)), grads)`` where the
     loss is ``loss_fn`` plus ``aux_weight`` times the CE of every sown auxiliary classifier,
-    times ``frac`` (a micro-batch's share) and the float16 loss scale."""
+    times ``frac`` (a micro-batch's share) and the float16 loss scale; only the ``trainable``
+    leaves are differentiated (see :func:`_differentiate`)."""
     has_bn = bool(state.batch_stats)
     mutable = (["batch_stats"] if has_bn else []) + (["aux_logits"] if aux_weight else [])
     apply = _forward(state, mutable, remat)
@@ -75,7 +98,7 @@ def _grads_fn(state: TrainState, loss_fn: Callable, aux_weight: float, remat: st
                 loss = loss * ds.scale
             return loss, (logits, updates)
 
-        return jax.value_and_grad(compute_loss, has_aux=True)(state.params)
+        return _differentiate(compute_loss, state.params, trainable)
 
     return grads
 
@@ -139,6 +162,7 @@ def train_step_fn(
     augment: Callable | None = None,
     grad_accum_steps: int = 1,
     remat: str | None = None,
+    trainable=None,
 ):
     """One SGD step on ``batch = {"image", "label", ["mask"]}``; returns (state, metric sums).
 
@@ -158,6 +182,9 @@ def train_step_fn(
     ``remat`` (``"dots"`` or ``"full"``) wraps the whole model in ``jax.checkpoint`` with that
     policy (see ``jaxcnn.train.remat``; per-block remat is a model option: ``remat_blocks``).
     ``state.dynamic_scale`` (float16) scales the loss, and skips non-finite steps.
+    ``trainable`` (a tree of bools like ``state.params``; None: all) differentiates only the
+    marked parameters: frozen ones get zero gradients without any being computed (what
+    ``jaxcnn.transfer.Plan`` passes for a frozen backbone).
     """
     if loss_fn is None:
 
@@ -171,7 +198,7 @@ def train_step_fn(
     if augment is not None:
         images = augment(jax.random.fold_in(rng, 1), images)
     labels, weights = batch["label"], batch.get("mask")
-    grads = _grads_fn(state, loss_fn, aux_weight, remat)
+    grads = _grads_fn(state, loss_fn, aux_weight, remat, trainable)
     if k == 1:
         (_, (logits, updates)), g = grads(state.batch_stats, images, labels, weights, rng, None)
         new_stats = updates["batch_stats"] if state.batch_stats else None

@@ -14,6 +14,11 @@ top-level params are its stages, ``head`` last).
     state = transfer.create_state(model, variables, optax.adam(1e-3), labels,
                                   lr_scales=transfer.layerwise_decay(names, 0.4))
 
+Or the whole strategy as one :class:`Plan` (frozen / trained / LoRA groups, rate scales,
+unfreezing phases counted in steps, BatchNorm handling, head reset), from Python or a config
+string (``Plan.parse("finetune_lwd:0.7")``; ``--config.transfer=...`` of the classification
+task); see :mod:`jaxcnn.transfer.plan`.
+
 Rules are big_vision-style ``(pattern, label)`` lists, first match wins, unmatched parameters
 are an error; see :mod:`jaxcnn.transfer.labels`.
 """
@@ -47,15 +52,21 @@ from jaxcnn.transfer.labels import (
     tree_paths,
 )
 from jaxcnn.transfer.lora import LoRA, LoRAApply
+from jaxcnn.transfer.plan import PRESETS, Applied, Phase, Plan, Role
 from jaxcnn.transfer.unfreeze import GradualUnfreezing, carry_state
 
 __all__ = [
+    "PRESETS",
+    "Applied",
     "FROZEN",
     "TRAINABLE",
     "FrozenBatchNorm",
     "GradualUnfreezing",
     "LoRA",
     "LoRAApply",
+    "Phase",
+    "Plan",
+    "Role",
     "as_labels",
     "carry_state",
     "count_params",
