@@ -651,6 +651,7 @@ POOLS: dict[str, tuple[list, list]] = {
     "random_erasing_min_aspect": ([0.3, 1], [0, 2]),
     "random_erasing_count": ([1, 3], [0]),
     "label_smoothing": ([0, 0.1, 0.9], [1.0, -0.1]),
+    "transfer": (["", "finetune", "lora:4", "linear_probe"], ["nonsense", "gradual:x"]),
     "aux_weight": ([-1, 0, 0.3], [-2]),
 }
 
