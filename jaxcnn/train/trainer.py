@@ -239,7 +239,9 @@ def guarded(step_fn: Callable) -> Callable:
     def step(state, batch, guard):
         new, sums = step_fn(state, batch)
         ok = _all_finite(sums) & _all_finite(new)
-        kept = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, state)
+        # one conditional for the whole state: a jnp.where per leaf compiles ~10x slower on
+        # CPU for a model with hundreds of leaves (ResNet-50: 250 s against 25 s)
+        kept = jax.lax.cond(ok, lambda: new, lambda: state)
         kept = kept.replace(step=new.step)
         sums = jax.tree.map(lambda v: jnp.where(ok, v, jnp.zeros_like(v)), sums)
         bad = (~ok).astype(jnp.int32)
