@@ -42,7 +42,7 @@ def _report(result, cfg, workdir):
         what = "the EMA " if key == "test_ema_accuracy" else ""
         line += f"; {what}selected by validation (step {sel['step']}): {sel[key]:.4f}"
     print(line)
-    cli.print_written(workdir, ("metrics.json", "curves.png", "confusion.png"))
+    cli.print_written(workdir, ("metrics.json", "curves.png", "confusion.png", "tensorboard/"))
 
 
 def main(argv=None) -> int:
