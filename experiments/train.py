@@ -36,10 +36,13 @@ def _report(result, cfg, workdir):
         f"\n{cfg['model']} on {cfg['dataset']}: test accuracy {result['test_accuracy']:.4f} "
         f"(last state, {result['epochs_run']:g} epochs, {result['train_time_s']:.1f}s training)"
     )
-    if "test_accuracy" in sel:
-        line += f"; selected by validation (step {sel['step']}): {sel['test_accuracy']:.4f}"
+    # the selected model's test figure: its EMA's when selection used the EMA
+    key = "test_" + sel.get("by", "val_accuracy").removeprefix("val_")
+    if key in sel:
+        what = "the EMA " if key == "test_ema_accuracy" else ""
+        line += f"; {what}selected by validation (step {sel['step']}): {sel[key]:.4f}"
     print(line)
-    cli.print_written(workdir, ("metrics.json", "curves.png", "confusion.png"))
+    cli.print_written(workdir, ("metrics.json", "curves.png", "confusion.png", "tensorboard/"))
 
 
 def main(argv=None) -> int:

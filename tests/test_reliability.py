@@ -123,7 +123,7 @@ def assert_same_run(workdir, reference) -> None:
         saved(workdir / "checkpoints", LAST).state, saved(reference / "checkpoints", LAST).state
     )
     a, b = strict_metrics(workdir), strict_metrics(reference)
-    drop = ("time_s",)
+    drop = ("time_s", "train_images_per_s")  # timings
     assert [{k: v for k, v in h.items() if k not in drop} for h in a["history"]] == [
         {k: v for k, v in h.items() if k not in drop} for h in b["history"]
     ]
@@ -601,7 +601,12 @@ POOLS: dict[str, tuple[list, list]] = {
     "batch_size": ([1, 8, 16, 24], [0, -5, 10_000, 2.0, "16"]),
     "eval_batch_size": ([1, 7, 512], [0, -1]),
     "epochs": ([1, 2], [0, -1, 1.0]),
-    "optimizer": (["adam", "adamw", "sgd", "rmsprop"], ["lamb", "Adam"]),
+    "optimizer": (["adam", "adamw", "sgd", "rmsprop", "lamb", "lars"], ["lbfgs", "Adam"]),
+    "momentum": ([0, 0.5, 0.9], [1.0, -0.1]),
+    "nesterov": ([-1, True, False], [2]),
+    "decay_mask": ([False, True], ["yes"]),
+    "min_lr": ([0, 1e-6], [-1e-6]),
+    "warmup_init_lr": ([0, 1e-6], [-1.0]),
     "learning_rate": ([1e-3, 0.01, 1e-5, 1e6], [0, -1, 0.0]),
     "schedule": (["constant", "cosine", "step"], ["linear"]),
     "warmup_epochs": ([0, 0.5, 3], [-1]),
@@ -615,6 +620,7 @@ POOLS: dict[str, tuple[list, list]] = {
     "keep_best": ([0, 1, 3], [-1]),
     "log_every_steps": ([1, 2, 20], [0]),
     "progress": ([False, True], ["no"]),
+    "tensorboard": ([False, True], ["no"]),
     "on_nonfinite": (["halt", "skip"], ["ignore"]),
     "max_nonfinite_skips": ([1, 10], [0]),
     "allow_config_change": ([False, True], ["yes"]),
@@ -652,6 +658,18 @@ POOLS: dict[str, tuple[list, list]] = {
     "random_erasing_count": ([1, 3], [0]),
     "label_smoothing": ([0, 0.1, 0.9], [1.0, -0.1]),
     "transfer": (["", "finetune", "lora:4", "linear_probe"], ["nonsense", "gradual:x"]),
+    "mixup_alpha": ([0, 0.2, 0.8], [-0.1]),
+    "cutmix_alpha": ([0, 1.0], [-1.0]),
+    "mixup_prob": ([0, 0.5, 1.0], [1.5]),
+    "mixup_switch_prob": ([0, 0.5, 1.0], [-0.5]),
+    "ema_decay": ([0, 0.5, 0.99], [1.0, -0.1]),
+    "ema_warmup": ([False, True], []),
+    "ema_warmup_gamma": ([1.0, 10.0], [0]),
+    "ema_warmup_power": ([2 / 3, 0.75], [0]),
+    "ema_min_decay": ([0, 0.5], [1.0]),
+    "ema_update_after_step": ([0, 3], [-1]),
+    "select_on_ema": ([-1, False, True], [2]),
+    "drop_path_rate": ([-1], [0.1, 1.0, -0.5]),
     "aux_weight": ([-1, 0, 0.3], [-2]),
 }
 

@@ -69,7 +69,10 @@ def test_resume_after_stop_equals_uninterrupted_run(tmp_path):
     chex.assert_trees_all_equal(resumed["state"].opt_state, full["state"].opt_state)
     # the interrupted epoch's train metrics average all its steps, as in the uninterrupted run
     h_full, h_res = metrics(tmp_path, "full")["history"], metrics(tmp_path, "part")["history"]
-    assert h_res == [dict(h, time_s=r["time_s"]) for h, r in zip(h_full, h_res)]
+    assert h_res == [
+        dict(h, time_s=r["time_s"], train_images_per_s=r["train_images_per_s"])
+        for h, r in zip(h_full, h_res)
+    ]
 
 
 def _ids_by_step(path):

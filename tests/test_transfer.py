@@ -765,6 +765,44 @@ def test_cli_transfer_key_and_bad_specs(tmp_path):
         _engine(study.TransferClassification(splits), tmp_path / "d", transfer="finetune", **LENET)
 
 
+def test_plan_with_recipe_keys_ema_mixup_and_optimizer_details(tmp_path):
+    """A plan composes with the recipe keys: the EMA follows the adapted parameters (adapters
+    included), mixup feeds soft targets through the plan's step, the plan's groups use the
+    config's optimizer (SGD with Nesterov, decay masked) and frozen weights stay bit-identical."""
+    model, v = _lenet()
+    splits = _arrays_splits(3, 8, size=(28, 28))
+    task = study.TransferClassification(splits, v)
+    res = _engine(
+        task,
+        tmp_path,
+        transfer="lora:2",
+        ema_decay=0.5,
+        mixup_alpha=0.8,
+        optimizer="sgd",
+        nesterov=True,
+        decay_mask=True,
+        weight_decay=1e-4,
+        **LENET,
+    )
+    state = res["state"]
+    assert res["steps"] == 3 and res["compilations"] == {"train_step": 1}
+    assert jax.tree.structure(state.ema["params"]) == jax.tree.structure(state.params)
+    lora = state.params["c3"]
+    assert _same_bits(lora["kernel"], v["params"]["c3"]["kernel"])
+    assert not _same_bits(state.ema["params"]["c3"]["lora_b"], lora["lora_b"])  # an average
+    assert np.abs(np.asarray(state.ema["params"]["c3"]["lora_b"])).max() > 0  # that moved
+    traces = [
+        x
+        for _, x in jax.tree_util.tree_flatten_with_path(
+            state.opt_state, is_leaf=lambda x: isinstance(x, optax.TraceState)
+        )[0]
+        if isinstance(x, optax.TraceState)
+    ]
+    assert traces  # SGD momentum per group, not Adam
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert {"val_accuracy", "val_ema_accuracy"} <= set(m["history"][-1])
+
+
 def test_tiny_study_runs_every_method_through_the_engine(tmp_path, capsys):
     c = transfer_tiny.get_config()
     out = study.study(c, str(tmp_path), ["lenet5_modern"])

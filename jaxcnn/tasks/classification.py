@@ -4,12 +4,20 @@ folders, TFDS), through the grain input pipeline.
 
 Selection uses the validation split only (its accuracy ranks the checkpoints and drives early
 stopping); the test split is evaluated at the end, on the last state and on the selected one.
-``metrics.json`` gets the per-split provenance, the test confusion matrix and per-class accuracy;
-the work directory ``curves.png`` and ``confusion.png``.
+``metrics.json`` gets the per-split provenance, the test confusion matrix and per-class accuracy,
+top-5 accuracy with more than 5 classes; the work directory ``curves.png`` and ``confusion.png``.
+
+The training recipes' ingredients are config keys (docs/recipes.md): host augmentation policies
+(:data:`AUGMENT_FIELDS`), Mixup/CutMix on device with soft targets (:data:`MIXUP_FIELDS`; the
+train accuracy then counts a prediction right when it is the mixed target's dominant label), a
+weight EMA updated after every optimizer update, evaluated beside the raw weights as
+``ema_*`` metrics and selected on by default (:data:`EMA_FIELDS`), the optimizer's finer keys
+(:data:`jaxcnn.train.config.OPTIMIZER_FIELDS`) and ``drop_path_rate``.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -19,9 +27,17 @@ import numpy as np
 from jaxcnn import data as data_lib
 from jaxcnn import models
 from jaxcnn.train import config as config_lib
-from jaxcnn.train.config import ConfigError, Field
+from jaxcnn.train.config import OPTIMIZER_FIELDS, ConfigError, Field
+from jaxcnn.train.ema import ema_from_config, ema_update
 from jaxcnn.train.losses import classification_metrics, confusion_matrix
-from jaxcnn.train.optim import make_optimizer, make_schedule
+from jaxcnn.train.metrics import topk_correct
+from jaxcnn.train.mixup import (
+    mix_batch,
+    mixup_from_config,
+    soft_cross_entropy,
+    soft_target_metrics,
+)
+from jaxcnn.train.optim import learning_rate_at, optimizer_factory, optimizer_from_config
 from jaxcnn.train.precision import get_policy, init_dynamic_scale
 from jaxcnn.train.remat import check_remat, remat_blocks
 from jaxcnn.train.state import create_train_state
@@ -29,7 +45,14 @@ from jaxcnn.train.steps import train_step_fn
 from jaxcnn.train.trainer import Context, Task
 from jaxcnn.transfer.plan import Applied, Plan
 
-__all__ = ["AUGMENT_FIELDS", "CLASSIFICATION_FIELDS", "Classification", "DATA_FIELDS"]
+__all__ = [
+    "AUGMENT_FIELDS",
+    "CLASSIFICATION_FIELDS",
+    "Classification",
+    "DATA_FIELDS",
+    "EMA_FIELDS",
+    "MIXUP_FIELDS",
+]
 
 
 def _auto_or_bool(v):
@@ -172,10 +195,59 @@ AUGMENT_FIELDS: dict[str, Field] = {
     "random_erasing_count": Field(1, "at most this many erased boxes", config_lib._at_least(1)),
 }
 
+
+def _alpha(v):
+    return None if math.isfinite(v) and v >= 0 else "a finite number >= 0 (0: off)"
+
+
+# Mixup/CutMix on device, per batch (jaxcnn.train.mixup reads these with label_smoothing).
+MIXUP_FIELDS: dict[str, Field] = {
+    "mixup_alpha": Field(0.0, "Mixup: Beta(alpha, alpha) of the mixing weight (0: off)", _alpha),
+    "cutmix_alpha": Field(0.0, "CutMix: Beta(alpha, alpha) of the kept area (0: off)", _alpha),
+    "mixup_prob": Field(1.0, "probability that a batch is mixed (Mixup or CutMix)", _prob),
+    "mixup_switch_prob": Field(
+        0.5, "with both alphas set: probability of CutMix instead of Mixup", _prob
+    ),
+}
+
+# Weight EMA (jaxcnn.train.ema reads the ema_* keys; select_on_ema is the task's).
+EMA_FIELDS: dict[str, Field] = {
+    "ema_decay": Field(
+        0.0,
+        "decay of the weight EMA, updated after every optimizer update (0: no EMA)",
+        config_lib._in_unit,
+    ),
+    "ema_warmup": Field(False, "EMA warm-up: decay 1 - (1 + s/gamma)^-power (timm ModelEmaV3)"),
+    "ema_warmup_gamma": Field(1.0, "EMA warm-up gamma", config_lib._positive_finite),
+    "ema_warmup_power": Field(2.0 / 3.0, "EMA warm-up power", config_lib._positive_finite),
+    "ema_min_decay": Field(0.0, "EMA warm-up: lowest decay", config_lib._in_unit),
+    "ema_update_after_step": Field(
+        0,
+        "updates before the EMA starts averaging (it copies the weights until then)",
+        config_lib._at_least(0),
+    ),
+    "select_on_ema": Field(
+        -1,
+        "rank checkpoints and stop early on the EMA's validation accuracy (val_ema_accuracy) "
+        "instead of the raw weights'; -1: when ema_decay > 0",
+        _auto_or_bool,
+        type=(bool, int),
+    ),
+}
+
 CLASSIFICATION_FIELDS: dict[str, Field] = {
+    **OPTIMIZER_FIELDS,
     **DATA_FIELDS,
     **AUGMENT_FIELDS,
     "label_smoothing": Field(0.0, "label smoothing of the cross-entropy", config_lib._in_unit),
+    **MIXUP_FIELDS,
+    **EMA_FIELDS,
+    "drop_path_rate": Field(
+        -1.0,
+        "stochastic depth rate of the last block (convnext, swin, vit, efficientnet, "
+        "mobilenet); -1: the model's default",
+        lambda v: None if v == -1 or 0 <= v < 1 else "in [0, 1) or -1 (the model's default)",
+    ),
     "aux_weight": Field(
         -1.0,
         "weight of auxiliary classifiers (GoogLeNet, Inception v3); -1: the model's default",
@@ -192,11 +264,35 @@ CLASSIFICATION_FIELDS: dict[str, Field] = {
 
 
 def _eval_sums(state, batch, num_classes: int):
-    logits = state.apply_fn(state.variables, batch["image"], train=False)
-    w = batch["mask"]
-    m = classification_metrics(logits, batch["label"], w)
-    m["confusion"] = confusion_matrix(logits, batch["label"], w, num_classes)
+    """Sums of one evaluation batch: loss, top-1 (and top-5 with more than 5 classes), the
+    confusion matrix; with an EMA in the state, the EMA's loss and accuracies as ``ema_*``."""
+    x, y, w = batch["image"], batch["label"], batch["mask"]
+
+    def sums(variables, prefix=""):
+        logits = state.apply_fn(variables, x, train=False)
+        m = classification_metrics(logits, y, w)
+        if num_classes > 5:
+            m["correct_top5"] = jnp.sum(topk_correct(logits, y, 5) * w)
+        out = {f"{prefix}{k}": v for k, v in m.items() if k != "count"}
+        return out, logits
+
+    m, logits = sums(state.variables)
+    m["count"] = jnp.sum(w)
+    m["confusion"] = confusion_matrix(logits, y, w, num_classes)
+    if state.ema is not None:
+        m.update(sums(state.ema, "ema_")[0])
     return m
+
+
+def _means(s: dict, prefix: str = "") -> dict:
+    n = float(s["count"])
+    out = {
+        f"{prefix}loss": float(s[f"{prefix}loss_sum"]) / n,
+        f"{prefix}accuracy": float(s[f"{prefix}correct"]) / n,
+    }
+    if f"{prefix}correct_top5" in s:
+        out[f"{prefix}top5_accuracy"] = float(s[f"{prefix}correct_top5"]) / n
+    return out
 
 
 class Classification(Task):
@@ -221,6 +317,17 @@ class Classification(Task):
         self._given_variables = variables
         self._given_plan = plan
         self.transfer: Applied | None = None
+
+    def selection_for(self, cfg: dict) -> tuple[str, str] | None:
+        """Validation ``ema_accuracy`` with ``select_on_ema`` (by default when there is an
+        EMA), else validation ``accuracy``."""
+        auto = cfg["select_on_ema"] == -1
+        on_ema = cfg["ema_decay"] > 0 if auto else bool(cfg["select_on_ema"])
+        if on_ema and not cfg["ema_decay"]:
+            raise ConfigError(
+                "config key 'select_on_ema': selecting on the EMA needs one (ema_decay > 0)"
+            )
+        return ("ema_accuracy", "max") if on_ema else self.selection
 
     # -- set-up ------------------------------------------------------------------------------
     def build(self, ctx: Context) -> None:
@@ -247,11 +354,24 @@ class Classification(Task):
         self.pre = data_lib.preprocess_from_config(cfg, self.info, sp)
         policy = get_policy(cfg["precision"])
         self.policy = policy
-        model = models.create_model(
-            cfg["model"],
-            num_classes=sp.num_classes,
-            **{**policy.model_kwargs, **cfg["model_kwargs"]},
-        )
+        kwargs = {**policy.model_kwargs, **cfg["model_kwargs"]}
+        if cfg["drop_path_rate"] >= 0:
+            if "drop_path_rate" in cfg["model_kwargs"]:
+                raise ConfigError(
+                    "config keys 'drop_path_rate' and 'model_kwargs.drop_path_rate' are both "
+                    "set; keep one"
+                )
+            kwargs["drop_path_rate"] = cfg["drop_path_rate"]
+        try:
+            model = models.create_model(cfg["model"], num_classes=sp.num_classes, **kwargs)
+        except TypeError as e:
+            if "drop_path_rate" in kwargs and "'drop_path_rate'" in str(e):
+                raise ConfigError(
+                    f"config key 'drop_path_rate': model {cfg['model']!r} has no stochastic "
+                    f"depth (convnext, swin, vit, efficientnet and mobilenet models have it); "
+                    f"leave drop_path_rate at -1"
+                ) from None
+            raise
         remat = check_remat(cfg["remat"] if cfg["remat"] != "none" else "")
         if remat == "blocks":
             model = remat_blocks(model)
@@ -264,18 +384,12 @@ class Classification(Task):
                 f"batch_size {cfg['batch_size']} is larger than the {len(sp.train)} training "
                 f"examples"
             )
-        total = self.steps_per_epoch * cfg["epochs"]
-        self.total_steps = total
+        self.total_steps = self.steps_per_epoch * cfg["epochs"]
         self.plan = self._plan(cfg)
-        self.lr = make_schedule(
-            cfg["schedule"],
-            cfg["learning_rate"],
-            total,
-            int(cfg["warmup_epochs"] * self.steps_per_epoch),
-        )
-        self.tx = make_optimizer(
-            cfg["optimizer"], self.lr, cfg["weight_decay"], grad_clip=cfg["grad_clip"] or None
-        )
+        self.tx, self.lr = optimizer_from_config(cfg, self.steps_per_epoch)
+        self.mix = mixup_from_config(cfg)
+        self.ema = ema_from_config(cfg)
+        self.num_classes = sp.num_classes
         aux = cfg["aux_weight"] if cfg["aux_weight"] >= 0 else self.info.aux_weight
         if aux and not cfg["model_kwargs"].get("aux_logits", True):
             aux = 0.0
@@ -346,6 +460,7 @@ class Classification(Task):
                 seed=cfg["seed"],
                 variables=variables,
                 dynamic_scale=init_dynamic_scale(self.policy),
+                ema=self.ema is not None,
             )
         if variables is None:  # build() refused a plan without starting weights
             raise ConfigError("config key 'transfer' needs starting weights (init_from)")
@@ -354,7 +469,7 @@ class Classification(Task):
         self.transfer = self.plan.apply(
             self.model,
             variables,
-            lambda lr: make_optimizer(cfg["optimizer"], lr, cfg["weight_decay"]),
+            optimizer_factory(cfg),
             self.lr,
             input_shape=self.input_shape,
             steps=self.total_steps,
@@ -365,12 +480,26 @@ class Classification(Task):
         if self.ctx.main:
             print(self.transfer.table(), flush=True)
         return self.transfer.init_state(
-            seed=cfg["seed"], dynamic_scale=init_dynamic_scale(self.policy), copy=False
+            seed=cfg["seed"],
+            dynamic_scale=init_dynamic_scale(self.policy),
+            copy=False,
+            ema=self.ema is not None,
         )
 
     # -- training ----------------------------------------------------------------------------
     def step_fn(self, state, batch):
+        """The train step; with Mixup/CutMix the batch is mixed first (keyed by the step) and
+        the loss takes the soft targets (label smoothing folded in); the EMA follows the
+        updated weights."""
         cfg = self.ctx.cfg
+        losses: dict[str, Any] = {}
+        if self.mix.enabled:
+            key = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), 2)
+            images, targets, _ = mix_batch(
+                key, batch["image"], batch["label"], self.num_classes, self.mix
+            )
+            batch = {**batch, "image": images, "label": targets}
+            losses = {"loss_fn": soft_cross_entropy, "metrics_fn": soft_target_metrics}
 
         def step(state, batch, trainable=None):
             return train_step_fn(
@@ -381,11 +510,20 @@ class Classification(Task):
                 grad_accum_steps=cfg["grad_accum_steps"],
                 remat=self.remat,
                 trainable=trainable,
+                **losses,
             )
 
         if self.transfer is None:
-            return step(state, batch)
-        return self.transfer.step(step)(state, batch)
+            new, sums = step(state, batch)
+        else:
+            new, sums = self.transfer.step(step)(state, batch)
+        if self.ema is not None:
+            ema = ema_update(new.ema, new.params, new.batch_stats, new.step, **self.ema)
+            new = new.replace(ema=ema)
+        return new, sums
+
+    def learning_rate(self, step: int) -> float | None:
+        return float(learning_rate_at(self.lr, step))
 
     def train_batches(self, data_state):
         cfg = self.ctx.cfg
@@ -414,10 +552,9 @@ class Classification(Task):
         )
         s = self.ctx.sum_over(self._eval_step, state, batches)
         n = float(s["count"])
-        out: dict[str, Any] = {
-            "loss": float(s["loss_sum"]) / n,
-            "accuracy": float(s["correct"]) / n,
-        }
+        out: dict[str, Any] = _means(s)
+        if state.ema is not None:
+            out.update(_means(s, "ema_"))
         if split == "test":
             cm = np.rint(np.asarray(s["confusion"])).astype(int)
             out["confusion"] = cm.tolist()

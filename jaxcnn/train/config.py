@@ -26,6 +26,7 @@ from typing import Any
 __all__ = [
     "COMMON",
     "LOOP_KEYS",
+    "OPTIMIZER_FIELDS",
     "ConfigError",
     "Field",
     "default_config",
@@ -169,6 +170,12 @@ COMMON: dict[str, Field] = {
         resume_ok=True,
     ),
     "progress": Field(True, "show a progress bar", resume_ok=True),
+    "tensorboard": Field(
+        False,
+        "also write TensorBoard event files to <workdir>/tensorboard (needs the tensorboard "
+        "extra: tensorboardX)",
+        resume_ok=True,
+    ),
     "on_nonfinite": Field(
         "halt",
         "non-finite loss or parameters: halt (stop with an error naming the step) or "
@@ -203,6 +210,43 @@ COMMON: dict[str, Field] = {
 }
 
 
+def _auto_or_bool(v) -> str | None:
+    return None if v in (-1, 0, 1) or isinstance(v, bool) else "-1 (auto), true or false"
+
+
+# The optimizer's finer keys (jaxcnn.train.optim.optimizer_from_config reads them with COMMON's
+# optimizer, learning_rate, schedule, warmup_epochs, weight_decay and grad_clip); a task that
+# builds its optimizer with that function joins this group. Defaults keep the optimizers as
+# COMMON's keys alone make them.
+OPTIMIZER_FIELDS: dict[str, Field] = {
+    "optimizer": Field(
+        "adam",
+        "adam, adamw (decoupled decay), sgd (momentum, Nesterov unless nesterov=false), "
+        "rmsprop, lamb or lars (optax's)",
+        _one_of("adam", "adamw", "sgd", "rmsprop", "lamb", "lars"),
+    ),
+    "momentum": Field(
+        0.9, "momentum of sgd, rmsprop and lars", lambda v: None if 0 <= v < 1 else "in [0, 1)"
+    ),
+    "nesterov": Field(
+        -1,
+        "Nesterov momentum: true/false; -1: on for sgd, off for lars (the other optimizers "
+        "take no such option)",
+        _auto_or_bool,
+        type=(bool, int),
+    ),
+    "decay_mask": Field(
+        False,
+        "no weight decay (nor LARS trust ratio) on biases, normalisation scales, other 1-D "
+        "parameters and transformer embeddings (timm's rule); false: decay every parameter",
+    ),
+    "min_lr": Field(0.0, "end value of the cosine schedule", _finite_at_least(0.0)),
+    "warmup_init_lr": Field(
+        0.0, "learning rate at the start of the linear warm-up", _finite_at_least(0.0)
+    ),
+}
+
+
 # Keys the Trainer's loop reads for every task (a task may redefine them, never drop them).
 LOOP_KEYS = frozenset(
     {
@@ -215,6 +259,7 @@ LOOP_KEYS = frozenset(
         "keep_checkpoints",
         "log_every_steps",
         "progress",
+        "tensorboard",
         "on_nonfinite",
         "max_nonfinite_skips",
         "allow_config_change",

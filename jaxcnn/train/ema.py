@@ -20,10 +20,12 @@ decay up (gamma 1, power 2/3 reach 0.999 after ~31,600 steps; power 3/4 after ~1
 
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 import jax
 import jax.numpy as jnp
 
-__all__ = ["EMA_DEFAULTS", "ema_decay", "ema_init", "ema_update"]
+__all__ = ["EMA_DEFAULTS", "ema_decay", "ema_from_config", "ema_init", "ema_update"]
 
 EMA_DEFAULTS = {
     "ema_decay": 0.0,  # 0: no EMA
@@ -101,3 +103,20 @@ def ema_update(
             lambda e, n: _lerp(e, n, d), ema["batch_stats"], batch_stats
         )
     return new
+
+
+def ema_from_config(cfg: Mapping[str, Any]) -> dict | None:
+    """The keyword arguments of :func:`ema_update` after ``step`` (``decay``, ``warmup``...)
+    from the config keys of :data:`EMA_DEFAULTS` (missing keys: defaults); None when
+    ``ema_decay`` is 0 (no EMA)."""
+    c = {**EMA_DEFAULTS, **{k: cfg[k] for k in EMA_DEFAULTS if k in cfg}}
+    if not c["ema_decay"]:
+        return None
+    return {
+        "decay": float(c["ema_decay"]),
+        "warmup": bool(c["ema_warmup"]),
+        "warmup_gamma": float(c["ema_warmup_gamma"]),
+        "warmup_power": float(c["ema_warmup_power"]),
+        "min_decay": float(c["ema_min_decay"]),
+        "update_after_step": int(c["ema_update_after_step"]),
+    }

@@ -1,7 +1,7 @@
 """Optimizers and learning-rate schedules from a config.
 
 Weight decay can be masked off the parameters recipes exempt (``decay_mask=True``, the config
-switch ``filter_bias_and_norm``): biases, normalisation scales and every other parameter of at
+switch of the same name): biases, normalisation scales and every other parameter of at
 most one dimension (timm's ``param.ndim <= 1 or name.endswith(".bias")``, which also covers
 ConvNeXt's layer scale), plus the embeddings timm's and torchvision's transformer recipes
 exempt (``pos_embed``, ``cls_token``, ``dist_token``, ``relative_position_bias_table``,
@@ -11,7 +11,7 @@ exempt (``pos_embed``, ``cls_token``, ``dist_token``, ``relative_position_bias_t
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import optax
@@ -24,6 +24,9 @@ __all__ = [
     "learning_rate_at",
     "make_optimizer",
     "make_schedule",
+    "optimizer_factory",
+    "optimizer_from_config",
+    "schedule_from_config",
     "weight_decay_mask",
 ]
 
@@ -160,3 +163,69 @@ def make_optimizer(
     if grad_clip:
         tx = optax.chain(optax.clip_by_global_norm(grad_clip), tx)
     return tx
+
+
+def optimizer_from_config(
+    cfg: Mapping[str, Any], steps_per_epoch: int
+) -> tuple[optax.GradientTransformation, Any]:
+    """``(optimizer, schedule)`` from a validated training config: the keys ``optimizer``,
+    ``learning_rate``, ``schedule``, ``warmup_epochs``, ``weight_decay``, ``grad_clip`` and,
+    when present (:data:`jaxcnn.train.config.OPTIMIZER_FIELDS`), ``momentum``, ``nesterov``
+    (-1: the optimizer's default), ``decay_mask``, ``min_lr``, ``warmup_init_lr``. The schedule
+    spans ``epochs * steps_per_epoch`` updates; :func:`learning_rate_at` reads it for logging.
+    A key that the chosen optimizer or schedule cannot honour is a one-line ``ConfigError``."""
+    factory = optimizer_factory(cfg)
+    schedule = schedule_from_config(cfg, steps_per_epoch)
+    tx = factory(schedule)
+    if cfg["grad_clip"]:
+        tx = optax.chain(optax.clip_by_global_norm(cfg["grad_clip"]), tx)
+    return tx, schedule
+
+
+def optimizer_factory(cfg: Mapping[str, Any]) -> Callable[[Any], optax.GradientTransformation]:
+    """``learning rate (float or schedule) -> optimizer`` for the config's optimizer keys
+    (everything of :func:`optimizer_from_config` but the schedule and clipping): what a
+    :class:`jaxcnn.transfer.Plan` calls once per parameter group."""
+    from jaxcnn.train.config import ConfigError
+
+    name = cfg["optimizer"]
+    nesterov = cfg.get("nesterov", -1)
+    nesterov = None if nesterov == -1 or nesterov is None else bool(nesterov)
+    if nesterov is not None and name not in ("sgd", "lars"):
+        raise ConfigError(
+            f"config key 'nesterov': only sgd and lars take Nesterov momentum; got "
+            f"nesterov={nesterov} with optimizer {name!r} (use -1)"
+        )
+    kwargs = dict(
+        momentum=float(cfg.get("momentum", 0.9)),
+        nesterov=nesterov,
+        decay_mask=bool(cfg.get("decay_mask", False)),
+    )
+    make_optimizer(name, 0.0, cfg["weight_decay"], **kwargs)  # unknown names fail here
+
+    def factory(learning_rate: Any) -> optax.GradientTransformation:
+        return make_optimizer(name, learning_rate, cfg["weight_decay"], **kwargs)
+
+    return factory
+
+
+def schedule_from_config(cfg: Mapping[str, Any], steps_per_epoch: int) -> Any:
+    """The config's learning-rate schedule over ``epochs * steps_per_epoch`` updates (keys
+    ``learning_rate``, ``schedule``, ``warmup_epochs`` and, when present, ``min_lr``,
+    ``warmup_init_lr``)."""
+    from jaxcnn.train.config import ConfigError
+
+    min_lr = float(cfg.get("min_lr", 0.0))
+    if min_lr and cfg["schedule"] != "cosine":
+        raise ConfigError(
+            f"config key 'min_lr': applies to the cosine schedule only; got min_lr={min_lr} "
+            f"with schedule {cfg['schedule']!r}"
+        )
+    return make_schedule(
+        cfg["schedule"],
+        cfg["learning_rate"],
+        steps_per_epoch * cfg["epochs"],
+        int(cfg["warmup_epochs"] * steps_per_epoch),
+        min_lr=min_lr,
+        warmup_init_lr=float(cfg.get("warmup_init_lr", 0.0)),
+    )

@@ -613,16 +613,25 @@ class Applied:
 
         return phased
 
-    def init_state(self, seed: int = 0, dynamic_scale: Any = None, copy: bool = True):
+    def init_state(
+        self, seed: int = 0, dynamic_scale: Any = None, copy: bool = True, ema: bool = False
+    ):
         """A ``TrainState`` at the plan's starting variables (copied when ``copy``: the train
-        step donates its state) with phase 0's optimizer and ``apply_fn``."""
+        step donates its state) with phase 0's optimizer and ``apply_fn`` (and a weight EMA
+        starting at them when ``ema``)."""
         from jaxcnn.train.state import create_train_state
 
         variables = self.variables
         if copy:
             variables = jax.tree.map(jnp.array, dict(variables))
         state = create_train_state(
-            self.model, self.tx, (), seed=seed, variables=variables, dynamic_scale=dynamic_scale
+            self.model,
+            self.tx,
+            (),
+            seed=seed,
+            variables=variables,
+            dynamic_scale=dynamic_scale,
+            ema=ema,
         )
         return state.replace(apply_fn=self.apply_fn)
 
