@@ -196,15 +196,20 @@ def optimizer_factory(cfg: Mapping[str, Any]) -> Callable[[Any], optax.GradientT
             f"config key 'nesterov': only sgd and lars take Nesterov momentum; got "
             f"nesterov={nesterov} with optimizer {name!r} (use -1)"
         )
-    kwargs = dict(
-        momentum=float(cfg.get("momentum", 0.9)),
-        nesterov=nesterov,
-        decay_mask=bool(cfg.get("decay_mask", False)),
-    )
-    make_optimizer(name, 0.0, cfg["weight_decay"], **kwargs)  # unknown names fail here
+    momentum = float(cfg.get("momentum", 0.9))
+    decay_mask = bool(cfg.get("decay_mask", False))
 
     def factory(learning_rate: Any) -> optax.GradientTransformation:
-        return make_optimizer(name, learning_rate, cfg["weight_decay"], **kwargs)
+        return make_optimizer(
+            name,
+            learning_rate,
+            cfg["weight_decay"],
+            momentum=momentum,
+            nesterov=nesterov,
+            decay_mask=decay_mask,
+        )
+
+    factory(0.0)  # an unknown optimizer name fails here, before any parameter exists
 
     return factory
 
