@@ -580,10 +580,12 @@ def table(records, counts) -> str:
 
 def _at_phase_ends(rec) -> list[dict | None]:
     """The last evaluation of each phase of a run (None where a phase had none)."""
-    starts = list(rec["phase_starts"]) + [rec["steps"] + 1]
+    # an evaluation at step s sees the state after s updates: the end of the phase that
+    # ends at s
+    starts = list(rec["phase_starts"]) + [rec["steps"]]
     out = []
     for a, b in zip(starts, starts[1:]):
-        inside = [h for h in rec["curve"] if a < h["step"] <= b - (b <= rec["steps"])]
+        inside = [h for h in rec["curve"] if a < h["step"] <= b]
         out.append(inside[-1] if inside else None)
     return out
 

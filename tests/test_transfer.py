@@ -450,7 +450,7 @@ def test_frozen_backbone_holds_no_optimizer_state(name, shape):
     # waiting for their phase hold their (zero) moments from the start: the measured cost
     grad = transfer.Plan.parse("gradual").apply(model, v, optax.adam, sched, **kw)
     assert grad.trainable_params(0) == head
-    assert grad.optimizer_state_bytes(0) == 2 * 4 * n_all + 3 * 8 + 2 * 4  # + warm-up counts
+    assert grad.optimizer_state_bytes(0) == 2 * 4 * n_all + 3 * 8  # 3 phase groups' counters
     assert "optimizer state 0.16 MiB" in probe.table()
 
 
@@ -515,7 +515,9 @@ def test_gradual_plan_fresh_moments_on_the_run_schedule_with_warmup_and_bn_per_p
     model = TinyResNet()
     v = _init(model)
     sched = optax.linear_schedule(1e-2, 1e-3, 8)
-    plan = transfer.Plan.parse("gradual,at=2/4,warmup=2,decay=0.5,reset_head=false")
+    plan = transfer.Plan.parse(
+        "gradual,at=2/4,warmup=2,decay=0.5,reset_head=false,phase_lr=continue"
+    )
     a = plan.apply(model, v, optax.adam, sched, input_shape=SHAPE, steps=8)
     assert a.starts == [0, 2, 4]
     rows = {r["group"]: r for r in a.rows()}
@@ -549,13 +551,48 @@ def test_gradual_plan_fresh_moments_on_the_run_schedule_with_warmup_and_bn_per_p
     }
 
 
+@pytest.mark.parametrize(
+    "how,rates", [("continue", (5, 6, 7)), ("restart", (0, 1, 2)), ("rescale", (0, 2, 4))]
+)
+def test_phase_lr_gives_a_late_group_the_run_schedule_continued_restarted_or_rescaled(how, rates):
+    """A group unfrozen at step 5 of 10 (SGD, lr(t) = 1 - t/10): its first three updates use
+    the run's rate at steps 5, 6, 7 (continue), 0, 1, 2 (restart) or 0, 2, 4 (rescale: the
+    whole schedule squeezed into the 5 steps left)."""
+    params = {"stem": {"w": jnp.ones(2)}, "head": {"w": jnp.ones(2)}}
+    sched = optax.linear_schedule(1.0, 0.0, 10)
+    plan = transfer.Plan(backbone="frozen", phases=2, unfreeze_at=(5,), phase_lr=how)
+    a = plan.apply(
+        None,
+        {"params": params},
+        optax.sgd,
+        sched,
+        input_shape=(),
+        steps=10,
+        prepare=False,
+        groups=["stem", "head"],
+        apply_fn=lambda variables, x: x,
+    )
+    grads = jax.tree.map(jnp.ones_like, params)
+    state = a.tx.init(params)
+    seen = []
+    for t in range(8):
+        tx = a.phases[0 if t < 5 else 1].tx
+        updates, state = tx.update(grads, state, params)
+        seen.append(-float(updates["stem"]["w"][0]))
+    np.testing.assert_allclose(seen[:5], 0.0)
+    np.testing.assert_allclose(seen[5:], [float(sched(r)) for r in rates], rtol=1e-6)
+
+
 def test_lora_plan_trains_adapters_bn_affine_and_head():
+    """LoRA by default trains the adapters, the BatchNorm affine and the head, and its
+    BatchNorm layers follow the adapted convolutions (batch statistics, running averages
+    updated); the base weights stay bit-identical."""
     model = TinyResNet()
     v = _init(model)
     for spec, affine_trains, stats_move in [
-        ("lora:2", True, False),
-        ("lora:2,bn_affine=false", False, False),
-        ("lora:2,bn_stats=batch", True, True),
+        ("lora:2", True, True),
+        ("lora:2,bn_affine=false", False, True),
+        ("lora:2,bn_stats=fixed", True, False),
     ]:
         a = transfer.Plan.parse(spec).apply(model, v, optax.adam(1e-2), input_shape=SHAPE)
         state = a.init_state()
@@ -571,8 +608,8 @@ def test_lora_plan_trains_adapters_bn_affine_and_head():
             assert _same_bits(start[k], after[k]) != trains, (spec, k)
         moved = [not _same_bits(x, stats[k]) for k, x in _snap(v["batch_stats"]).items()]
         assert all(moved) if stats_move else not any(moved), spec
-    table = a.table()
-    assert "lora r=2 + bn affine" in table and "batch" in table and "LoRA adapters" in table
+    table = a.table()  # the last one: bn_stats=fixed
+    assert "lora r=2 + bn affine" in table and "fixed" in table and "LoRA adapters" in table
 
 
 # ---------------------------------------------------------------- the study on the engine
@@ -811,15 +848,15 @@ def test_tiny_study_runs_every_method_through_the_engine(tmp_path, capsys):
     saved = json.loads((tmp_path / "results.json").read_text())
     recs = {r["method"]: r for r in saved["records"]}
     assert set(recs) == set(c.methods) and len(saved["records"]) == len(c.methods)
-    assert c.methods == ("scratch", "feature_extractor", "finetune_lwd:0.8", "gradual", "lora:4")
+    assert c.methods == ("scratch", "feature_extractor", "finetune_lwd:0.8", "gradual", "lora")
     assert "hold-out" in saved["splits"]["target_validation"]
     n_all = 61_281  # LeNet-5 (modern) with a 5-class head
     assert recs["scratch"]["trainable_params"] == n_all
     assert recs["finetune_lwd:0.8"]["trainable_params"] == n_all
     assert recs["gradual"]["trainable_params"] == n_all
     assert recs["feature_extractor"]["trainable_params"] == 84 * 5 + 5
-    assert 84 * 5 + 5 < recs["lora:4"]["trainable_params"] < n_all // 5
-    assert recs["gradual"]["phase_starts"] == [0, 7, 13]  # thirds of the 20 steps
+    assert 84 * 5 + 5 < recs["lora"]["trainable_params"] < n_all // 5
+    assert recs["gradual"]["phase_starts"] == [0, 2, 4]  # unfrozen over the first fifth
     for m, r in recs.items():
         assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["val_accuracy"] <= 1.0, m
         if m == "feature_extractor":
@@ -840,7 +877,7 @@ def test_tiny_study_runs_every_method_through_the_engine(tmp_path, capsys):
         assert ("transfer plan" in (run_dir / "train.log").read_text()) == (m != "scratch"), m
     md = (tmp_path / "results.md").read_text()
     assert all(study.method_name(m) in md for m in c.methods)
-    assert "`gradual`: phases start at steps [0, 7, 13]" in md  # the per-phase table
+    assert "`gradual`: phases start at steps [0, 2, 4]" in md  # the per-phase table
     assert (tmp_path / "curves.png").stat().st_size > 0
     assert out["records"] == saved["records"]
     # the backbone: selected on the source validation split, cached and reused

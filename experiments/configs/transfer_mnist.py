@@ -5,7 +5,7 @@
     python -m experiments.transfer --config experiments/configs/transfer_mnist.py \
         --config.models='("resnet18_cifar",)' --config.seeds='(0, 1, 2)' \
         --config.budgets='(60, 200, 600)' --config.label_counts='(50, 200, 1000)' \
-        --config.methods='("scratch", "finetune_lwd:0.8", "gradual", "lora:4", "lora:8")'
+        --config.methods='("scratch", "finetune_lwd:0.8", "gradual", "lora:4", "lora:16")'
 
 Every network trains on the engine (jaxcnn.train.Trainer); selection (the pretrained backbone,
 the reported state of every transfer run) uses validation splits held out of the train split,
@@ -72,7 +72,7 @@ def get_config():
     c.budgets = ()  # step budgets for every backbone (empty: each backbone's own budgets)
     # methods: scratch, feature_extractor, or any jaxcnn.transfer.Plan spec (docs/transfer.md):
     # linear_probe, finetune, finetune_lwd:D, gradual[:N], lora[:R], with ,key=value options
-    c.methods = ("scratch", "feature_extractor", "finetune_lwd:0.8", "gradual", "lora:4")
+    c.methods = ("scratch", "feature_extractor", "finetune_lwd:0.8", "gradual", "lora")
     c.probe_steps = 500  # feature extractor: full-batch softmax regression steps
     c.compilation_cache = "jax_cache"  # under the workdir ("" disables): the runs of one
     # method share their compiled train step (same shapes), so seeds and label counts are cheap

@@ -18,7 +18,7 @@ def get_config():
         # a narrow ResNet-18 (16 filters at the stem): BatchNorm everywhere, for quick looks at
         # what the study's methods do on a deep backbone (--config.models='("resnet18_cifar",)')
         "resnet18_cifar": _model(
-            1, 128, 2e-3, budgets=(60,), batch_size=32, lr=1e-3, in_channels=1, num_filters=16
+            3, 128, 2e-3, budgets=(60,), batch_size=32, lr=1e-3, in_channels=1, num_filters=16
         ),
     }
     c.source_validation_split = 200

@@ -43,7 +43,7 @@ from jaxcnn.train.remat import check_remat, remat_blocks
 from jaxcnn.train.state import create_train_state
 from jaxcnn.train.steps import train_step_fn
 from jaxcnn.train.trainer import Context, Task
-from jaxcnn.transfer.plan import Applied, Plan
+from jaxcnn.transfer import Applied, Plan
 
 __all__ = [
     "AUGMENT_FIELDS",

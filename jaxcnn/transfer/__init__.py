@@ -23,6 +23,7 @@ Rules are big_vision-style ``(pattern, label)`` lists, first match wins, unmatch
 are an error; see :mod:`jaxcnn.transfer.labels`.
 """
 
+from jaxcnn.transfer.applied import Applied, Phase, Role
 from jaxcnn.transfer.freeze import (
     FrozenBatchNorm,
     as_labels,
@@ -52,7 +53,7 @@ from jaxcnn.transfer.labels import (
     tree_paths,
 )
 from jaxcnn.transfer.lora import LoRA, LoRAApply
-from jaxcnn.transfer.plan import PRESETS, Applied, Phase, Plan, Role
+from jaxcnn.transfer.plan import PRESETS, Plan
 from jaxcnn.transfer.unfreeze import GradualUnfreezing, carry_state
 
 __all__ = [

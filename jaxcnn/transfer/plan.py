@@ -9,13 +9,15 @@ first, ``head`` last; :func:`~jaxcnn.transfer.stages`). Per group it fixes
   initialised unless ``reset_head=False``;
 - the **learning-rate scale**: ``layer_decay ** (groups from the head)`` (layer-wise decay) or
   explicit ``lr_scales``; LoRA adapters get ``lora_lr`` times their group's scale;
-- the **phase** it starts training in (gradual unfreezing): phases are counted in steps, a
-  group unfrozen in phase ``k`` starts with fresh optimizer moments, at its layer-wise rate on the
-  run's schedule (not a restarted one) after a linear warm-up of ``warmup`` steps;
+- the **phase** it starts training in (gradual unfreezing): phases are counted in steps; a
+  group unfrozen in phase ``k`` starts with fresh optimizer moments, at its rate scale, on the
+  run's schedule rescaled to the steps left (``phase_lr``: or continued, or restarted), after
+  an optional linear warm-up of ``warmup`` steps;
 - its **BatchNorm** handling: statistics *fixed* (running averages, also in training; nothing
   updated) or *batch* (batch statistics in training, running averages updated), and whether
-  the affine scale/bias train. ``bn_stats="auto"``: a group's statistics are fixed while it does
-  not train (frozen, LoRA, waiting for its phase) and batch statistics once it does.
+  the affine scale/bias train. ``bn_stats="auto"``: a group's statistics are fixed while it is
+  frozen (or waiting for its phase) and batch statistics while it trains or is LoRA-adapted
+  (its convolutions change, so its statistics must follow them).
 
 "Frozen means free": a frozen parameter gets no optimizer state (``optax.set_to_zero`` under
 ``optax.partition``) and no gradient (the train step differentiates only the trainable
@@ -41,24 +43,25 @@ import dataclasses
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import optax
-from flax import traverse_util
 
-from jaxcnn.transfer.freeze import FrozenBatchNorm, frozen_bn_modules
+from jaxcnn.transfer.applied import Applied
 from jaxcnn.transfer.heads import replace_head
-from jaxcnn.transfer.labels import FROZEN, TRAINABLE, match, stages
-from jaxcnn.transfer.lora import LORA_LEAVES, LoRA
-from jaxcnn.utils import map_with_path, tree_paths
+from jaxcnn.transfer.labels import stages
+from jaxcnn.transfer.lora import LoRA
 
-__all__ = ["Applied", "PRESETS", "Phase", "Plan", "Role"]
+__all__ = ["BN_STATS", "MODES", "PRESETS", "Plan"]
 
 MODES = ("train", "frozen", "lora")
 BN_STATS = ("auto", "fixed", "batch")
+PHASE_LR = ("continue", "rescale", "restart")
+# gradual unfreezing's default: phases evenly spaced over the first fifth of the run, so that
+# everything trains for most of it (the short-budget measurements of docs/transfer.md)
+UNFREEZE_BY = 0.2
 
 # name -> (what it does, Plan keyword arguments, the name of its ":arg" keyword)
 PRESETS: dict[str, tuple[str, dict, str | None]] = {
@@ -75,15 +78,17 @@ PRESETS: dict[str, tuple[str, dict, str | None]] = {
     ),
     "gradual": (
         "head first, then one more group per phase back from the head, everything in the "
-        "last phase (default 3 phases, evenly spaced over the run); layer-wise rates (0.7), "
-        "fresh moments and a warm-up (a quarter of its phase) for each newly unfrozen group",
-        {"backbone": "frozen", "phases": 3, "layer_decay": 0.7, "warmup": 0.25},
+        "last phase (default 3 phases: the backbone unfrozen over the first fifth of the run); "
+        "each newly unfrozen group with fresh moments on the run's schedule rescaled to the "
+        "steps left; the new head at 10x the rate",
+        {"backbone": "frozen", "phases": 3, "head_lr": 10.0},
         "phases",
     ),
     "lora": (
-        "rank-r LoRA on every backbone kernel (default rank 8, alpha = 2 x rank), BatchNorm "
-        "affine and new head trained, BatchNorm statistics fixed",
-        {"backbone": "lora", "lora_rank": 8},
+        "rank-r LoRA on every backbone kernel (default rank 8, alpha = 2 x rank, adapters at "
+        "5x the rate), BatchNorm affine and new head trained, BatchNorm statistics following "
+        "the adapted convolutions",
+        {"backbone": "lora", "lora_rank": 8, "lora_lr": 5.0},
         "lora_rank",
     ),
 }
@@ -92,39 +97,17 @@ PRESETS: dict[str, tuple[str, dict, str | None]] = {
 _OPTIONS = {
     "decay": "layer_decay",
     "warmup": "warmup",
+    "phase_lr": "phase_lr",
     "at": "unfreeze_at",
     "phases": "phases",
     "bn_stats": "bn_stats",
     "bn_affine": "bn_affine",
+    "head_lr": "head_lr",
     "rank": "lora_rank",
     "alpha": "lora_alpha",
     "lr": "lora_lr",
     "reset_head": "reset_head",
 }
-
-
-@dataclasses.dataclass(frozen=True)
-class Role:
-    """What a plan does with one parameter (a pytree leaf): its group, its kind (``train``,
-    ``frozen``, ``lora`` for an adapter, ``bn_affine`` for a BatchNorm scale/bias trained in a
-    frozen, LoRA or waiting group), the phase it starts training in (None: never) and its rate
-    scale."""
-
-    group: str
-    kind: str
-    phase: int | None
-    scale: float
-
-
-class Phase(NamedTuple):
-    """One phase of an applied plan: from step ``start``, the optimizer ``tx`` (all phases share
-    one state layout), the ``apply_fn`` (BatchNorm statistics fixed where the plan says, LoRA
-    merged) and ``trainable``, a tree of bools like the params (None: everything trains)."""
-
-    start: int
-    tx: optax.GradientTransformation
-    apply_fn: Callable
-    trainable: Any
 
 
 def _bool(text: str) -> bool:
@@ -146,7 +129,7 @@ def _number(text: str) -> float:
 def _parse_option(field: str, text: str):
     if field in ("bn_affine", "reset_head"):
         return _bool(text)
-    if field == "bn_stats":
+    if field in ("bn_stats", "phase_lr"):
         return text.strip()
     if field in ("phases", "lora_rank"):
         v = _number(text)
@@ -168,17 +151,24 @@ class Plan:
       head: patterns of the head (always trained).
       reset_head: initialise the head afresh (:func:`~jaxcnn.transfer.replace_head`).
       layer_decay: rate scale ``layer_decay ** (groups from the head)``.
+      head_lr: the head's rate multiplier (on top of the decay's 1): a new head is far from
+        its solution, the pretrained layers near theirs.
       lr_scales: ``((pattern, scale), ...)`` rate scales by parameter pattern (first match
         wins) instead of the decay's.
       phases: gradual unfreezing in this many phases (1: none). Phase 0 trains what
         ``backbone``/``rules`` say (the head); phase ``k`` adds ``unfreeze[k-1]``.
       unfreeze_at: starts of phases 1.. (a value < 1 is a fraction of the run's steps, else a
-        step); default evenly spaced ``k / phases``.
+        step); default evenly spaced up to a fifth of the run (``0.2 * k / (phases - 1)``).
       unfreeze: patterns each phase 1.. adds; default one group per phase back from the head,
         and every group in the last phase.
       warmup: linear warm-up of a group unfrozen in a phase ``k >= 1``: steps, or (< 1) a
         fraction of its phase's length.
-      bn_stats: ``auto`` (fixed while the group does not train, batch statistics once it does),
+      phase_lr: the schedule of a group unfrozen at step ``s`` (when ``apply`` is given a
+        schedule): ``continue`` (the run's schedule from ``s``), ``rescale`` (the run's whole
+        schedule squeezed into the steps left: it starts at the peak and anneals by the end)
+        or ``restart`` (the run's schedule from its beginning, not annealed by the end).
+      bn_stats: ``auto`` (fixed while the group is frozen or waiting for its phase, batch
+        statistics while it trains or is LoRA-adapted),
         ``fixed`` (running averages everywhere, also for trained groups) or ``batch`` (batch
         statistics everywhere, also in frozen groups: running averages adapt to the new data).
       bn_affine: train the BatchNorm scale/bias of frozen and LoRA groups (None: True for
@@ -193,11 +183,13 @@ class Plan:
     head: tuple[str, ...] = ("head",)
     reset_head: bool = True
     layer_decay: float = 1.0
+    head_lr: float = 1.0
     lr_scales: tuple[tuple[str, float], ...] = ()
     phases: int = 1
     unfreeze_at: tuple[float, ...] = ()
     unfreeze: tuple[tuple[str, ...], ...] = ()
     warmup: float = 0.0
+    phase_lr: str = "rescale"
     bn_stats: str = "auto"
     bn_affine: bool | None = None
     lora_rank: int = 8
@@ -247,10 +239,14 @@ class Plan:
             raise ValueError(
                 f"Plan unfreeze names {len(self.unfreeze)} phase(s); phases={self.phases}"
             )
+        if self.phase_lr not in PHASE_LR:
+            raise ValueError(f"Plan phase_lr must be one of {PHASE_LR}, got {self.phase_lr!r}")
         if self.warmup < 0:
             raise ValueError(f"Plan warmup must be >= 0, got {self.warmup}")
         if self.lora_rank < 1:
             raise ValueError(f"Plan lora_rank must be >= 1, got {self.lora_rank}")
+        if self.head_lr <= 0:
+            raise ValueError(f"Plan head_lr must be > 0, got {self.head_lr}")
         if self.lora_lr <= 0:
             raise ValueError(f"Plan lora_lr must be > 0, got {self.lora_lr}")
 
@@ -260,8 +256,9 @@ class Plan:
         """A plan from ``"preset[:arg][,key=value...]"``: e.g. ``"linear_probe"``,
         ``"finetune_lwd:0.7"``, ``"gradual:4,warmup=10"``, ``"lora:8,bn_affine=false"``.
         Options: ``decay``, ``warmup``, ``at`` (phase starts, ``/``-separated), ``phases``,
-        ``bn_stats`` (auto|fixed|batch), ``bn_affine``, ``rank``, ``alpha``, ``lr`` (LoRA rate
-        multiplier), ``reset_head``. Raises ``ValueError`` naming what is wrong."""
+        ``bn_stats`` (auto|fixed|batch), ``bn_affine``, ``head_lr`` (the head's rate
+        multiplier), ``rank``, ``alpha``, ``lr`` (LoRA rate multiplier), ``reset_head``.
+        Raises ``ValueError`` naming what is wrong."""
         if isinstance(spec, Plan):
             return spec
         text = str(spec).strip()
@@ -377,7 +374,8 @@ class Plan:
     def _starts(self, steps: int | None) -> list[int]:
         if self.phases == 1:
             return [0]
-        at = self.unfreeze_at or tuple(k / self.phases for k in range(1, self.phases))
+        n = self.phases - 1  # default: the last phase begins at UNFREEZE_BY of the run
+        at = self.unfreeze_at or tuple(UNFREEZE_BY * k / n for k in range(1, n + 1))
         if any(a < 1 for a in at) and not steps:
             raise ValueError(
                 f"plan {self.label!r}: phase starts {list(at)} are fractions of the run; "
@@ -400,358 +398,3 @@ class Plan:
             (re.escape(g),) for g in list(reversed(backbone_groups))[: n - 1]
         ]
         return out + [(".*",)]
-
-
-def _bn_modules(batch_stats) -> set[str]:
-    return {p.rsplit("/", 1)[0] for p in tree_paths(batch_stats or {}) if "/" in p}
-
-
-def _waiting(inner: optax.GradientTransformation) -> optax.GradientTransformation:
-    """``inner``'s state layout, but zero updates and the state passed through unchanged: a
-    group before its phase (its moments start fresh when the phase begins)."""
-
-    def update(updates, state, params=None):
-        del params
-        return jax.tree.map(jnp.zeros_like, updates), state
-
-    return optax.GradientTransformation(inner.init, update)
-
-
-def _scale_tree(scales) -> optax.GradientTransformation:
-    """Multiply every update by its leaf of ``scales`` (floats, like the params)."""
-
-    def update(updates, state, params=None):
-        del params
-        return jax.tree.map(lambda u, s: u if s == 1 else u * s, updates, scales), state
-
-    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
-
-
-def _shifted(learning_rate, start: int):
-    if not callable(learning_rate) or start == 0:
-        return learning_rate
-    return lambda count: learning_rate(count + start)
-
-
-def _warmup(steps: int) -> optax.GradientTransformation:
-    return optax.scale_by_schedule(lambda count: jnp.minimum(1.0, (count + 1.0) / steps))
-
-
-class Applied:
-    """A :class:`Plan` resolved on a model: per-parameter :class:`Role` s, one :class:`Phase`
-    per phase, the starting ``variables`` and the optimizer ``tx`` (phase 0's; every phase's
-    has the same state layout)."""
-
-    def __init__(
-        self,
-        plan: Plan,
-        model,
-        variables: dict,
-        groups: Sequence[str],
-        starts: Sequence[int],
-        tx,
-        learning_rate,
-        steps: int | None,
-        grad_clip: float,
-        apply_fn: Callable,
-    ):
-        self.plan, self.model, self.variables = plan, model, variables
-        self.groups, self.starts, self.steps = list(groups), list(starts), steps
-        params = variables["params"]
-        batch_stats = variables.get("batch_stats", {})
-        self.roles = self._roles(params, batch_stats)
-        # optimizer groups: "phase{k}" (trains from phase k) and "frozen"
-        labels = jax.tree.map(
-            lambda r: FROZEN if r.phase is None else f"phase{r.phase}",
-            self.roles,
-        )
-        present = set(jax.tree.leaves(labels))
-        inners = {}
-        for k, start in enumerate(self.starts):
-            if f"phase{k}" not in present:
-                continue
-            if isinstance(tx, optax.GradientTransformation):
-                inner = tx
-            else:
-                if learning_rate is None:
-                    raise ValueError("Plan.apply: a tx factory needs learning_rate")
-                inner = tx(_shifted(learning_rate, start))
-            warm = self._warmup_steps(k)
-            inners[f"phase{k}"] = optax.chain(inner, _warmup(warm)) if warm else inner
-        scales = jax.tree.map(lambda r: r.scale, self.roles)
-        base_apply = apply_fn
-        lora = plan.lora()
-        if lora is not None:
-            base_apply = lora.wrap(apply_fn)
-        phases = []
-        for p, start in enumerate(self.starts):
-            groups_tx = {FROZEN: optax.set_to_zero()} if FROZEN in present else {}
-            for name, inner in inners.items():
-                groups_tx[name] = inner if int(name[5:]) <= p else _waiting(inner)
-            out = optax.partition(groups_tx, labels)
-            if any(s != 1 for s in jax.tree.leaves(scales)):
-                out = optax.chain(out, _scale_tree(scales))
-            if grad_clip:
-                out = optax.chain(optax.clip_by_global_norm(grad_clip), out)
-            trains = jax.tree.map(
-                lambda r, p=p: r.phase is not None and r.phase <= p,
-                self.roles,
-            )
-            trainable = None if all(jax.tree.leaves(trains)) else trains
-            fixed = self._fixed_bn(p, batch_stats)
-            fn = FrozenBatchNorm(base_apply, fixed) if fixed else base_apply
-            phases.append(Phase(start, out, fn, trainable))
-        self.phases: tuple[Phase, ...] = tuple(phases)
-        self.tx = self.phases[0].tx
-        self.apply_fn = self.phases[0].apply_fn
-
-    # -- roles --------------------------------------------------------------------------------
-    def _group_scale(self, path: str) -> float:
-        for pattern, s in self.plan.lr_scales:
-            if match(pattern, path):
-                return float(s)
-        g = path.split("/", 1)[0]
-        if g in self.groups:
-            dist = len(self.groups) - 1 - self.groups.index(g)
-        else:  # a top-level name the model did not report (e.g. added after init)
-            dist = 0
-        return float(self.plan.layer_decay**dist)
-
-    def _bn_param_paths(self, params, batch_stats) -> set[str]:
-        mods = _bn_modules(batch_stats)
-        return {p for p in tree_paths(params) if "/" in p and p.rsplit("/", 1)[0] in mods}
-
-    def _base_mode(self, path: str) -> str:
-        plan = self.plan
-        if any(match(h, path) for h in plan.head):
-            return "train"
-        for pattern, mode in plan.rules:
-            if match(pattern, path):
-                return mode
-        return plan.backbone
-
-    def _roles(self, params, batch_stats):
-        plan = self.plan
-        bn_params = self._bn_param_paths(params, batch_stats)
-        backbone = [g for g in self.groups if not any(match(h, g) for h in plan.head)]
-        unfreeze = plan._unfreeze_patterns(backbone) if plan.phases > 1 else []
-        bn_affine = plan.bn_affine if plan.bn_affine is not None else plan.backbone == "lora"
-
-        def base(path, _):  # the group's mode; BatchNorm statistics follow it
-            group = path.split("/", 1)[0]
-            scale = self._group_scale(path)
-            mode = self._base_mode(path)
-            if path.rsplit("/", 1)[-1] in LORA_LEAVES:
-                return Role(group, "lora", 0, scale * plan.lora_lr)
-            if mode == "train":
-                return Role(group, "train", 0, scale)
-            for k, patterns in enumerate(unfreeze, start=1):
-                if mode == "frozen" and any(match(q, path) for q in patterns):
-                    return Role(group, "train", k, scale)
-            return Role(group, "frozen", None, scale)
-
-        def role(path, r: Role) -> Role:  # + BatchNorm affine trained from the start
-            if bn_affine and path in bn_params and r.phase != 0:
-                return Role(r.group, "bn_affine", 0, r.scale)
-            return r
-
-        self.base_roles = map_with_path(base, params)
-        return map_with_path(role, self.base_roles)
-
-    def _warmup_steps(self, k: int) -> int:
-        w = self.plan.warmup
-        if k == 0 or not w:
-            return 0
-        if w >= 1:
-            return int(w)
-        end = self.starts[k + 1] if k + 1 < len(self.starts) else self.steps
-        if end is None:
-            raise ValueError("a warm-up given as a fraction of its phase needs steps=")
-        return max(1, int(round(w * (end - self.starts[k]))))
-
-    def _fixed_bn(self, p: int, batch_stats) -> frozenset:
-        """BatchNorm modules whose statistics are fixed in phase ``p``."""
-        if not batch_stats or self.plan.bn_stats == "batch":
-            return frozenset()
-        if self.plan.bn_stats == "fixed":
-            return frozenset(tuple(m.split("/")) for m in _bn_modules(batch_stats))
-
-        def trains(r: Role) -> str:  # a BatchNorm follows its group, not its affine's role
-            on = r.kind == "train" and r.phase is not None and r.phase <= p
-            return TRAINABLE if on else FROZEN
-
-        labels = jax.tree.map(trains, self.base_roles)
-        return frozen_bn_modules(labels, batch_stats)
-
-    # -- use ----------------------------------------------------------------------------------
-    def step(self, step_fn: Callable | None = None) -> Callable:
-        """``(state, batch) -> (state, sums)``: ``step_fn(state, batch, trainable=...)``
-        (default :func:`jaxcnn.train.steps.train_step_fn`) under the phase in force at
-        ``state.step`` (``lax.switch`` on device: one compiled step for all phases), with the
-        phase's optimizer, ``apply_fn`` and trainable partition."""
-        if step_fn is None:
-            from jaxcnn.train.steps import train_step_fn
-
-            step_fn = train_step_fn
-
-        def branch(ph: Phase):
-            def run(state, batch):
-                inner = state.replace(apply_fn=ph.apply_fn, tx=ph.tx)
-                new, sums = step_fn(inner, batch, trainable=ph.trainable)
-                return new.replace(apply_fn=state.apply_fn, tx=state.tx), sums
-
-            return run
-
-        if len(self.phases) == 1:
-            return branch(self.phases[0])
-        starts = jnp.asarray(self.starts, jnp.int32)
-        branches = [branch(ph) for ph in self.phases]
-
-        def phased(state, batch):
-            k = jnp.sum(state.step >= starts) - 1  # the phase in force at this step
-            return jax.lax.switch(k, branches, state, batch)
-
-        return phased
-
-    def init_state(
-        self, seed: int = 0, dynamic_scale: Any = None, copy: bool = True, ema: bool = False
-    ):
-        """A ``TrainState`` at the plan's starting variables (copied when ``copy``: the train
-        step donates its state) with phase 0's optimizer and ``apply_fn`` (and a weight EMA
-        starting at them when ``ema``)."""
-        from jaxcnn.train.state import create_train_state
-
-        variables = self.variables
-        if copy:
-            variables = jax.tree.map(jnp.array, dict(variables))
-        state = create_train_state(
-            self.model,
-            self.tx,
-            (),
-            seed=seed,
-            variables=variables,
-            dynamic_scale=dynamic_scale,
-            ema=ema,
-        )
-        return state.replace(apply_fn=self.apply_fn)
-
-    def trainable_params(self, phase: int = -1) -> int:
-        """Parameters trained in ``phase`` (default the last)."""
-        k = range(len(self.phases))[phase]
-        return sum(
-            math.prod(x.shape)
-            for x, r in zip(jax.tree.leaves(self.variables["params"]), self._role_leaves())
-            if r.phase is not None and r.phase <= k
-        )
-
-    def optimizer_state_bytes(self, phase: int = 0) -> int:
-        """Bytes of the optimizer state (``jax.eval_shape``: nothing is allocated)."""
-        shapes = jax.eval_shape(self.phases[phase].tx.init, self.variables["params"])
-        return sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(shapes))
-
-    def _role_leaves(self) -> list[Role]:
-        return jax.tree.leaves(self.roles)
-
-    def rows(self) -> list[dict]:
-        """One dict per group (forward order): params, trainable (last phase), mode, rate
-        scale, the phase and step it starts training, BatchNorm statistics per phase."""
-        flat = traverse_util.flatten_dict(dict(self.variables["params"]), sep="/")
-        roles = dict(zip(tree_paths(self.variables["params"]), self._role_leaves()))
-        batch_stats = self.variables.get("batch_stats", {})
-        bn_mods = _bn_modules(batch_stats)
-        fixed = [self._fixed_bn(p, batch_stats) for p in range(len(self.phases))]
-        out = []
-        order = list(self.groups) + sorted({p.split("/", 1)[0] for p in flat} - set(self.groups))
-        for g in order:
-            paths = [p for p in flat if p.split("/", 1)[0] == g]
-            if not paths:
-                continue
-            rs = [roles[p] for p in paths]
-            kinds = {r.kind for r in rs}
-            n = sum(math.prod(flat[p].shape) for p in paths)
-            n_lora = sum(math.prod(flat[p].shape) for p in paths if roles[p].kind == "lora")
-            trained = sum(math.prod(flat[p].shape) for p in paths if roles[p].phase is not None)
-            phases = sorted({r.phase for r in rs if r.phase is not None})
-            if kinds == {"train"} and phases and phases[0] > 0:
-                mode = "frozen, then train"
-            elif kinds == {"train"}:
-                mode = "train"
-            elif "train" in kinds:
-                mode = "train (part)"
-            elif "lora" in kinds:
-                mode = f"lora r={self.plan.lora_rank}"
-            else:
-                mode = "frozen"
-            if "bn_affine" in kinds:
-                mode += " + bn affine"
-            if self.plan.reset_head and any(match(h, g) for h in self.plan.head):
-                mode += " (new)"
-            mods = {m for m in bn_mods if m.split("/", 1)[0] == g}
-            bn = []
-            for p in range(len(self.phases)):
-                state = (
-                    "fixed"
-                    if mods and all(tuple(m.split("/")) in fixed[p] for m in mods)
-                    else "batch"
-                    if mods and not any(tuple(m.split("/")) in fixed[p] for m in mods)
-                    else "mixed"
-                    if mods
-                    else "-"
-                )
-                bn.append(state)
-            scales = sorted({r.scale for r in rs if r.phase is not None})
-            out.append(
-                {
-                    "group": g,
-                    "params": n - n_lora,
-                    "trainable": trained,
-                    "mode": mode,
-                    "lr_scale": scales,
-                    "phase": phases[0] if phases else None,
-                    "from_step": self.starts[phases[0]] if phases else None,
-                    "bn_stats": bn,
-                }
-            )
-        return out
-
-    def table(self) -> str:
-        """The plan as a table, one row per group: params, trainable, mode, rate scale, from
-        which phase/step it trains, BatchNorm statistics in each phase; then the totals and
-        the optimizer-state size."""
-        rows = self.rows()
-        head = ["group", "params", "trainable", "mode", "lr scale", "trains from", "BN stats"]
-        body = []
-        for r in rows:
-            scale = ", ".join(f"{s:.3g}" for s in r["lr_scale"]) or "-"
-            start = "-" if r["phase"] is None else f"phase {r['phase']} (step {r['from_step']})"
-            bn = r["bn_stats"]
-            bn_text = bn[0] if len(set(bn)) == 1 else " > ".join(bn)
-            body.append(
-                [
-                    r["group"],
-                    f"{r['params']:,}",
-                    f"{r['trainable']:,}",
-                    r["mode"],
-                    scale,
-                    start,
-                    bn_text,
-                ]
-            )
-        widths = [max(len(x) for x in col) for col in zip(head, *body)]
-        lines = [f"transfer plan {self.plan.label!r}:"]
-        for row in [head, *body]:
-            lines.append("  ".join(x.ljust(w) for x, w in zip(row, widths)).rstrip())
-        total = sum(r["params"] for r in rows)
-        trained = self.trainable_params()
-        n_lora = sum(
-            math.prod(x.shape)
-            for x, r in zip(jax.tree.leaves(self.variables["params"]), self._role_leaves())
-            if r.kind == "lora"
-        )
-        lines.append(
-            f"trainable {trained:,} of {total + n_lora:,}"
-            + (f" (LoRA adapters {n_lora:,})" if n_lora else "")
-            + f"; optimizer state {self.optimizer_state_bytes() / 2**20:.2f} MiB"
-            + (f"; phases start at steps {self.starts}" if len(self.starts) > 1 else "")
-        )
-        return "\n".join(lines)

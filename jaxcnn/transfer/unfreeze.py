@@ -5,8 +5,13 @@ Each phase has its own optimizer and ``apply_fn`` (frozen BatchNorm for what is 
 built once and reused, so the jitted train step compiles at most once per phase. The parameters
 that start training in phase ``k`` form the optimizer group ``"phase{k}"`` with its own state:
 when a phase begins, the groups that were already training keep their state (moments, step
-counts) and the newly unfrozen group starts fresh (a fresh Adam step count, a schedule that
-starts at its beginning: a warmup per newly unfrozen group, like ULMFiT's).
+counts) and the newly unfrozen group starts fresh (a fresh Adam step count, and a schedule
+inside ``tx`` that restarts at its beginning).
+
+:class:`jaxcnn.transfer.Plan` (``Plan.parse("gradual")``) is the same idea in one compiled step
+(the phase picked on device from the step), with a newly unfrozen group on the run's schedule
+at its layer-wise rate after a short warm-up, rather than a restarted schedule; it is what the
+classification task's ``transfer`` key and the transfer study use.
 """
 
 from __future__ import annotations
