@@ -22,9 +22,10 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
+
+from experiments.bench_common import torch_resnet18_cifar, uptime
 
 # (name, kind, N, H, W, Cin, Cout, k, stride, padding, groups)
 #   kind "conv": y = conv2d(x, w), padding symmetric (PyTorch style);
@@ -68,13 +69,6 @@ def timeit(fn, repeats_inner=1):
     return (time.perf_counter() - t0) / repeats_inner * 1e3
 
 
-def uptime():
-    try:
-        return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        return "uptime unavailable"
-
-
 # ----------------------------------------------------------------------------------------- torch
 def torch_ops(cfg):
     import torch
@@ -110,11 +104,8 @@ def torch_ops(cfg):
 
 def torch_resnet_step(batch):
     import torch
-    import torchvision
 
-    m = torchvision.models.resnet18(num_classes=10)
-    m.conv1 = torch.nn.Conv2d(1, 64, 3, 1, 1, bias=False)
-    m.maxpool = torch.nn.Identity()
+    m = torch_resnet18_cifar(in_channels=1, num_classes=10)
     m.train()
     opt = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
     x = torch.randn(batch, 1, 32, 32)

@@ -11,7 +11,8 @@ configuration it reports XLA's compiled memory analysis (temp = activations and 
 argument, output bytes; these do not depend on machine load), the device's peak memory where the
 backend reports it, and the mean step time after warm-up, and the bytes the forward pass keeps
 for the backward pass (``kept``: JAX's residuals, what per-block remat cuts; for whole-model
-remat, "dots"/"full", the backward pass re-creates them, so the peak does not fall with it).
+remat, "dots"/"full", the backward pass re-creates them, so the peak does not fall with it),
+and XLA's count of FLOPs per step (``flops_per_step`` in the JSON; a multiply-add counts 2).
 ``--remat-compare`` runs the same model without remat and with each remat mode (``none, blocks,
 dots, full``). ``--json PATH`` writes the results.
 """
@@ -26,6 +27,7 @@ import jax
 import numpy as np
 import optax
 
+from experiments.bench_common import compiled_flops
 from jaxcnn import models
 from jaxcnn.train.mesh import DataParallel
 from jaxcnn.train.precision import get_policy, init_dynamic_scale
@@ -104,6 +106,7 @@ def bench(
         "temp_mb": ma.temp_size_in_bytes / MB if ma else None,
         "argument_mb": ma.argument_size_in_bytes / MB if ma else None,
         "output_mb": ma.output_size_in_bytes / MB if ma else None,
+        "flops_per_step": compiled_flops(compiled),
     }
     if not run:
         return res
