@@ -45,6 +45,12 @@ the records (with every run's evaluation curve) to ``results.json``, ``accuracy.
 leaves its ``metrics.json`` and ``train.log`` in
 ``<workdir>/<model>/<budget>steps/<method>/n<labels>_seed<s>/`` (``<workdir>/<model>/pretrain/``
 for pretraining).
+
+A study is long (hours on CPU for ResNet-18): every finished run writes its record to
+``record.json`` in its directory, and a rerun of the same command reuses the records whose
+settings match (the run, the config and the pretrained backbone) instead of training again. A
+SIGTERM/SIGINT ends the running run at its next step (the engine saves it) and the study with
+:class:`Interrupted`; ``python -m experiments.transfer`` then exits with status 128 + signal.
 """
 
 from __future__ import annotations
@@ -68,6 +74,7 @@ from absl import app, flags, logging
 from jaxcnn import data as data_lib
 from jaxcnn import models, transfer
 from jaxcnn.tasks import Classification
+from jaxcnn.train.trainer import write_json
 
 _DEFAULT = str(pathlib.Path(__file__).parent / "configs" / "transfer_mnist.py")
 
@@ -406,7 +413,9 @@ def pretrain(c, name, opts, data: TransferData, workdir):
     run_dir = pathlib.Path(workdir) / name / "pretrain"
     t0 = time.perf_counter()
     task = TransferClassification(data.source, pictures=True)
-    result = train_run(task, cfg, run_dir, log=False, keep_checkpoints=True)
+    result = _finished(
+        train_run(task, cfg, run_dir, log=False, keep_checkpoints=True), f"pretraining {name}"
+    )
     sel = result["selected"]
     variables = selected_variables(run_dir, result, cfg)
     if not c.keep_run_checkpoints:
@@ -440,6 +449,66 @@ def pretrain(c, name, opts, data: TransferData, workdir):
 def budgets(c, opts) -> list[int]:
     """The step budgets a backbone runs: the config's ``budgets`` or the backbone's own."""
     return [int(b) for b in (c.budgets or opts.budgets)]
+
+
+class Interrupted(RuntimeError):
+    """A transfer run was stopped by a signal (SIGTERM/SIGINT); the finished runs' records are
+    kept for the next run of the study."""
+
+    def __init__(self, message: str, signum: int | None):
+        super().__init__(message)
+        self.signum = signum
+
+
+def _finished(result: dict, what: str) -> dict:
+    """``result`` of an engine run, or :class:`Interrupted` when a signal stopped it."""
+    if result.get("preempted"):
+        raise Interrupted(
+            f"{what} stopped by signal {result.get('signal')} at step {result['step']}: rerun "
+            f"the same command to go on (finished runs are reused)",
+            result.get("signal"),
+        )
+    return result
+
+
+# the config keys that choose which runs a study makes, not how a run trains
+_LISTING_KEYS = (
+    "models",
+    "quick_models",
+    "methods",
+    "seeds",
+    "label_counts",
+    "budgets",
+    "compilation_cache",
+    "keep_run_checkpoints",
+)
+
+
+def run_key(c, name, steps, method, n, seed, source_accuracy) -> dict:
+    """What a run's record depends on: the run, every training setting of the config and the
+    pretrained backbone (by its source test accuracy); a record is reused only when its key is
+    equal."""
+    settings = {k: v for k, v in c.to_dict().items() if k not in _LISTING_KEYS}
+    key = {
+        "model": name,
+        "budget": steps,
+        "method": method,
+        "labels": n,
+        "seed": seed,
+        "source_accuracy": source_accuracy,
+        "settings": settings,
+    }
+    return json.loads(json.dumps(key, default=list))  # as read back from record.json
+
+
+def reused_record(run_dir, key: dict) -> dict | None:
+    """The record in ``run_dir/record.json`` when it was written for ``key``."""
+    path = pathlib.Path(run_dir) / "record.json"
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return saved["record"] if saved.get("key") == key else None
 
 
 def run_method(method, c, name, opts, pretrained, data: TransferData, n, seed, steps, run_dir=None):
@@ -507,6 +576,7 @@ def run_method(method, c, name, opts, pretrained, data: TransferData, n, seed, s
         else:
             result = train_run(task, cfg, run_dir, keep_checkpoints=c.keep_run_checkpoints)
         history = json.loads((pathlib.Path(run_dir) / "metrics.json").read_text())["history"]
+    _finished(result, f"{method} ({n} labels, {steps} steps, seed {seed})")
     keys = ("step", "train_loss", "train_accuracy", "val_loss", "val_accuracy")
     sel = result["selected"]
     state = result["state"]
@@ -753,6 +823,17 @@ def study(c, workdir, models_run: Sequence[str]) -> dict:
                             / run_dir_name(method)
                             / f"n{n}_seed{seed}"
                         )
+                        key = run_key(c, mname, steps, method, n, seed, src_acc)
+                        rec = reused_record(run_dir, key)
+                        if rec is not None:
+                            records.append(rec)
+                            print(
+                                f"{mname:>16} {steps:>4} steps {n:>5} labels  "
+                                f"{method_name(method):<28} seed {seed} acc "
+                                f"{rec['accuracy']:.4f} (reused: {run_dir}/record.json)",
+                                flush=True,
+                            )
+                            continue
                         out = run_method(
                             method, c, mname, opts, pretrained, data, n, seed, steps, run_dir
                         )
@@ -770,6 +851,8 @@ def study(c, workdir, models_run: Sequence[str]) -> dict:
                             "run_dir": None if method == "feature_extractor" else str(run_dir),
                         }
                         records.append(rec)
+                        run_dir.mkdir(parents=True, exist_ok=True)
+                        write_json(run_dir / "record.json", {"key": key, "record": rec})
                         print(
                             f"{mname:>16} {steps:>4} steps {n:>5} labels  "
                             f"{method_name(method):<28} seed {seed} acc {rec['accuracy']:.4f} "
@@ -816,7 +899,11 @@ def main(argv):
     c = flags.FLAGS.config
     name = pathlib.Path(flags.FLAGS["config"].config_filename).stem
     workdir = flags.FLAGS.workdir or os.path.join("runs", name)
-    study(c, workdir, list(c.quick_models if flags.FLAGS.quick else c.models))
+    try:
+        study(c, workdir, list(c.quick_models if flags.FLAGS.quick else c.models))
+    except Interrupted as e:
+        print(f"interrupted: {e}", flush=True)
+        raise SystemExit(128 + (e.signum or 15)) from None
 
 
 if __name__ == "__main__":

@@ -347,6 +347,7 @@ def test_learning_rate_and_throughput_in_the_history(tmp_path):
     assert [h["lr"] for h in hist] == [learning_rate_at(sched, h["step"] - 1) for h in hist]
     assert hist[0]["lr"] == pytest.approx(2e-3 * 8 / 9) and hist[1]["lr"] < hist[0]["lr"]
     assert all(h["train_images_per_s"] > 0 for h in hist)
+    assert all(0 <= h["train_data_wait_fraction"] < 1 for h in hist)
 
 
 # -- metrics and TensorBoard ---------------------------------------------------------------------

@@ -70,7 +70,12 @@ def test_resume_after_stop_equals_uninterrupted_run(tmp_path):
     # the interrupted epoch's train metrics average all its steps, as in the uninterrupted run
     h_full, h_res = metrics(tmp_path, "full")["history"], metrics(tmp_path, "part")["history"]
     assert h_res == [
-        dict(h, time_s=r["time_s"], train_images_per_s=r["train_images_per_s"])
+        dict(
+            h,
+            time_s=r["time_s"],
+            train_images_per_s=r["train_images_per_s"],
+            train_data_wait_fraction=r["train_data_wait_fraction"],
+        )
         for h, r in zip(h_full, h_res)
     ]
 
@@ -264,3 +269,17 @@ def test_train_time_is_wall_time_of_the_steps_not_their_dispatch(tmp_path):
     (_, end1), (start2, _) = task.validation_wall
     reported = rows[1]["time_s"] - rows[0]["time_s"]
     assert reported >= 0.8 * (start2 - end1), (reported, start2 - end1)
+
+
+def test_history_reports_the_data_wait_fraction_of_each_interval(tmp_path):
+    """An input that sleeps 50 ms per batch before a step of a few ms: most of each epoch's
+    training time is spent waiting (``train_data_wait_fraction``), and the throughput is at
+    most one batch per 50 ms; without the sleep the fraction is far smaller."""
+    run(tmp_path, "slow", task=TinyTask(slow=0.05), epochs=2)
+    run(tmp_path, "fast", task=TinyTask(), epochs=2)
+    slow, fast = metrics(tmp_path, "slow")["history"], metrics(tmp_path, "fast")["history"]
+    batch = base_config()["batch_size"]
+    for h in slow:
+        assert h["train_data_wait_fraction"] > 0.5, h
+        assert h["train_images_per_s"] <= batch / 0.05
+    assert fast[1]["train_data_wait_fraction"] < slow[1]["train_data_wait_fraction"] / 2

@@ -888,3 +888,45 @@ def test_tiny_study_runs_every_method_through_the_engine(tmp_path, capsys):
     capsys.readouterr()
     study.pretrain(c, "lenet5_modern", c.model_options["lenet5_modern"], data, str(tmp_path))
     assert "pretrained backbone loaded" in capsys.readouterr().out
+    # a rerun reuses every finished run's record; one whose record is gone (or whose settings
+    # changed) trains again
+    gone = tmp_path / "lenet5_modern" / "20steps" / study.run_dir_name("gradual") / "n20_seed0"
+    (gone / "record.json").unlink()
+    calls = []
+
+    def counting(method, *args, **kw):
+        calls.append(method)
+        return real_run_method(method, *args, **kw)
+
+    real_run_method = study.run_method
+    study.run_method = counting
+    try:
+        again = study.study(c, str(tmp_path), ["lenet5_modern"])
+        assert calls == ["gradual"]
+        assert capsys.readouterr().out.count("(reused: ") == len(c.methods) - 1
+        keep = ("method", "accuracy", "val_accuracy", "selected_step", "trainable_params")
+        assert [{k: r[k] for k in keep} for r in again["records"]] == [
+            {k: r[k] for k in keep} for r in saved["records"]
+        ]
+        c2 = transfer_tiny.get_config()
+        c2.probe_steps = c.probe_steps + 1  # a changed setting: nothing is reused
+        calls.clear()
+        study.study(c2, str(tmp_path), ["lenet5_modern"])
+        assert sorted(calls) == sorted(c.methods)
+    finally:
+        study.run_method = real_run_method
+
+
+def test_study_stops_cleanly_when_a_run_is_preempted(tmp_path, monkeypatch):
+    """A signal during a run ends the study with Interrupted (the CLI exits 128 + signal)
+    saying how to go on, not with an error about missing results."""
+    c = transfer_tiny.get_config()
+    c.methods = ("scratch",)
+
+    def preempted(task, cfg, run_dir, **kw):
+        return {"preempted": True, "step": 3, "signal": 15, "state": None}
+
+    monkeypatch.setattr(study, "train_run", preempted)
+    with pytest.raises(study.Interrupted, match="stopped by signal 15 at step 3: rerun") as e:
+        study.study(c, str(tmp_path), ["lenet5_modern"])
+    assert e.value.signum == 15

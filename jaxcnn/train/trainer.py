@@ -24,8 +24,9 @@ metric sums)``. The trainer owns the rest:
 - ``metrics.json`` (strict JSON, written atomically: non-finite numbers become ``null``),
   the learning curves, and the time spent waiting for input (``data_wait_fraction``); each
   evaluation's record also holds the training throughput (``train_images_per_s``, the first
-  step's compilation left out) and the learning rate of the last update (``lr``, when the task
-  has a schedule: :meth:`Task.learning_rate`);
+  step's compilation left out), the fraction of that interval's training time spent waiting
+  for input (``train_data_wait_fraction``) and the learning rate of the last update (``lr``,
+  when the task has a schedule: :meth:`Task.learning_rate`);
 - with ``tensorboard=True``, TensorBoard event files in ``<workdir>/tensorboard``: every
   evaluation's numbers and, every ``log_every_steps``, the running train means and ``lr``.
 """
@@ -382,7 +383,8 @@ class Trainer:
         """Train; returns the final metrics (as in ``metrics.json["final"]``) and ``"state"``.
 
         ``stop_at_step`` stops after that step with a checkpoint, as a preemption would (tests).
-        A preempted run returns ``{"preempted": True, "step": ...}``.
+        A preempted run returns ``{"preempted": True, "step": ..., "signal": ...}`` (the
+        signal's number; None for ``stop_at_step``).
         """
         mesh_lib.initialize_distributed()
         main = mesh_lib.is_main_process()
@@ -438,7 +440,7 @@ class Trainer:
                 flush=True,
             )
         if run.train(stop_at_step):
-            return {"preempted": True, "step": run.step, "state": run.state}
+            return {"preempted": True, "step": run.step, "signal": run.signal, "state": run.state}
         return run.finish()
 
 
@@ -465,7 +467,8 @@ class _Run:
         self.stopped_early = False
         # (step, train seconds) where the throughput's interval starts; set after the first
         # step of this process (its compilation is not training) and at every evaluation
-        self.rate_mark: tuple[int, float] | None = None
+        self.rate_mark: tuple[int, float, float] | None = None  # step, train_s, wait_s
+        self.signal: int | None = None  # what interrupted the run
         self.step_fn = jax.jit(
             guarded(self.task.step_fn),
             in_shardings=(dp.replicated, dp.data, dp.replicated),
@@ -555,7 +558,7 @@ class _Run:
                     jax.block_until_ready(self.guard)
                 self.elapsed["train_s"] += time.perf_counter() - t0
                 if self.rate_mark is None:
-                    self.rate_mark = (step, self.elapsed["train_s"])
+                    self.rate_mark = self._mark()
                 if boundary:
                     self.evaluate(bar)
                 elif cfg["checkpoint_every_steps"] and step % cfg["checkpoint_every_steps"] == 0:
@@ -602,7 +605,7 @@ class _Run:
         task, cfg, sel = self.task, self.cfg, self.sel
         rec: dict[str, Any] = {"epoch": self.step / self.spe, "step": self.step}
         rec.update(_with_prefix("train", task.summarize(jax.device_get(self.epoch_sums))))
-        rec["train_images_per_s"] = self.images_per_s()
+        rec.update(self.interval_rates())
         rec.update(self.lr())
         self.epoch_sums = None
         if "validation" in task.splits():
@@ -635,14 +638,22 @@ class _Run:
                 )
             self.stopped_early = True
 
-    def images_per_s(self) -> float | None:
-        """Training images per second since the last mark (None when no timed step ran in
-        between); moves the mark here."""
-        mark, now = self.rate_mark, (self.step, self.elapsed["train_s"])
+    def _mark(self) -> tuple[int, float, float]:
+        return (self.step, self.elapsed["train_s"], self.elapsed["wait_s"])
+
+    def interval_rates(self) -> dict[str, float | None]:
+        """Since the last mark (the end of the previous evaluation, or of the process's first
+        step): ``train_images_per_s`` and ``train_data_wait_fraction`` (time waiting for input
+        over training time); None when no timed step ran in between. Moves the mark here."""
+        mark, now = self.rate_mark, self._mark()
         self.rate_mark = now
         if mark is None or now[0] <= mark[0] or now[1] <= mark[1]:
-            return None
-        return (now[0] - mark[0]) * self.cfg["batch_size"] / (now[1] - mark[1])
+            return {"train_images_per_s": None, "train_data_wait_fraction": None}
+        dt = now[1] - mark[1]
+        return {
+            "train_images_per_s": (now[0] - mark[0]) * self.cfg["batch_size"] / dt,
+            "train_data_wait_fraction": (now[2] - mark[2]) / dt,
+        }
 
     def lr(self) -> dict:
         """``{"lr": rate of the last update}``, or ``{}`` when the task reports none."""
@@ -668,6 +679,7 @@ class _Run:
 
     def interrupt(self, signum: int | None) -> None:
         """Save where the run stands (unless this step is saved already) and say so."""
+        self.signal = signum
         self.check_guard()
         if self.ckpt.latest_step() != self.step:
             self.save()
