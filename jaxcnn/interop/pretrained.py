@@ -466,9 +466,30 @@ def create_model(
     ``num_classes``: default the file's; another gives a fresh head (``seed``). ``in_channels``:
     default the file's; another adapts the first conv. ``model_kwargs`` go to ``create_model``;
     options the library's weights need (timm's BatchNorm eps...) are added unless given.
+    ``scan_blocks=True`` (and ``scan_remat``) in ``model_kwargs``: the weights load into the
+    unscanned model, then the model scans its blocks and the variables are stacked.
     """
     from jaxcnn.interop import core
     from jaxcnn.interop.files import read_meta, restore_variables
+
+    scan = {k: model_kwargs.pop(k) for k in ("scan_blocks", "scan_remat") if k in model_kwargs}
+    if scan.get("scan_blocks") or scan.get("scan_remat"):
+        from jaxcnn.models.scan import stack_blocks
+
+        got = create_model(
+            name,
+            pretrained,
+            num_classes=num_classes,
+            in_channels=in_channels,
+            source=source,
+            seed=seed,
+            input_shape=input_shape,
+            **model_kwargs,
+        )
+        model = got.model.clone(parent=None, **scan)
+        kwargs = {**got.model_kwargs, **scan}
+        variables = stack_blocks(got.variables, model)
+        return dataclasses.replace(got, model=model, variables=variables, model_kwargs=kwargs)
 
     for opt, v in (("num_classes", num_classes), ("in_channels", in_channels)):
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
@@ -480,7 +501,12 @@ def create_model(
         kwargs = {**meta.get("model_kwargs", {}), **model_kwargs}
         kwargs.pop("num_classes", None), kwargs.pop("in_channels", None)
         src: str | core.Layout = core.VARIABLES
-        tensors = variables_tensors(restore_variables(pretrained))
+        restored = restore_variables(pretrained)
+        if kwargs.pop("scan_blocks", False) | kwargs.pop("scan_remat", False):
+            from jaxcnn.models.scan import unstack_blocks
+
+            restored = unstack_blocks(restored, name, **kwargs)  # a scanned model's checkpoint
+        tensors = variables_tensors(restored)
         cfg_source = meta.get("source")
     else:
         tensors, kwargs, src, cfg_source = _tensors(pretrained), dict(model_kwargs), source, None
@@ -549,7 +575,9 @@ def load_variables(
     module, or a name built with ``create_kwargs`` and the options recorded beside the
     checkpoint, e.g. timm's BatchNorm eps); ``strict=False`` lets the classifier differ (it is
     freshly initialised): fine-tuning on another number of classes. A module needs
-    ``input_shape`` ((H, W, C), to trace it) unless the checkpoint recorded one.
+    ``input_shape`` ((H, W, C), to trace it) unless the checkpoint recorded one. The model
+    and the checkpoint may each have scanned blocks or not (``scan_blocks``,
+    :mod:`jaxcnn.models.scan`): the blocks are unstacked or stacked to fit the model.
     """
     from jaxcnn.interop import core
     from jaxcnn.interop.files import load_file, read_meta, restore_variables
@@ -574,7 +602,24 @@ def load_variables(
             )
         if input_shape is None and meta.get("input_shape"):
             input_shape = tuple(meta["input_shape"])
-    tensors = variables_tensors(restore_variables(path))
+    restored = restore_variables(path)
+    if _scans(model_or_name):  # a checkpoint of a scan_blocks=True run: unstack its blocks
+        from jaxcnn.models.scan import is_stacked, unstack_blocks
+
+        twin, kwargs, _ = core.unscanned(model_or_name, create_kwargs)
+        if is_stacked(restored, twin, **kwargs):
+            restored = unstack_blocks(restored, twin, **kwargs)
+    tensors = variables_tensors(restored)
     return core.load(
         model_or_name, tensors, input_shape, strict=strict, source=core.VARIABLES, **create_kwargs
     )
+
+
+def _scans(model_or_name) -> bool:
+    """Whether the model's family can scan its blocks (so a checkpoint may hold them stacked)."""
+    from jaxcnn import models
+    from jaxcnn.models.scan import SCAN_FAMILIES
+
+    if isinstance(model_or_name, str):
+        return models.model_info(model_or_name).family in SCAN_FAMILIES
+    return hasattr(model_or_name, "scan_groups")
