@@ -3,6 +3,7 @@
 with the same gradients and BatchNorm statistics; the converters are inverse; stochastic depth
 keeps its per-block schedule; weights load through jaxcnn.interop. Tiny models, a few seconds."""
 
+import json
 import os
 import subprocess
 import sys
@@ -218,11 +219,12 @@ def test_interop_loads_into_and_exports_from_a_scanned_model(tmp_path):
     chex.assert_trees_all_close(load_variables(tmp_path / "plain", scanned, input_shape=shape), vs)
 
 
-def test_benchmark_compile_quick(tmp_path):
+def _benchmark(tmp_path, *flags):
     out = tmp_path / "compile.json"
     env = {**os.environ, "PYTHONPATH": ROOT}
     proc = subprocess.run(
-        [sys.executable, "-m", "experiments.benchmark_compile", "--quick", "--json", str(out)],
+        [sys.executable, "-m", "experiments.benchmark_compile", "--quick", "--json", str(out)]
+        + list(flags),
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -230,13 +232,24 @@ def test_benchmark_compile_quick(tmp_path):
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    import json
-
     rows = json.loads(out.read_text())
-    assert {r["scan_blocks"] for r in rows} == {False, True}
-    for r in rows:
+    assert [r["scan_blocks"] for r in rows] == [False, True]
+    assert "scan=on" in proc.stdout and "scan=off" in proc.stdout
+    return rows
+
+
+def test_benchmark_compile_quick_cold(tmp_path):
+    """The cold measurement (two fresh processes, the persistent cache off)."""
+    for r in _benchmark(tmp_path, "--no-warm"):
+        assert r["cold_lower_s"] > 0 and r["cold_compile_s"] > 0 and "warm_start_s" not in r
+
+
+@pytest.mark.slow
+def test_benchmark_compile_quick(tmp_path):
+    """Cold and warm starts: six processes (~40 s on a busy 2-core machine)."""
+    for r in _benchmark(tmp_path):
         assert r["cold_compile_s"] > 0 and r["warm_start_s"] > 0
-    assert "scan" in proc.stdout
+        assert r["warm_compile_s"] < r["cold_compile_s"]  # the second start hit the cache
 
 
 def test_interop_create_model_with_scan_blocks():
