@@ -16,7 +16,9 @@ scanned blocks, DenseNet, runs unscanned only), each measurement runs in a fresh
   temporary directory; ``warm_start_s`` is the second start's lower + compile (a cache hit) +
   first step, the time a resumed run waits before training.
 
-``init_s`` (the jitted ``model.init``, compiled too) is reported apart, from the cold run.
+``init_s`` (the jitted ``model.init``, compiled too) is reported apart, from the cold run, and
+``stablehlo_lines``, the size of the lowered train step (what scanning shrinks; it does not
+depend on the machine's load).
 The numbers depend on the machine's load; the JSON (``--json PATH``) records the load average.
 """
 
@@ -82,6 +84,8 @@ def worker(
     t1 = time.perf_counter()
     compiled = lowered.compile()
     t2 = time.perf_counter()
+    hlo_lines = len(lowered.as_text().splitlines())  # program size, independent of load
+    t2b = time.perf_counter()
     state = create_train_state(model, tx, (1, *shape[1:]))
     jax.block_until_ready(state)
     t3 = time.perf_counter()
@@ -94,7 +98,8 @@ def worker(
         "cache": cache,
         "lower_s": t1 - t0,
         "compile_s": t2 - t1,
-        "init_s": t3 - t2,
+        "init_s": t3 - t2b,
+        "stablehlo_lines": hlo_lines,
         "first_step_s": t4 - t3,
         "platform": jax.devices()[0].platform,
         "device_kind": jax.devices()[0].device_kind,
@@ -137,6 +142,7 @@ def measure(args: argparse.Namespace, model: str, scan: bool) -> dict:
         "cold_lower_s": cold["lower_s"],
         "cold_compile_s": cold["compile_s"],
         "init_s": cold["init_s"],
+        "stablehlo_lines": cold["stablehlo_lines"],
         "platform": cold["platform"],
         "device_kind": cold["device_kind"],
     }
@@ -153,7 +159,7 @@ def fmt(r: dict) -> str:
     s = (
         f"{r['model']:>16s} scan={'on ' if r['scan_blocks'] else 'off'}: "
         f"lower {r['cold_lower_s']:7.2f} s  compile {r['cold_compile_s']:7.2f} s  "
-        f"(init {r['init_s']:6.2f} s)"
+        f"(init {r['init_s']:6.2f} s; {r['stablehlo_lines']} StableHLO lines)"
     )
     if "warm_start_s" in r:
         s += f"  | warm cache: start {r['warm_start_s']:6.2f} s (compile {r['warm_compile_s']:.2f})"

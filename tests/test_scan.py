@@ -240,8 +240,10 @@ def _benchmark(tmp_path, *flags):
 
 def test_benchmark_compile_quick_cold(tmp_path):
     """The cold measurement (two fresh processes, the persistent cache off)."""
-    for r in _benchmark(tmp_path, "--no-warm"):
+    rows = _benchmark(tmp_path, "--no-warm")
+    for r in rows:
         assert r["cold_lower_s"] > 0 and r["cold_compile_s"] > 0 and "warm_start_s" not in r
+    assert rows[1]["stablehlo_lines"] < rows[0]["stablehlo_lines"]  # 4 blocks, one body
 
 
 @pytest.mark.slow
