@@ -213,7 +213,8 @@ def test_interop_loads_into_and_exports_from_a_scanned_model(tmp_path):
     got = from_torch_state_dict(scanned, sd, input_shape=shape)
     chex.assert_trees_all_close(got, vs)
     chex.assert_trees_all_close(to_torch_state_dict(scanned, vs, input_shape=shape), sd)
-    save_variables(tmp_path / "scanned", vs)  # a scanned run's variables ...
+    # a scanned run's variables (its options recorded: they do not bind the loading model) ...
+    save_variables(tmp_path / "scanned", vs, {"model_kwargs": {"scan_blocks": True}})
     chex.assert_trees_all_close(load_variables(tmp_path / "scanned", plain, input_shape=shape), v)
     save_variables(tmp_path / "plain", v)  # ... and a converted unscanned checkpoint
     chex.assert_trees_all_close(load_variables(tmp_path / "plain", scanned, input_shape=shape), vs)

@@ -501,11 +501,8 @@ def create_model(
         kwargs = {**meta.get("model_kwargs", {}), **model_kwargs}
         kwargs.pop("num_classes", None), kwargs.pop("in_channels", None)
         src: str | core.Layout = core.VARIABLES
-        restored = restore_variables(pretrained)
-        if kwargs.pop("scan_blocks", False) | kwargs.pop("scan_remat", False):
-            from jaxcnn.models.scan import unstack_blocks
-
-            restored = unstack_blocks(restored, name, **kwargs)  # a scanned model's checkpoint
+        kwargs.pop("scan_blocks", None), kwargs.pop("scan_remat", None)  # how it ran, not weights
+        restored = _unstacked(restore_variables(pretrained), name, kwargs)
         tensors = variables_tensors(restored)
         cfg_source = meta.get("source")
     else:
@@ -587,7 +584,12 @@ def load_variables(
         tensors = load_file(path)
         return core.load(model_or_name, tensors, input_shape, strict=strict, **create_kwargs)
     meta = read_meta(path)
-    recorded = dict(meta.get("model_kwargs", {}))
+    # scan_blocks/scan_remat say how a model ran, not what its weights are: not required
+    recorded = {
+        k: v
+        for k, v in meta.get("model_kwargs", {}).items()
+        if k not in ("scan_blocks", "scan_remat")
+    }
     if isinstance(model_or_name, str):
         if meta.get("model") and meta["model"] != model_or_name:
             raise ValueError(f"{path} holds {meta['model']} weights, not {model_or_name}")
@@ -602,24 +604,23 @@ def load_variables(
             )
         if input_shape is None and meta.get("input_shape"):
             input_shape = tuple(meta["input_shape"])
-    restored = restore_variables(path)
-    if _scans(model_or_name):  # a checkpoint of a scan_blocks=True run: unstack its blocks
-        from jaxcnn.models.scan import is_stacked, unstack_blocks
-
-        twin, kwargs, _ = core.unscanned(model_or_name, create_kwargs)
-        if is_stacked(restored, twin, **kwargs):
-            restored = unstack_blocks(restored, twin, **kwargs)
-    tensors = variables_tensors(restored)
+    twin, kwargs, _ = core.unscanned(model_or_name, create_kwargs)
+    tensors = variables_tensors(_unstacked(restore_variables(path), twin, kwargs))
     return core.load(
         model_or_name, tensors, input_shape, strict=strict, source=core.VARIABLES, **create_kwargs
     )
 
 
-def _scans(model_or_name) -> bool:
-    """Whether the model's family can scan its blocks (so a checkpoint may hold them stacked)."""
+def _unstacked(variables: dict, model_or_name, create_kwargs: Mapping) -> dict:
+    """``variables`` with the blocks of a scanned model's checkpoint unstacked (as they are when
+    they were saved unscanned, or the model's family does not scan)."""
     from jaxcnn import models
-    from jaxcnn.models.scan import SCAN_FAMILIES
+    from jaxcnn.models.scan import SCAN_FAMILIES, is_stacked, unstack_blocks
 
     if isinstance(model_or_name, str):
-        return models.model_info(model_or_name).family in SCAN_FAMILIES
-    return hasattr(model_or_name, "scan_groups")
+        scans = models.model_info(model_or_name).family in SCAN_FAMILIES
+    else:
+        scans = hasattr(model_or_name, "scan_groups")
+    if scans and is_stacked(variables, model_or_name, **create_kwargs):
+        return unstack_blocks(variables, model_or_name, **create_kwargs)
+    return variables
