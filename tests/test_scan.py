@@ -156,6 +156,16 @@ def test_scanned_drop_path_draws_per_sample():
     assert len(values) == 4 and counts.min() >= 12, counts
 
 
+@pytest.mark.parametrize("family", ["vit", "convnext"])
+def test_bfloat16_with_scanned_drop_path_rates(family):
+    """A traced drop-path rate scales in the activations' dtype (the scan's carry keeps it)."""
+    build, side = FAMILIES[family]
+    model = build(scan_blocks=True, dtype=jnp.bfloat16, drop_path_rate=0.3)
+    x = _x(side)
+    out, _ = _run(model, model.init(jax.random.key(0), x), x, True)
+    assert out.dtype == jnp.bfloat16
+
+
 def test_scanned_attention_maps_are_stacked():
     _, scanned, _, vs, x = _pair("vit")
     _, inter = scanned.apply(vs, x, mutable=["intermediates"])

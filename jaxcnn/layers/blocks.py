@@ -81,6 +81,8 @@ class DropPath(nn.Module):
         keep = 1.0 - self.rate
         shape = (x.shape[0],) + (1,) * (x.ndim - 1)
         mask = jax.random.bernoulli(self.make_rng("dropout"), keep, shape)
+        if not isinstance(keep, float):  # a traced rate: scale in x's dtype, as a Python float is
+            keep = jnp.asarray(keep, x.dtype)
         return jnp.where(mask, x / keep, jnp.zeros_like(x))
 
 
