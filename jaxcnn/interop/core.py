@@ -35,6 +35,8 @@ import numpy as np
 from flax import traverse_util
 
 from jaxcnn.inspect import record_calls, resolve
+from jaxcnn.models import create_model
+from jaxcnn.models.scan import stack_blocks
 
 __all__ = [
     "JAXCNN",
@@ -633,14 +635,36 @@ def load(
     ``adapt_input``: the first conv's input channels may differ from the tensor's and are
     adapted as timm's ``adapt_input_conv`` does. Raises :class:`ConversionError` (a
     ``ValueError``) on any misfit, before anything is compiled.
+
+    A model with ``scan_blocks=True`` (:mod:`jaxcnn.models.scan`) is loaded through its
+    unscanned twin (the names every layout knows) and its blocks are then stacked.
     """
-    return load_plan(
-        prepare(model_or_name, _shapes(tensors).keys(), input_shape, source, create_kwargs),
+    twin, twin_kwargs, scanned = unscanned(model_or_name, create_kwargs)
+    variables = load_plan(
+        prepare(twin, _shapes(tensors).keys(), input_shape, source, twin_kwargs),
         tensors,
         strict=strict,
         adapt_input=adapt_input,
         seed=seed,
     )
+    return variables if scanned is None else stack_blocks(variables, scanned)
+
+
+def unscanned(model_or_name, create_kwargs: Mapping) -> tuple[Any, dict, Any]:
+    """``(model_or_name, create_kwargs, scanned)`` with ``scan_blocks``/``scan_remat`` off, and
+    the scanned module (None when the model does not scan): converters work on the unscanned
+    tree and stack it afterwards."""
+    kwargs = dict(create_kwargs)
+    if isinstance(model_or_name, str):
+        if not kwargs.get("scan_blocks"):
+            return model_or_name, kwargs, None
+        scanned = create_model(model_or_name, **kwargs)
+        kwargs["scan_blocks"] = kwargs["scan_remat"] = False
+        return model_or_name, kwargs, scanned
+    if getattr(model_or_name, "scan_blocks", False):
+        twin = model_or_name.clone(parent=None, scan_blocks=False, scan_remat=False)
+        return twin, kwargs, model_or_name
+    return model_or_name, kwargs, None
 
 
 def load_plan(plan: Plan, tensors: Mapping, *, strict=True, adapt_input=False, seed=0) -> dict:

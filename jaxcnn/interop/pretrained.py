@@ -466,9 +466,30 @@ def create_model(
     ``num_classes``: default the file's; another gives a fresh head (``seed``). ``in_channels``:
     default the file's; another adapts the first conv. ``model_kwargs`` go to ``create_model``;
     options the library's weights need (timm's BatchNorm eps...) are added unless given.
+    ``scan_blocks=True`` (and ``scan_remat``) in ``model_kwargs``: the weights load into the
+    unscanned model, then the model scans its blocks and the variables are stacked.
     """
     from jaxcnn.interop import core
     from jaxcnn.interop.files import read_meta, restore_variables
+
+    scan = {k: model_kwargs.pop(k) for k in ("scan_blocks", "scan_remat") if k in model_kwargs}
+    if scan.get("scan_blocks") or scan.get("scan_remat"):
+        from jaxcnn.models.scan import stack_blocks
+
+        got = create_model(
+            name,
+            pretrained,
+            num_classes=num_classes,
+            in_channels=in_channels,
+            source=source,
+            seed=seed,
+            input_shape=input_shape,
+            **model_kwargs,
+        )
+        model = got.model.clone(parent=None, **scan)
+        kwargs = {**got.model_kwargs, **scan}
+        variables = stack_blocks(got.variables, model)
+        return dataclasses.replace(got, model=model, variables=variables, model_kwargs=kwargs)
 
     for opt, v in (("num_classes", num_classes), ("in_channels", in_channels)):
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
@@ -480,7 +501,9 @@ def create_model(
         kwargs = {**meta.get("model_kwargs", {}), **model_kwargs}
         kwargs.pop("num_classes", None), kwargs.pop("in_channels", None)
         src: str | core.Layout = core.VARIABLES
-        tensors = variables_tensors(restore_variables(pretrained))
+        kwargs.pop("scan_blocks", None), kwargs.pop("scan_remat", None)  # how it ran, not weights
+        restored = _unstacked(restore_variables(pretrained), name, kwargs)
+        tensors = variables_tensors(restored)
         cfg_source = meta.get("source")
     else:
         tensors, kwargs, src, cfg_source = _tensors(pretrained), dict(model_kwargs), source, None
@@ -549,7 +572,9 @@ def load_variables(
     module, or a name built with ``create_kwargs`` and the options recorded beside the
     checkpoint, e.g. timm's BatchNorm eps); ``strict=False`` lets the classifier differ (it is
     freshly initialised): fine-tuning on another number of classes. A module needs
-    ``input_shape`` ((H, W, C), to trace it) unless the checkpoint recorded one.
+    ``input_shape`` ((H, W, C), to trace it) unless the checkpoint recorded one. The model
+    and the checkpoint may each have scanned blocks or not (``scan_blocks``,
+    :mod:`jaxcnn.models.scan`): the blocks are unstacked or stacked to fit the model.
     """
     from jaxcnn.interop import core
     from jaxcnn.interop.files import load_file, read_meta, restore_variables
@@ -559,7 +584,12 @@ def load_variables(
         tensors = load_file(path)
         return core.load(model_or_name, tensors, input_shape, strict=strict, **create_kwargs)
     meta = read_meta(path)
-    recorded = dict(meta.get("model_kwargs", {}))
+    # scan_blocks/scan_remat say how a model ran, not what its weights are: not required
+    recorded = {
+        k: v
+        for k, v in meta.get("model_kwargs", {}).items()
+        if k not in ("scan_blocks", "scan_remat")
+    }
     if isinstance(model_or_name, str):
         if meta.get("model") and meta["model"] != model_or_name:
             raise ValueError(f"{path} holds {meta['model']} weights, not {model_or_name}")
@@ -574,7 +604,23 @@ def load_variables(
             )
         if input_shape is None and meta.get("input_shape"):
             input_shape = tuple(meta["input_shape"])
-    tensors = variables_tensors(restore_variables(path))
+    twin, kwargs, _ = core.unscanned(model_or_name, create_kwargs)
+    tensors = variables_tensors(_unstacked(restore_variables(path), twin, kwargs))
     return core.load(
         model_or_name, tensors, input_shape, strict=strict, source=core.VARIABLES, **create_kwargs
     )
+
+
+def _unstacked(variables: dict, model_or_name, create_kwargs: Mapping) -> dict:
+    """``variables`` with the blocks of a scanned model's checkpoint unstacked (as they are when
+    they were saved unscanned, or the model's family does not scan)."""
+    from jaxcnn import models
+    from jaxcnn.models.scan import SCAN_FAMILIES, is_stacked, unstack_blocks
+
+    if isinstance(model_or_name, str):
+        scans = models.model_info(model_or_name).family in SCAN_FAMILIES
+    else:
+        scans = hasattr(model_or_name, "scan_groups")
+    if scans and is_stacked(variables, model_or_name, **create_kwargs):
+        return unstack_blocks(variables, model_or_name, **create_kwargs)
+    return variables

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 
 from jaxcnn.inspect import resolve
 from jaxcnn.interop import core
+from jaxcnn.models.scan import unstack_blocks
 
 __all__ = ["from_torch_state_dict", "to_torch_state_dict", "torchvision_transform_input"]
 
@@ -77,8 +78,12 @@ def to_torch_state_dict(
     buffers (``num_batches_tracked``, ``relative_position_index``) are copied from it. Without a
     reference, ``source`` (default: the first registered layout, torchvision where it exists)
     names the keys, in jaxcnn's call order, with zero ``num_batches_tracked`` after every
-    BatchNorm and the layout's buffers, ready for ``load_state_dict``.
+    BatchNorm and the layout's buffers, ready for ``load_state_dict``. A model with
+    ``scan_blocks=True`` exports its variables unstacked (:mod:`jaxcnn.models.scan`).
     """
+    model_or_name, create_kwargs, scanned = core.unscanned(model_or_name, create_kwargs)
+    if scanned is not None:  # a scan_blocks=True model: export its unscanned tree
+        variables = unstack_blocks(variables, scanned)
     if reference is not None:
         keys = core._shapes(reference).keys()
         plan = core.prepare(model_or_name, keys, input_shape, source or "auto", create_kwargs)

@@ -69,17 +69,20 @@ class SqueezeExcite(nn.Module):
 class DropPath(nn.Module):
     """Stochastic depth per sample: drop the whole residual branch with probability ``rate``
     and scale survivors by ``1/(1-rate)``. Draws from the ``dropout`` RNG stream; identity when
-    ``deterministic``."""
+    ``deterministic``. ``rate`` may be a traced scalar (a per-block rate scanned over by
+    :func:`jaxcnn.models.scan.run_scanned`); then a key is drawn even where it is 0."""
 
-    rate: float = 0.0
+    rate: Any = 0.0
 
     @nn.compact
     def __call__(self, x, deterministic: bool = True):
-        if deterministic or self.rate == 0.0:
+        if deterministic or (isinstance(self.rate, (int, float)) and self.rate == 0.0):
             return x
         keep = 1.0 - self.rate
         shape = (x.shape[0],) + (1,) * (x.ndim - 1)
         mask = jax.random.bernoulli(self.make_rng("dropout"), keep, shape)
+        if not isinstance(keep, float):  # a traced rate: scale in x's dtype, as a Python float is
+            keep = jnp.asarray(keep, x.dtype)
         return jnp.where(mask, x / keep, jnp.zeros_like(x))
 
 

@@ -174,7 +174,10 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     """Build the registered model ``name``; keyword arguments go to its constructor.
 
     Every model takes ``conv_impl``: ``"fast"`` (default) or ``"xla"``, how its convolutions
-    are computed (``jaxcnn.layers.fast_conv``).
+    are computed (``jaxcnn.layers.fast_conv``). ``scan_blocks=True`` / ``scan_remat=True``
+    (identical blocks under ``nn.scan``, :mod:`jaxcnn.models.scan`) are accepted by the
+    families in ``jaxcnn.models.scan.SCAN_FAMILIES``; another family raises ``ValueError``
+    (``False`` is accepted everywhere and changes nothing).
 
     >>> model = create_model("lenet5", num_classes=10)
     """
@@ -186,6 +189,14 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
             f"{name}: pretrained weights load with jaxcnn.interop.create_model(name, "
             f"pretrained=..., num_classes=..., in_channels=...) -> (model, variables)"
         )
+    scan_keys = [k for k in ("scan_blocks", "scan_remat") if k in kwargs]
+    if scan_keys:
+        from jaxcnn.models.scan import SCAN_FAMILIES, check_family
+
+        if info.family not in SCAN_FAMILIES:
+            if any(kwargs[k] for k in scan_keys):
+                check_family(name, info.family)
+            kwargs = {k: v for k, v in kwargs.items() if k not in scan_keys}  # off: a no-op
     if "num_classes" in kwargs:
         n = kwargs["num_classes"]
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:

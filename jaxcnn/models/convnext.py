@@ -14,6 +14,10 @@ Layout vs torchvision: torchvision keeps the downsampling layers between stages 
 ``features_only=True`` returns the four stage outputs at reductions 4, 8, 16, 32. Parameter
 names: ``stem/{conv,norm}``, ``stageN/blockM/{dwconv,norm,fc1,fc2,layer_scale}``, ``norm``,
 ``head``. ``layer_scale`` has shape ``(C,)`` (torchvision ``(C, 1, 1)``).
+
+``scan_blocks=True``: the (identical) blocks of every stage run under one ``nn.scan`` per stage,
+stacked under ``stageN/blocks`` with the per-block drop-path rate a scanned input
+(:mod:`jaxcnn.models.scan`); ``scan_remat=True`` rematerialises each scanned block.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import jax.numpy as jnp
 from jaxcnn.layers import DropPath, check_image, conv2d, drop_path_schedule
 from jaxcnn.layers.attention import PatchEmbed
 from jaxcnn.models import register_model
+from jaxcnn.models.scan import STACKED, block_rates, check_scan_options, run_scanned
 
 __all__ = ["ConvNeXt", "ConvNeXtBlock"]
 
@@ -40,7 +45,8 @@ def _layer_norm(dtype, param_dtype, name):
 
 
 class ConvNeXtBlock(nn.Module):
-    """dwconv 7x7 -> LN -> fc1 (4C) -> GELU -> fc2 (C) -> x layer_scale -> drop path -> + x."""
+    """dwconv 7x7 -> LN -> fc1 (4C) -> GELU -> fc2 (C) -> x layer_scale -> drop path -> + x.
+    ``drop_path`` given to the call (a traced rate under ``nn.scan``) overrides the field."""
 
     drop_path: float = 0.0
     layer_scale: float = 1e-6
@@ -48,7 +54,8 @@ class ConvNeXtBlock(nn.Module):
     param_dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, train: bool = False):
+    def __call__(self, x, train: bool = False, drop_path=None):
+        rate = self.drop_path if drop_path is None else drop_path
         c = x.shape[-1]
         common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         y = conv2d(c, 7, padding=3, groups=c, kernel_init=_INIT, name="dwconv", **common)(x)
@@ -60,7 +67,7 @@ class ConvNeXtBlock(nn.Module):
             "layer_scale", nn.initializers.constant(self.layer_scale), (c,), self.param_dtype
         )
         y = y * gamma.astype(y.dtype)
-        return x + DropPath(self.drop_path)(y, deterministic=not train)
+        return x + DropPath(rate)(y, deterministic=not train)
 
 
 class Downsample(nn.Module):
@@ -86,12 +93,24 @@ class ConvNeXtStage(nn.Module):
     layer_scale: float = 1e-6
     dtype: Any = None
     param_dtype: Any = jnp.float32
+    scan: bool = False  # the blocks under one nn.scan, as ``blocks``
+    remat: bool = False  # with scan: nn.remat around each scanned block
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         if self.downsample:
             x = Downsample(self.features, name="downsample", **common)(x)
+        if self.scan and self.drop_paths:
+            static, scanned = block_rates(self.drop_paths)
+            return run_scanned(
+                ConvNeXtBlock(static or 0.0, self.layer_scale, name=STACKED, **common),
+                x,
+                len(self.drop_paths),
+                scanned,
+                call=lambda mdl, y, rate: mdl(y, train, rate),
+                remat=self.remat,
+            )
         for i, dp in enumerate(self.drop_paths):
             x = ConvNeXtBlock(dp, self.layer_scale, name=f"block{i}", **common)(x, train)
         return x
@@ -112,10 +131,17 @@ class ConvNeXt(nn.Module):
     param_dtype: Any = jnp.float32
     variant: str = "convnext"
     conv_impl: str = "fast"  # "xla": plain lax convolutions (jaxcnn.layers.fast_conv)
+    scan_blocks: bool = False  # the blocks of each stage under nn.scan (jaxcnn.models.scan)
+    scan_remat: bool = False  # with scan_blocks: nn.remat around each scanned block
+
+    def scan_groups(self) -> tuple[tuple[str, int, int], ...]:
+        """``(scope, first, count)`` of the blocks ``scan_blocks=True`` stacks."""
+        return tuple((f"stage{i + 1}", 0, n) for i, n in enumerate(self.depths) if n > 0)
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         check_image(x, model=self.variant, channels=self.in_channels, min_size=32)
+        check_scan_options(self.variant, self.scan_blocks, self.scan_remat)
         common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         x = PatchEmbed(self.dims[0], 4, norm_eps=_EPS, kernel_init=_INIT, name="stem", **common)(x)
         rates = drop_path_schedule(self.drop_path_rate, self.depths, endpoint=True)
@@ -126,6 +152,8 @@ class ConvNeXt(nn.Module):
                 rates[i],
                 downsample=i > 0,
                 layer_scale=self.layer_scale,
+                scan=self.scan_blocks,
+                remat=self.scan_remat,
                 name=f"stage{i + 1}",
                 **common,
             )(x, train)

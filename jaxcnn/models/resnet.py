@@ -18,6 +18,10 @@ are ``functools.partial``-style constructors. Parameter tree::
 ``stem_type="cifar"`` replaces the 7x7/2 conv + 3x3/2 max pool with a 3x3/1 conv (He et al.
 2016, section 4.2, CIFAR-10), so 32x32 images reach stage4 at 4x4 instead of 1x1.
 Any side >= 1 works (every conv/pool keeps at least one output pixel), so ``min_size`` is 1.
+
+``scan_blocks=True`` runs blocks 1.. of every stage (identical: stride 1, no projection) under
+one ``nn.scan`` each, stacked under ``stageN/blocks`` (:mod:`jaxcnn.models.scan`), so that
+ResNet-101/152 compile one block body per stage; ``scan_remat=True`` rematerialises them.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import jax.numpy as jnp
 
 from jaxcnn.layers import batch_norm, check_image, conv2d, global_avg_pool, max_pool
 from jaxcnn.models import register_model
+from jaxcnn.models.scan import STACKED, check_scan_options, run_scanned
 
 ModuleDef = Any
 # torchvision: nn.init.kaiming_normal_(mode="fan_out", nonlinearity="relu")
@@ -118,23 +123,29 @@ class Bottleneck(nn.Module):
 
 
 class ResNetStage(nn.Module):
-    """``num_blocks`` blocks; the first carries the stride (and the projection shortcut)."""
+    """``num_blocks`` blocks; the first carries the stride (and the projection shortcut).
+    ``scan``: blocks 1.. run under one ``nn.scan`` as ``blocks`` (``remat``: rematerialised)."""
 
     block_cls: ModuleDef
     num_blocks: int
     features: int
     stride: int
     block_kwargs: dict
+    scan: bool = False
+    remat: bool = False
 
     @nn.compact
     def __call__(self, x):
-        for i in range(self.num_blocks):
+        for i in range(1 if self.scan else self.num_blocks):
             x = self.block_cls(
                 self.features,
                 stride=self.stride if i == 0 else 1,
                 name=f"block{i}",
                 **self.block_kwargs,
             )(x)
+        if self.scan and self.num_blocks > 1:
+            block = self.block_cls(self.features, stride=1, name=STACKED, **self.block_kwargs)
+            x = run_scanned(block, x, self.num_blocks - 1, remat=self.remat)
         return x
 
 
@@ -156,10 +167,17 @@ class ResNet(nn.Module):
     param_dtype: Any = jnp.float32
     variant: str = "resnet"
     conv_impl: str = "fast"  # "xla": plain lax convolutions (jaxcnn.layers.fast_conv)
+    scan_blocks: bool = False  # blocks 1.. of each stage under nn.scan (jaxcnn.models.scan)
+    scan_remat: bool = False  # with scan_blocks: nn.remat around each scanned block
+
+    def scan_groups(self) -> tuple[tuple[str, int, int], ...]:
+        """``(scope, first, count)`` of the blocks ``scan_blocks=True`` stacks."""
+        return tuple((f"stage{i + 1}", 1, n - 1) for i, n in enumerate(self.stage_sizes) if n > 1)
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         check_image(x, model=self.variant, channels=self.in_channels, min_size=1)
+        check_scan_options(self.variant, self.scan_blocks, self.scan_remat)
         if self.stem_type not in ("imagenet", "cifar"):
             raise ValueError(
                 f"{self.variant}: stem_type must be 'imagenet' or 'cifar', got {self.stem_type!r}"
@@ -195,6 +213,8 @@ class ResNet(nn.Module):
                 self.num_filters * 2**i,
                 1 if i == 0 else 2,
                 block_kwargs,
+                scan=self.scan_blocks,
+                remat=self.scan_remat,
                 name=f"stage{i + 1}",
             )(x)
             features.append(x)

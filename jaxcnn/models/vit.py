@@ -20,7 +20,9 @@ changes). ``features_only=True`` returns ``[tokens]``: the patch tokens after th
 LayerNorm as an NHWC grid ``(B, H/p, W/p, hidden)`` (reduction = patch size), class token
 dropped. Attention weights: see ``jaxcnn.layers.attention`` (``mutable=["intermediates"]``).
 Extra options beyond torchvision: ``drop_path_rate`` (timm-style stochastic depth, linear per
-block, default 0).
+block, default 0); ``scan_blocks=True`` runs the ``depth`` identical encoder blocks under one
+``nn.scan`` (parameters stacked under ``blocks``, the per-block drop-path rate a scanned input;
+see :mod:`jaxcnn.models.scan`), ``scan_remat=True`` rematerialises each of them.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import jax.numpy as jnp
 from jaxcnn.layers import DropPath, Mlp, check_image, conv2d, drop_path_schedule, pair
 from jaxcnn.layers.attention import MultiHeadSelfAttention
 from jaxcnn.models import register_model
+from jaxcnn.models.scan import STACKED, block_rates, check_scan_options, run_scanned
 
 __all__ = ["EncoderBlock", "VisionTransformer", "resample_pos_embed"]
 
@@ -79,7 +82,9 @@ def resample_pos_embed(params, new_grid, old_grid=None, method: str = "bicubic")
 
 
 class EncoderBlock(nn.Module):
-    """Pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``."""
+    """Pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``.
+    ``drop_path`` given to the call (a traced per-block rate under ``nn.scan``) overrides the
+    field."""
 
     num_heads: int
     mlp_dim: int
@@ -90,8 +95,9 @@ class EncoderBlock(nn.Module):
     param_dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, train: bool = False):
+    def __call__(self, x, train: bool = False, drop_path=None):
         common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        rate = self.drop_path if drop_path is None else drop_path
 
         def ln(name):
             return nn.LayerNorm(
@@ -108,11 +114,11 @@ class EncoderBlock(nn.Module):
             name="attn",
             **common,
         )(ln("norm1")(x), deterministic=not train)
-        x = x + DropPath(self.drop_path)(y, deterministic=not train)
+        x = x + DropPath(rate)(y, deterministic=not train)
         y = Mlp(self.mlp_dim, act=_gelu, drop=self.dropout, name="mlp", **common)(
             ln("norm2")(x), deterministic=not train
         )
-        return x + DropPath(self.drop_path)(y, deterministic=not train)
+        return x + DropPath(rate)(y, deterministic=not train)
 
 
 class VisionTransformer(nn.Module):
@@ -134,6 +140,12 @@ class VisionTransformer(nn.Module):
     param_dtype: Any = jnp.float32
     variant: str = "vit"
     conv_impl: str = "fast"  # "xla": plain lax convolutions (jaxcnn.layers.fast_conv)
+    scan_blocks: bool = False  # the encoder blocks under one nn.scan (jaxcnn.models.scan)
+    scan_remat: bool = False  # with scan_blocks: nn.remat around each scanned block
+
+    def scan_groups(self) -> tuple[tuple[str, int, int], ...]:
+        """``(scope, first, count)`` of the blocks ``scan_blocks=True`` stacks."""
+        return (("", 0, self.depth),)
 
     def grid(self) -> tuple[int, int]:
         """Patches per side, ``(H // p, W // p)``, for ``img_size``."""
@@ -149,6 +161,7 @@ class VisionTransformer(nn.Module):
     def __call__(self, x, train: bool = False):
         p = self.patch_size
         check_image(x, model=self.variant, channels=self.in_channels, min_size=p)
+        check_scan_options(self.variant, self.scan_blocks, self.scan_remat)
         b, h, w, _ = x.shape
         if h % p or w % p:
             raise ValueError(
@@ -172,16 +185,22 @@ class VisionTransformer(nn.Module):
         )
         x = nn.Dropout(self.dropout)(x + pos.astype(x.dtype), deterministic=not train)
         (rates,) = drop_path_schedule(self.drop_path_rate, (self.depth,), endpoint=True)
-        for i, dp in enumerate(rates):
-            x = EncoderBlock(
-                self.num_heads,
-                self.mlp_dim,
-                self.dropout,
-                self.attention_dropout,
-                dp,
-                name=f"block{i}",
-                **common,
-            )(x, train)
+        block = functools.partial(
+            EncoderBlock, self.num_heads, self.mlp_dim, self.dropout, self.attention_dropout
+        )
+        if self.scan_blocks:
+            static, scanned = block_rates(rates)
+            x = run_scanned(
+                block(static or 0.0, name=STACKED, **common),
+                x,
+                self.depth,
+                scanned,
+                call=lambda mdl, y, rate: mdl(y, train, rate),
+                remat=self.scan_remat,
+            )
+        else:
+            for i, dp in enumerate(rates):
+                x = block(dp, name=f"block{i}", **common)(x, train)
         x = nn.LayerNorm(_EPS, use_fast_variance=False, name="norm", **common)(x)
         if self.features_only:
             return [x[:, 1:].reshape(b, gh, gw, d)]
