@@ -154,3 +154,48 @@ def test_worker_reports_errors_and_exit():
         w.close()
     with pytest.raises(RuntimeError, match="exited"):
         w.call("hello")
+
+
+@pytest.mark.slow  # two compiled runs of a small ViT on the engine (~40 s idle)
+def test_benchmark_recipes_quick_reports_both_variants(tmp_path, capsys):
+    from experiments import benchmark_recipes as br
+
+    out = tmp_path / "recipes.json"
+    rows = br.main(
+        [
+            "--quick",
+            "--configs",
+            "vit_s16_imagenet",
+            "--steps",
+            "2",
+            "--batch-size",
+            "8",
+            "--workers",
+            "0",
+            "--json",
+            str(out),
+        ]
+    )
+    assert [(r["config"], r["variant"]) for r in rows] == [
+        ("vit_s16_imagenet", "plain"),
+        ("vit_s16_imagenet", "recipe"),
+    ]
+    for r in rows:
+        assert r["s_per_step"] > 0 and 0 <= r["data_wait_fraction"] < 1, r
+        assert r["compilations"] == 1
+    assert json.loads(out.read_text())["rows"] == rows
+    assert "| `vit_s16_imagenet` | `vit_s_16`, 32x32, 8 |" in capsys.readouterr().out
+
+
+def test_benchmark_recipes_plain_variant_and_bad_names():
+    from experiments import benchmark_recipes as br
+
+    # "plain" switches off every augmentation the recipe sets, and nothing else
+    recipe = br.recipe_config("vit_s16_imagenet", 8, 2, 0, quick=True)
+    plain = {**recipe, **br.plain_overrides()}
+    assert recipe["mixup_alpha"] > 0 and recipe["augment_policy"] == "randaugment"
+    assert plain["mixup_alpha"] == plain["cutmix_alpha"] == plain["random_erasing"] == 0
+    assert plain["augment_policy"] == "none"
+    assert {k for k in recipe if recipe[k] != plain[k]} <= set(br.plain_overrides())
+    with pytest.raises(SystemExit):
+        br.main(["--configs", "resnet51_imagenet"])
