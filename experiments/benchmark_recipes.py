@@ -27,9 +27,9 @@ from experiments.bench_common import machine_line
 
 RECIPES = ("resnet18_cifar10", "resnet50_imagenet", "vit_s16_imagenet", "convnext_t_imagenet")
 
-# --quick: the models of tests/test_recipes.py's end-to-end test (32x32 inputs)
+# --quick (and tests/test_recipes.py's end-to-end runs): small models for 32x32 inputs
 QUICK_MODELS = {
-    "resnet50_imagenet": {"num_filters": 16},
+    "resnet50_imagenet": {"num_filters": 16, "conv_impl": "xla"},
     "vit_s16_imagenet": {
         "img_size": 32,
         "patch_size": 8,
@@ -38,7 +38,7 @@ QUICK_MODELS = {
         "num_heads": 2,
         "mlp_dim": 64,
     },
-    "convnext_t_imagenet": {"dims": (8, 16, 32, 64), "depths": (1, 1, 1, 1)},
+    "convnext_t_imagenet": {"dims": (8, 16, 32, 64), "depths": (1, 1, 1, 1), "conv_impl": "xla"},
     "resnet18_cifar10": {"num_filters": 8},
 }
 

@@ -16,6 +16,7 @@ import numpy as np
 import optax
 import pytest
 
+from experiments.benchmark_recipes import QUICK_MODELS
 from jaxcnn import data as data_lib
 from jaxcnn.checkpoint import Checkpointer
 from jaxcnn.tasks import Classification
@@ -414,23 +415,8 @@ def test_tensorboard_without_tensorboardx_is_one_line_naming_the_extra(tmp_path,
 
 
 # -- the recipe configs --------------------------------------------------------------------------
-RECIPES = {
-    "resnet50_imagenet": {"model_kwargs": {"num_filters": 16, "conv_impl": "xla"}},
-    "vit_s16_imagenet": {
-        "model_kwargs": {
-            "img_size": 32,
-            "patch_size": 8,
-            "hidden_dim": 32,
-            "depth": 2,
-            "num_heads": 2,
-            "mlp_dim": 64,
-        }
-    },
-    "convnext_t_imagenet": {
-        "model_kwargs": {"dims": (8, 16, 32, 64), "depths": (1, 1, 1, 1), "conv_impl": "xla"}
-    },
-    "resnet18_cifar10": {"model_kwargs": {"num_filters": 8}},
-}
+# each recipe's model, small enough for 32x32 inputs (the same as benchmark_recipes --quick)
+RECIPES = {name: {"model_kwargs": kw} for name, kw in QUICK_MODELS.items()}
 
 
 def _recipe(name: str, **sizes) -> dict:
