@@ -571,7 +571,16 @@ def test_gan_task_without_a_judge_draws_grids_and_selects_nothing(tmp_path):
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert "selected" not in r and not any(k.startswith("test_") for k in r)
     assert set(m["history"][0]) == {"epoch", "step", "time_s"} | {
-        f"train_{k}" for k in ("d_loss", "g_loss", "d_real", "d_fake", "d_gen", "images_per_s")
+        f"train_{k}"
+        for k in (
+            "d_loss",
+            "g_loss",
+            "d_real",
+            "d_fake",
+            "d_gen",
+            "images_per_s",
+            "data_wait_fraction",
+        )
     }
     assert (tmp_path / "samples" / "epoch_001.png").exists()
     assert (tmp_path / "samples_final.png").exists()
