@@ -2,6 +2,8 @@
 written, resume == uninterrupted, validation-only selection, the test split never trained on."""
 
 import json
+import os
+import sys
 
 import chex
 import numpy as np
@@ -11,28 +13,8 @@ from jaxcnn.tasks import Classification
 from jaxcnn.train.config import ConfigError
 from jaxcnn.train.trainer import Trainer
 
-
-def small_config(**kw):
-    c = dict(
-        model="lenet5_modern",
-        dataset="digits",
-        num_train=300,
-        validation_split=100,
-        batch_size=32,
-        eval_batch_size=64,
-        epochs=3,
-        learning_rate=2e-3,
-        augment_shift=1,
-        progress=False,
-        checkpoint_every_steps=4,
-    )
-    c.update(kw)
-    return c
-
-
-def train(tmp_path, name="run", resume=False, stop_at_step=None, task=None, **kw):
-    t = Trainer(task or Classification(), small_config(**kw), tmp_path / name, resume=resume)
-    return t.run(stop_at_step=stop_at_step), t
+sys.path.insert(0, os.path.dirname(__file__))
+from classification_run import small_config, train  # noqa: E402
 
 
 def test_trains_compiles_each_step_once_and_writes_outputs(tmp_path):
