@@ -263,6 +263,7 @@ def test_benchmark_compile_quick(tmp_path):
     for r in _benchmark(tmp_path):
         assert r["cold_compile_s"] > 0 and r["warm_start_s"] > 0
         assert r["warm_compile_s"] < r["cold_compile_s"]  # the second start hit the cache
+        assert r["warm_ready_s"] == pytest.approx(r["warm_lower_s"] + r["warm_compile_s"])
 
 
 def test_interop_create_model_with_scan_blocks():
