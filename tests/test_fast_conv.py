@@ -18,7 +18,21 @@ def _rel(a, b):
     return float(jnp.max(jnp.abs(a - b)) / (jnp.max(jnp.abs(a)) + 1e-12))
 
 
-def _compare(x_shape, k, cout, strides, padding, lhs_dil=(1, 1), rhs_dil=(1, 1), groups=1, seed=0):
+def _dense_custom_vjp(x, w, strides, padding, lhs_dil, rhs_dil, dn, groups):
+    """The per-tap-matmul kernel gradient, called directly (whatever the dispatcher picks)."""
+    assert dn == DN and groups == 1
+    if isinstance(padding, str):
+        kh, kw = w.shape[:2]
+        span = ((kh - 1) * rhs_dil[0] + 1, (kw - 1) * rhs_dil[1] + 1)
+        dilated = tuple((s - 1) * d + 1 for s, d in zip(x.shape[1:3], lhs_dil))
+        padding = lax.padtype_to_pads(dilated, span, strides, padding)
+    pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+    return fc.dense_conv_fast_filter_grad(x, w, strides, pads, lhs_dil, rhs_dil, None)
+
+
+def _compare(
+    x_shape, k, cout, strides, padding, lhs_dil=(1, 1), rhs_dil=(1, 1), groups=1, seed=0, fn=None
+):
     rng = np.random.default_rng(seed)
     x = jnp.asarray(rng.standard_normal(x_shape, np.float32))
     w = jnp.asarray(rng.standard_normal(k + (x_shape[-1] // groups, cout), np.float32))
@@ -38,7 +52,7 @@ def _compare(x_shape, k, cout, strides, padding, lhs_dil=(1, 1), rhs_dil=(1, 1),
     ref, got = jax.jit(
         lambda x, w, gy: (
             run(lax.conv_general_dilated, x, w, gy),
-            run(fc.get_conv_fn("fast"), x, w, gy),
+            run(fn or fc.get_conv_fn("fast"), x, w, gy),
         )
     )(x, w, gy)
     for name, a, b in zip(("value", "input grad", "kernel grad"), ref, got):
@@ -61,7 +75,8 @@ DENSE = [  # kernel, strides, padding, kernel dilation
 
 @pytest.mark.parametrize("k,s,p,d", DENSE)
 def test_dense_matches_lax(k, s, p, d):
-    _compare((2, 7, 6, 3), k, 4, s, p, rhs_dil=d)
+    _compare((2, 7, 6, 3), k, 4, s, p, rhs_dil=d)  # through the dispatcher
+    _compare((2, 7, 6, 3), k, 4, s, p, rhs_dil=d, fn=_dense_custom_vjp)  # the matmul gradient
 
 
 @pytest.mark.parametrize(
@@ -131,6 +146,19 @@ def test_fast_path_is_taken_and_the_impl_is_explicit():
             ).sum()
         )
 
+    def kernel_grad_dense(impl, k):
+        return jax.grad(
+            lambda w: fc.conv_general_dilated(
+                x, w, (1, 1), "SAME", dimension_numbers=DN, impl=impl
+            ).sum()
+        )
+
+    # 1x1 kernels at stride 1: matmuls; 3x3 without input dilation: XLA's gradient (faster)
+    assert "dot_general" in _primitives(kernel_grad_dense("fast", 1), jnp.ones((1, 1, 4, 5)))
+    assert "dot_general" not in _primitives(kernel_grad_dense("fast", 3), jnp.ones((3, 3, 4, 5)))
+    assert fc.use_dense_path((1, 1), (1, 1), (1, 1)) and fc.use_dense_path((3, 3), (1, 1), (2, 2))
+    assert not fc.use_dense_path((3, 3), (1, 1), (1, 1))
+    assert not fc.use_dense_path((1, 1), (2, 2), (1, 1))
     assert "conv_general_dilated" not in _primitives(depthwise("fast"), x, w)
     assert "dot_general" in _primitives(kernel_grad_transposed("fast"), wt)
     assert "conv_general_dilated" in _primitives(depthwise("xla"), x, w)

@@ -9,10 +9,12 @@ the same values another way:
   ``kh * kw`` shifted, strided slices of the padded input times one filter tap each. It is made
   of slices, multiplies and adds only, so JAX differentiates it into the same kind of fused
   elementwise loops (input gradient: pads; filter gradient: reductions).
-* **dense** (``feature_group_count == 1``): the forward pass and the input gradient stay with XLA
-  (Eigen is fast at those); the **filter gradient** is ``kh * kw`` matrix products
-  ``x_slice^T @ dy_slice`` (one per tap, contracting batch and space), where the slices are chosen
-  so that input dilation (transposed convolutions) and strides never multiply zeros.
+* **dense** (``feature_group_count == 1``) with input dilation (transposed convolutions) or a
+  1x1 kernel at stride 1: the forward pass and the input gradient stay with XLA; the **filter
+  gradient** is ``kh * kw`` matrix products ``x_slice^T @ dy_slice`` (one per tap, contracting
+  batch and space), where the slices are chosen so that input dilation and strides never
+  multiply zeros. Other dense convolutions (3x3, 7x7, ...) stay with XLA entirely
+  (:func:`use_dense_path`).
 * anything else (other groupings, ``batch_group_count``, non-NHWC layouts, 1-D/3-D) goes to
   ``lax.conv_general_dilated`` unchanged.
 
@@ -50,6 +52,7 @@ __all__ = [
     "conv_general_dilated",
     "depthwise_conv_shifted",
     "dense_conv_fast_filter_grad",
+    "use_dense_path",
 ]
 
 NHWC_DN = ("NHWC", "HWIO", "NHWC")
@@ -215,6 +218,21 @@ def _dense_bwd(strides, padding, lhs_dilation, rhs_dilation, precision, res, g):
 dense_conv_fast_filter_grad.defvjp(_dense_fwd, _dense_bwd)
 
 
+def use_dense_path(
+    kernel_hw: tuple[int, int], strides: tuple[int, int], lhs_dilation: tuple[int, int]
+) -> bool:
+    """Whether the ``"fast"`` implementation computes a dense convolution's kernel gradient as
+    per-tap matmuls: for input-dilated (transposed) convolutions, where XLA:CPU multiplies the
+    inserted zeros (15-70x slower), and 1x1 kernels at stride 1, where it transposes whole
+    activations (5x slower; ``experiments/benchmark_conv.py``). Every other dense convolution
+    stays with XLA, whose YNNPACK convolutions (jax 0.10) are as fast or faster there: a
+    ResNet-18 step is 5-13% slower with the matmuls for its 3x3 convolutions, a ResNet-50 step
+    1.6x faster with them for its 1x1 ones (``docs/performance.md``)."""
+    return tuple(lhs_dilation) != (1, 1) or (
+        tuple(kernel_hw) == (1, 1) and tuple(strides) == (1, 1)
+    )
+
+
 # ------------------------------------------------------------------------------- dispatcher
 def _pairs(v, default=1) -> tuple[int, ...]:
     if v is None:
@@ -273,7 +291,11 @@ def _fast_conv(
         return lax.conv_general_dilated(*args, **kwargs)
     if feature_group_count == c and cin_g == 1 and c > 1 and ldil == (1, 1):
         return depthwise_conv_shifted(lhs, rhs, strides, pads, rdil)
-    if feature_group_count == 1 and (strides == (1, 1) or ldil == (1, 1)):
+    if (
+        feature_group_count == 1
+        and (strides == (1, 1) or ldil == (1, 1))
+        and use_dense_path((kh, kw), strides, ldil)
+    ):
         return dense_conv_fast_filter_grad(lhs, rhs, strides, pads, ldil, rdil, precision)
     return lax.conv_general_dilated(*args, **kwargs)
 
