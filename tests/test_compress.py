@@ -72,7 +72,10 @@ def test_every_kernel_of_a_depthwise_bn_model_is_quantized():
     # MobileNet v2's depthwise convs take the fast (sliced) path by default; the quantized
     # model runs XLA convs (conv_impl="xla") so Qwix sees (and quantizes) them too.
     model = models.create_model("mobilenet_v2", num_classes=10, small_input=True, width_mult=0.25)
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    # the float model's variables and reference logits through its XLA twin, jitted: the same
+    # function (tests/test_fast_conv.py), without dispatching the sliced path op by op
+    twin = model.clone(conv_impl="xla")
+    variables = jax.jit(twin.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
     qm = quantize(model, variables, "dynamic", input_shape=(32, 32, 3))
     int8 = [
         x for x in jax.tree.leaves(qm.variables["params"]) if getattr(x, "dtype", None) == jnp.int8
@@ -80,7 +83,7 @@ def test_every_kernel_of_a_depthwise_bn_model_is_quantized():
     assert len(int8) == _kernel_count(variables["params"]) > 50
     assert qm.module.conv_impl == "xla" and model.conv_impl == "fast"
     x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
-    ref = model.apply(variables, x)
+    ref = jax.jit(twin.apply)(variables, x)
     rel = float(jnp.linalg.norm(qm(x) - ref) / jnp.linalg.norm(ref))
     assert 0 < rel < 0.1, rel
 

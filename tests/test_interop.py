@@ -7,6 +7,7 @@ same variables; misfits are named (torch key and jaxcnn path first); ``strict=Fa
 whole classifier and nothing else. Numerical agreement with the real libraries is checked by
 ``experiments/verify_interop.py`` (docs/interop.md has the figures)."""
 
+import dataclasses
 import random
 
 import chex
@@ -28,6 +29,31 @@ from jaxcnn.interop import (
 )
 from jaxcnn.interop.pretrained import names as reference_names
 from jaxcnn.layers.conv import ConvTranspose2d
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _trace_each_model_once():
+    """Each conversion traces its model (``core.jax_leaves``: an abstract init, ~1.5 s for the
+    big ones) to learn the variables and their call order; the trace depends on the model and
+    the input shape alone, not on the tensors. The tests here convert the same models many
+    times (every key order, both directions), so the trace is kept per (model, shape): the
+    first conversion of a model traces it as usual, the others get copies of its leaves."""
+    real = core.jax_leaves
+    seen: dict = {}
+
+    def once(model, input_shape):
+        key = (model, tuple(input_shape))
+        try:
+            hash(key)
+        except TypeError:  # a module with an unhashable field: trace it every time
+            return real(model, input_shape)
+        if key not in seen:
+            seen[key] = real(model, input_shape)
+        return [dataclasses.replace(j) for j in seen[key]]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(core, "jax_leaves", once)
+        yield
 
 
 def test_every_reference_is_in_the_fixture():

@@ -52,8 +52,9 @@ def _bn_settings(model, shape):
 def test_densenet_memory_efficient_same_params_outputs_and_grads():
     x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
     plain, remat = _tiny_densenet(), _tiny_densenet(memory_efficient=True)
-    v1 = plain.init(jax.random.key(1), x)
-    v2 = remat.init(jax.random.key(1), x)
+    # jitted: DenseNet's many small ops are slow to dispatch one by one
+    v1 = jax.jit(plain.init)(jax.random.key(1), x)
+    v2 = jax.jit(remat.init)(jax.random.key(1), x)
     chex.assert_trees_all_equal(v1, v2)  # same names, shapes and values
 
     def loss(model):
@@ -71,7 +72,7 @@ def test_densenet_memory_efficient_same_params_outputs_and_grads():
     (l1, (o1, u1)), g1 = loss(plain)(v1["params"])
     (l2, (o2, u2)), g2 = loss(remat)(v1["params"])
     chex.assert_trees_all_close((o1, u1, g1), (o2, u2, g2), rtol=1e-5, atol=1e-6)
-    chex.assert_trees_all_close(plain.apply(v1, x), remat.apply(v1, x), rtol=1e-6)
+    chex.assert_trees_all_close(jax.jit(plain.apply)(v1, x), jax.jit(remat.apply)(v1, x), rtol=1e-6)
 
     # remat really is in the computation (and only there)
     def jaxpr(m):

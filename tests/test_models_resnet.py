@@ -62,13 +62,14 @@ def test_resnet18_cifar_counts_and_channels():
 @pytest.mark.parametrize("block_cls,last_bn", [(Bottleneck, "bn3"), (BasicBlock, "bn2")])
 def test_zero_init_residual_zeroes_last_bn_scale(block_cls, last_bn):
     x = jnp.ones((1, 16, 16, 3))
-    params = _tiny(block_cls, zero_init_residual=True).init(jax.random.key(0), x)["params"]
+    init = jax.jit(_tiny(block_cls, zero_init_residual=True).init)  # jit: faster than eager
+    params = init(jax.random.key(0), x)["params"]
     flat = flatten_dict(params)
     last = [v for k, v in flat.items() if k[-2] == last_bn and k[-1] == "scale"]
     others = [v for k, v in flat.items() if k[-1] == "scale" and k[-2] != last_bn]
     assert len(last) == 4 and all(np.all(v == 0) for v in last)
     assert others and all(np.all(v == 1) for v in others)
-    default = flatten_dict(_tiny(block_cls).init(jax.random.key(0), x)["params"])
+    default = flatten_dict(jax.jit(_tiny(block_cls).init)(jax.random.key(0), x)["params"])
     assert all(np.all(v == 1) for k, v in default.items() if k[-1] == "scale")
 
 
@@ -159,7 +160,7 @@ def test_options_and_errors():
 def test_tiny_resnet_train_step_is_finite_and_jittable():
     model = _tiny(Bottleneck, groups=2, width_per_group=32)  # width int(8 * 32/64) * 2 = 8
     x = jax.random.normal(jax.random.key(0), (4, 16, 16, 3))
-    v = model.init(jax.random.key(1), x)
+    v = jax.jit(model.init)(jax.random.key(1), x)  # jit: faster than eager dispatch
 
     @jax.jit
     def loss_fn(params):

@@ -40,8 +40,16 @@ def _vit(**kw):
 
 
 def _convnext(**kw):
-    # layer_scale 1 (not 1e-6) so that every block changes the output visibly
-    cfg = {"depths": (2, 3), "dims": (8, 16), "drop_path_rate": 0.0, "layer_scale": 1.0}
+    # layer_scale 1 (not 1e-6) so that every block changes the output visibly; plain XLA
+    # convolutions: the scan is what is compared here, and the default path's sliced 7x7
+    # depthwise convolutions (the same function, tests/test_fast_conv.py) are slow to compile
+    cfg = {
+        "depths": (2, 3),
+        "dims": (8, 16),
+        "drop_path_rate": 0.0,
+        "layer_scale": 1.0,
+        "conv_impl": "xla",
+    }
     return ConvNeXt(**{**cfg, **kw})
 
 

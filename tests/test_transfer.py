@@ -911,8 +911,20 @@ def test_tiny_study_runs_every_method_through_the_engine(tmp_path, capsys):
         c2 = transfer_tiny.get_config()
         c2.probe_steps = c.probe_steps + 1  # a changed setting: nothing is reused
         calls.clear()
-        study.study(c2, str(tmp_path), ["lenet5_modern"])
+        # what is checked is which runs the study starts again, not their training (the gradual
+        # rerun above trained for real): each asked-for run returns its earlier record
+        by_method = {r["method"]: r for r in saved["records"]}
+
+        def recorded(method, *args, **kw):
+            calls.append(method)
+            return {**by_method[method], "state": None}
+
+        study.run_method = recorded
+        again = study.study(c2, str(tmp_path), ["lenet5_modern"])
         assert sorted(calls) == sorted(c.methods)
+        assert [r["accuracy"] for r in again["records"]] == [
+            r["accuracy"] for r in saved["records"]
+        ]
     finally:
         study.run_method = real_run_method
 
