@@ -219,7 +219,7 @@ dense_conv_fast_filter_grad.defvjp(_dense_fwd, _dense_bwd)
 
 
 def use_dense_path(
-    kernel_hw: tuple[int, int], strides: tuple[int, int], lhs_dilation: tuple[int, int]
+    kernel_hw: Sequence[int], strides: Sequence[int], lhs_dilation: Sequence[int]
 ) -> bool:
     """Whether the ``"fast"`` implementation computes a dense convolution's kernel gradient as
     per-tap matmuls: for input-dilated (transposed) convolutions, where XLA:CPU multiplies the
