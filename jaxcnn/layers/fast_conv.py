@@ -52,6 +52,7 @@ __all__ = [
     "conv_general_dilated",
     "depthwise_conv_shifted",
     "dense_conv_fast_filter_grad",
+    "explicit_padding",
     "use_dense_path",
 ]
 
@@ -222,14 +223,14 @@ def use_dense_path(
     kernel_hw: Sequence[int], strides: Sequence[int], lhs_dilation: Sequence[int]
 ) -> bool:
     """Whether the ``"fast"`` implementation computes a dense convolution's kernel gradient as
-    per-tap matmuls: for input-dilated (transposed) convolutions, where XLA:CPU multiplies the
-    inserted zeros (15-70x slower), and 1x1 kernels at stride 1, where it transposes whole
+    per-tap matmuls, at stride 1 only: for input-dilated (transposed) convolutions, where XLA:CPU
+    multiplies the inserted zeros (15-70x slower), and 1x1 kernels, where it transposes whole
     activations (5x slower; ``experiments/benchmark_conv.py``). Every other dense convolution
     stays with XLA, whose YNNPACK convolutions (jax 0.10) are as fast or faster there: a
     ResNet-18 step is 5-13% slower with the matmuls for its 3x3 convolutions, a ResNet-50 step
     1.6x faster with them for its 1x1 ones (``docs/performance.md``)."""
-    return tuple(lhs_dilation) != (1, 1) or (
-        tuple(kernel_hw) == (1, 1) and tuple(strides) == (1, 1)
+    return tuple(strides) == (1, 1) and (
+        tuple(lhs_dilation) != (1, 1) or tuple(kernel_hw) == (1, 1)
     )
 
 
@@ -238,6 +239,20 @@ def _pairs(v, default=1) -> tuple[int, ...]:
     if v is None:
         return (default, default)
     return tuple(int(a) for a in v)
+
+
+def explicit_padding(
+    lhs_shape, rhs_shape, strides, padding, lhs_dilation=(1, 1), rhs_dilation=(1, 1)
+) -> tuple[tuple[int, int], ...]:
+    """``padding`` of an NHWC/HWIO convolution as ``((lo, hi), (lo, hi))`` ints; a string
+    (``"SAME"``, ``"VALID"``, ...) is resolved as ``lax.conv_general_dilated`` resolves it,
+    against the input-dilated input and the kernel-dilated kernel."""
+    if isinstance(padding, str):
+        kh, kw = rhs_shape[:2]
+        span = ((kh - 1) * rhs_dilation[0] + 1, (kw - 1) * rhs_dilation[1] + 1)
+        dilated = tuple((s - 1) * d + 1 for s, d in zip(lhs_shape[1:3], lhs_dilation))
+        padding = lax.padtype_to_pads(dilated, span, strides, padding)
+    return tuple((int(lo), int(hi)) for lo, hi in padding)
 
 
 def _fast_conv(
@@ -277,11 +292,7 @@ def _fast_conv(
     strides = _pairs(window_strides)
     ldil, rdil = _pairs(lhs_dilation), _pairs(rhs_dilation)
     kh, kw, cin_g, cout = rhs.shape
-    if isinstance(padding, str):
-        span = ((kh - 1) * rdil[0] + 1, (kw - 1) * rdil[1] + 1)
-        dilated = tuple((s - 1) * d + 1 for s, d in zip(lhs.shape[1:3], ldil))
-        padding = lax.padtype_to_pads(dilated, span, strides, padding)
-    pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+    pads = explicit_padding(lhs.shape, rhs.shape, strides, padding, ldil, rdil)
     c = lhs.shape[-1]
     out_hw = [
         _out_size(lhs.shape[1 + a], rhs.shape[a], strides[a], *pads[a], ldil[a], rdil[a])
@@ -291,11 +302,7 @@ def _fast_conv(
         return lax.conv_general_dilated(*args, **kwargs)
     if feature_group_count == c and cin_g == 1 and c > 1 and ldil == (1, 1):
         return depthwise_conv_shifted(lhs, rhs, strides, pads, rdil)
-    if (
-        feature_group_count == 1
-        and (strides == (1, 1) or ldil == (1, 1))
-        and use_dense_path((kh, kw), strides, ldil)
-    ):
+    if feature_group_count == 1 and use_dense_path((kh, kw), strides, ldil):
         return dense_conv_fast_filter_grad(lhs, rhs, strides, pads, ldil, rdil, precision)
     return lax.conv_general_dilated(*args, **kwargs)
 
