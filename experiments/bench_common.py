@@ -1,5 +1,6 @@
 """Helpers shared by the benchmark scripts: the machine line, XLA's FLOP count, the optional
-PyTorch import, PyTorch counterparts of jaxcnn models, and a worker in another Python.
+PyTorch import, PyTorch counterparts of jaxcnn models, a worker in another Python, and the
+Markdown table and JSON file the scripts write.
 
 Nothing here imports jax or torch at import time: a Python with torch but without jax (the
 usual PyTorch reference venv) imports this module to serve as a worker
@@ -13,6 +14,7 @@ its stdout (anything else the worker prints goes to stderr). End of input ends t
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -41,6 +43,29 @@ def machine_line(**versions) -> str:
         f"{platform.node()} ({platform.machine()}), {os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}, {libs}; {uptime()}"
     )
+
+
+def cell(value, fmt: str) -> str:
+    """A table cell: ``value`` formatted with ``fmt``, or ``-`` for None."""
+    return "-" if value is None else format(value, fmt)
+
+
+def markdown_table(head, align: str, rows) -> str:
+    """A Markdown table: the titles ``head``, one ``l`` (left) or ``r`` (right) per column in
+    ``align``, and ``rows`` (lists of cell strings)."""
+
+    def line(cells):
+        return "| " + " | ".join(cells) + " |"
+
+    sep = "|" + "".join("---:|" if a == "r" else "---|" for a in align)
+    return "\n".join([line(head), sep] + [line(r) for r in rows])
+
+
+def write_json(path: str, meta: dict, rows) -> None:
+    """Write ``{"meta": meta, "rows": rows}`` to ``path``, creating its folder."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({"meta": meta, "rows": rows}, f, indent=1)
 
 
 def compiled_flops(compiled) -> float | None:
@@ -155,3 +180,36 @@ def serve(obj) -> int:
         out.write(json.dumps(reply) + "\n")
         out.flush()
     return 0
+
+
+def add_torch_python_args(p: argparse.ArgumentParser) -> None:
+    """``--torch-python`` (default ``$JAXCNN_TORCH_PYTHON``) and the hidden ``--torch-worker``
+    with which :func:`open_torch_side` starts the script in that Python."""
+    p.add_argument(
+        "--torch-python",
+        default=os.environ.get("JAXCNN_TORCH_PYTHON"),
+        help="a Python with torch and torchvision, for the PyTorch side when this one has none "
+        "(default $JAXCNN_TORCH_PYTHON)",
+    )
+    p.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
+
+
+def open_torch_side(local, python: str | None, module: str, **hello):
+    """``(side, versions)``: the PyTorch side ``local`` of this Python (None when it has no
+    PyTorch), else ``python -m module --torch-worker`` behind a :class:`WorkerProxy`, and what
+    its ``hello(**hello)`` returns; ``(None, None)`` after printing :data:`TORCH_ABSENT` (and
+    why) when neither is there or ``hello`` fails."""
+    if local is not None:
+        side = local
+    elif python:
+        side = WorkerProxy(python, module, ["--torch-worker"])
+    else:
+        print(TORCH_ABSENT, flush=True)
+        return None, None
+    try:
+        return side, side.hello(**hello)
+    except Exception as e:
+        if isinstance(side, WorkerProxy):
+            side.close()
+        print(f"{TORCH_ABSENT} ({python}: {e})", flush=True)
+        return None, None

@@ -33,18 +33,20 @@ a one-line message and the jaxcnn row alone. ``--quick``: ResNet-50 with 8 stem 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 
 from experiments.bench_common import (
-    TORCH_ABSENT,
     WorkerProxy,
+    add_torch_python_args,
+    cell,
     import_torch,
     machine_line,
+    markdown_table,
+    open_torch_side,
     serve,
     uptime,
+    write_json,
 )
 
 # dense bfloat16 tensor-core peaks (V100: float16), TFLOP/s, by a substring of device_kind;
@@ -154,20 +156,8 @@ class TorchAMP:
 
 def torch_side(python: str | None):
     """``(side, versions)`` or ``(None, None)`` after printing why (see the docstring)."""
-    if import_torch() is not None:
-        side = TorchAMP()
-    elif python:
-        side = WorkerProxy(python, "experiments.benchmark_gpu", ["--torch-worker"])
-    else:
-        print(TORCH_ABSENT, flush=True)
-        return None, None
-    try:
-        return side, side.hello()
-    except Exception as e:
-        if isinstance(side, WorkerProxy):
-            side.close()
-        print(f"{TORCH_ABSENT} ({python}: {e})", flush=True)
-        return None, None
+    local = TorchAMP() if import_torch() is not None else None
+    return open_torch_side(local, python, "experiments.benchmark_gpu")
 
 
 # ================================================================================= jaxcnn side
@@ -215,23 +205,19 @@ def add_mfu(row: dict, batch: int, side: int, peak: float | None) -> dict:
 
 
 def markdown(rows) -> str:
-    def num(v, fmt):
-        return "-" if v is None else format(v, fmt)
-
     head = ["framework", "params", "ms/step", "images/s", "TFLOP/s", "MFU"]
-    lines = ["| " + " | ".join(head) + " |", "|---|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        mfu = None if r["mfu"] is None else 100 * r["mfu"]
-        cells = [
+    cells = [
+        [
             r["framework"],
             f"{r['params']:,}",
-            num(r["step_ms"], ".1f"),
-            num(r["images_per_s"], ".0f"),
-            num(r["tflops_per_s"], ".3g"),
-            "-" if mfu is None else f"{mfu:.1f}%",
+            cell(r["step_ms"], ".1f"),
+            cell(r["images_per_s"], ".0f"),
+            cell(r["tflops_per_s"], ".3g"),
+            "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%",
         ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        for r in rows
+    ]
+    return markdown_table(head, "lrrrrr", cells)
 
 
 def parse_args(argv=None):
@@ -244,15 +230,9 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
     p.add_argument("--peak-tflops", type=float, help="the device's peak bf16 TFLOP/s for MFU")
     p.add_argument("--no-torch-compile", action="store_true", help="PyTorch eager")
-    p.add_argument(
-        "--torch-python",
-        default=os.environ.get("JAXCNN_TORCH_PYTHON"),
-        help="a Python with torch and torchvision, for the PyTorch side when this one has none "
-        "(default $JAXCNN_TORCH_PYTHON)",
-    )
+    add_torch_python_args(p)
     p.add_argument("--quick", action="store_true", help="tiny ResNet-50, 32x32, batch 4, 2 steps")
     p.add_argument("--json", help="also write the rows and settings as JSON here")
-    p.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -319,9 +299,7 @@ def main(argv=None) -> list[dict]:
             "torch": versions,
             "quick": args.quick,
         }
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump({"meta": meta, "rows": rows}, f, indent=1)
+        write_json(args.json, meta, rows)
     return rows
 
 

@@ -28,12 +28,13 @@ Timings depend on the machine and on what else runs on it: take them on a quiet 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
 import sys
 import time
+
+from experiments.bench_common import cell, markdown_table, write_json
 
 # one representative per family, at its default input size
 DEFAULT_MODELS = (
@@ -189,25 +190,23 @@ def _torch_meta() -> dict:
 
 # ---------------------------------------------------------------- output
 def markdown(rows, batches) -> str:
-    def num(v, fmt):
-        return "-" if v is None else format(v, fmt)
-
     head = ["model", "input", "params", "GFLOPs", "compile s"] + [
         f"ms/image b={b}" for b in batches
     ]
-    lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
+    cells = []
     for r in rows:
         g = r.get("gflops")
-        cells = [
-            f"`{r['model']}`",
-            r["input"],
-            f"{r['params']:,}",
-            num(g, ".3g" if g is not None and g < 1 else ".2f"),
-            num(r.get("compile_s"), ".1f"),
-        ]
-        cells += [num(r.get(f"ms_per_image_b{b}"), ".2f") for b in batches]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        cells.append(
+            [
+                f"`{r['model']}`",
+                r["input"],
+                f"{r['params']:,}",
+                cell(g, ".3g" if g is not None and g < 1 else ".2f"),
+                cell(r.get("compile_s"), ".1f"),
+            ]
+            + [cell(r.get(f"ms_per_image_b{b}"), ".2f") for b in batches]
+        )
+    return markdown_table(head, "ll" + "r" * (len(head) - 2), cells)
 
 
 def parse_args(argv=None):
@@ -277,9 +276,7 @@ def main(argv=None) -> list[dict]:
         print(f"<!-- {name}: {time.perf_counter() - t:.1f} s -->", file=sys.stderr, flush=True)
     print(markdown(rows, batches))
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump({"meta": meta, "rows": rows}, f, indent=1)
+        write_json(args.json, meta, rows)
     return rows
 
 

@@ -49,19 +49,22 @@ The PyTorch side runs on CPU; when JAX's default device is a GPU it runs on CUDA
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 
 from experiments.bench_common import (
-    TORCH_ABSENT,
     WorkerProxy,
+    add_torch_python_args,
+    cell,
     import_torch,
     machine_line,
+    markdown_table,
+    open_torch_side,
     serve,
     torch_resnet18_cifar,
     uptime,
+    write_json,
 )
 
 # name -> jaxcnn model kwargs, square input side, channels, batch, classes, per-pixel labels
@@ -244,20 +247,10 @@ class TorchTrain:
 def torch_side(args, device: str):
     """``(side, versions)``: a :class:`TorchTrain` here or behind a worker of
     ``--torch-python``; ``(None, None)`` (after printing why) when neither has PyTorch."""
-    if import_torch() is not None:
-        side = TorchTrain()
-    elif args.torch_python:
-        side = WorkerProxy(args.torch_python, "experiments.benchmark_train", ["--torch-worker"])
-    else:
-        print(TORCH_ABSENT, flush=True)
-        return None, None
-    try:
-        return side, side.hello(threads=args.threads, device=device)
-    except Exception as e:
-        if isinstance(side, WorkerProxy):
-            side.close()
-        print(f"{TORCH_ABSENT} ({args.torch_python}: {e})", flush=True)
-        return None, None
+    local = TorchTrain() if import_torch() is not None else None
+    return open_torch_side(
+        local, args.torch_python, "experiments.benchmark_train", threads=args.threads, device=device
+    )
 
 
 # ================================================================================= jaxcnn side
@@ -358,9 +351,6 @@ def bench_model(spec: dict, side, steps: int, warmup: int, compile: bool) -> dic
 
 
 def markdown(rows) -> str:
-    def num(v, fmt):
-        return "-" if v is None else format(v, fmt)
-
     head = [
         "model",
         "batch",
@@ -370,20 +360,21 @@ def markdown(rows) -> str:
         "jaxcnn speed vs PyTorch",
         "params",
     ]
-    lines = ["| " + " | ".join(head) + " |", "|---|---:|---|---:|---:|---:|---:|"]
+    cells = []
     for r in rows:
         name = r["model"] + (" (small_input)" if r["kwargs"].get("small_input") else "")
-        cells = [
-            f"`{name}`",
-            str(r["batch"]),
-            r["input"],
-            num(r["jax_s"], ".4f"),
-            num(r["torch_s"], ".4f"),
-            num(r["ratio"], ".2f"),
-            f"{r['params']:,}",
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        cells.append(
+            [
+                f"`{name}`",
+                str(r["batch"]),
+                r["input"],
+                cell(r["jax_s"], ".4f"),
+                cell(r["torch_s"], ".4f"),
+                cell(r["ratio"], ".2f"),
+                f"{r['params']:,}",
+            ]
+        )
+    return markdown_table(head, "lrlrrrr", cells)
 
 
 def parse_args(argv=None):
@@ -395,16 +386,10 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, help="untimed steps per side first (default 2; --quick 1)")
     p.add_argument("--threads", type=int, help="PyTorch threads (default: all CPUs)")
     p.add_argument("--compile", action="store_true", help="torch.compile the PyTorch models")
-    p.add_argument(
-        "--torch-python",
-        default=os.environ.get("JAXCNN_TORCH_PYTHON"),
-        help="a Python with torch and torchvision, for the PyTorch side when this one has none "
-        "(default $JAXCNN_TORCH_PYTHON)",
-    )
+    add_torch_python_args(p)
     p.add_argument("--params-only", action="store_true", help="compare parameter counts only")
     p.add_argument("--quick", action="store_true", help="tiny nets and inputs, 2 steps")
     p.add_argument("--json", help="also write the rows and settings as JSON here")
-    p.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -464,9 +449,7 @@ def main(argv=None) -> list[dict]:
     )
     print(markdown(rows), flush=True)
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump({"meta": meta, "rows": rows}, f, indent=1)
+        write_json(args.json, meta, rows)
     return rows
 
 
