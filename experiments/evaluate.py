@@ -15,8 +15,6 @@ them.
 
 from __future__ import annotations
 
-import json
-
 from absl import app, flags, logging
 
 
@@ -104,9 +102,9 @@ def main(argv):
     )
     print(format_results(out))
     if flags.FLAGS.json:
-        with open(flags.FLAGS.json, "w") as f:
-            json.dump(out, f, indent=1)
-        print(f"wrote {flags.FLAGS.json}")
+        from experiments.runs import save_json
+
+        save_json(flags.FLAGS.json, out)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ counted from the zeros of the final weights, per layer and over all kernels.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 
@@ -219,9 +218,9 @@ def main(argv):
     out["time_s"], out["loadavg"] = time.perf_counter() - t0, [load0, os.getloadavg()]
     print(markdown(out))
     if flags.FLAGS.json:
-        with open(flags.FLAGS.json, "w") as f:
-            json.dump(out, f, indent=1)
-        print(f"wrote {flags.FLAGS.json}")
+        from experiments.runs import save_json
+
+        save_json(flags.FLAGS.json, out)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ The load average is printed with the table.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -159,9 +158,9 @@ def main(argv):
     print(markdown(results, flags.FLAGS.batch_size))
     print(f"\nload average before {load0[0]:.2f}, after {load1[0]:.2f} ({os.cpu_count()} CPUs)")
     if flags.FLAGS.json:
-        with open(flags.FLAGS.json, "w") as f:
-            json.dump({"results": results, "loadavg": [load0, load1]}, f, indent=1)
-        print(f"wrote {flags.FLAGS.json}")
+        from experiments.runs import save_json
+
+        save_json(flags.FLAGS.json, {"results": results, "loadavg": [load0, load1]})
 
 
 if __name__ == "__main__":

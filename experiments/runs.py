@@ -1,6 +1,7 @@
 """Load a finished training run from its work directory: config, model, trained variables, data.
 
-Used by ``experiments.evaluate``, ``experiments.quantize`` and ``experiments.prune``. A run is
+Used by ``experiments.evaluate``, ``experiments.quantize`` and ``experiments.prune`` (which
+write their results with :func:`save_json`). A run is
 what ``python -m experiments.train --workdir DIR`` (the classification task on the
 :class:`jaxcnn.train.Trainer`) leaves: ``DIR/metrics.json`` (its ``config`` is the complete,
 validated config of the run; its ``facts`` the number of classes and the input shape) and
@@ -40,6 +41,7 @@ __all__ = [
     "load_run",
     "load_run_data",
     "read_config",
+    "save_json",
 ]
 
 # config keys that decide the examples a run saw and how they were transformed (the members of
@@ -152,6 +154,14 @@ def _metrics(run_dir: str) -> dict:
         )
     with open(path) as f:
         return json.load(f)
+
+
+def save_json(path: str, obj) -> None:
+    """Write the results ``obj`` of a tool above to ``path`` as JSON (its ``--json`` flag) and
+    print ``wrote PATH``."""
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=1)
+    print(f"wrote {path}")
 
 
 def read_config(run_dir: str) -> dict:
