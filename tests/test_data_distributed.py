@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
-import socket
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, os.path.dirname(__file__))
+from loopback import free_port, run_workers  # noqa: E402
+
 N, BATCH, EPOCHS = 70, 16, 2  # 4 steps per epoch, 6 examples dropped each epoch
 
 
@@ -56,45 +55,15 @@ def worker(pid: int, nproc: int, port: int, out: str) -> None:
     jax.distributed.shutdown()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.multiprocess
 def test_two_processes_read_disjoint_shards_that_cover_each_epoch(tmp_path):
-    port, procs = _free_port(), []
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    env.pop("XLA_FLAGS", None)
-    logs = [open(tmp_path / f"p{i}.log", "w+") for i in range(2)]
-    try:
-        for pid in range(2):
-            cmd = [
-                sys.executable,
-                __file__,
-                str(pid),
-                "2",
-                str(port),
-                str(tmp_path / f"{pid}.json"),
-            ]
-            procs.append(
-                subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=logs[pid], stderr=subprocess.STDOUT)
-            )
-        for p in procs:
-            p.wait(timeout=180)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait(timeout=30)
-    text = []
-    for log in logs:
-        log.seek(0)
-        text.append(log.read()[-3000:])
-        log.close()
-    assert [p.returncode for p in procs] == [0, 0], "\n----\n".join(text)
+    port = free_port()
+    cmds = [
+        [sys.executable, __file__, str(pid), "2", str(port), str(tmp_path / f"{pid}.json")]
+        for pid in range(2)
+    ]
+    codes, text = run_workers(cmds, tmp_path)
+    assert codes == [0, 0], "\n----\n".join(t[-3000:] for t in text)
     res = [json.loads((tmp_path / f"{pid}.json").read_text()) for pid in range(2)]
     train_ids = np.asarray(res[0]["train_ids"])
     steps = N // BATCH

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
 import re
-import socket
 import subprocess
 import sys
 
@@ -32,7 +30,9 @@ from jaxcnn.train.remat import remat_blocks, saved_residual_bytes
 from jaxcnn.train.state import create_train_state
 from jaxcnn.train.steps import make_eval_step, make_train_step
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, os.path.dirname(__file__))
+from loopback import ROOT, free_port, run_workers, worker_env  # noqa: E402
+
 TOL = 1e-5
 
 
@@ -195,14 +195,6 @@ def worker_mp(pid, nproc, port, workdir):
 
 
 # -- tests ----------------------------------------------------------------------------------
-def _env(**extra):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    env.pop("XLA_FLAGS", None)
-    env.update(extra)
-    return env
-
-
 @pytest.fixture(scope="module")
 def reference():
     """The single-device run both the 8-device and the 2-process runs must reproduce."""
@@ -217,7 +209,7 @@ def test_data_parallel_8_devices_matches_1_device(tmp_path, reference):
         [sys.executable, __file__, "dp8", out],
         cwd=ROOT,
         timeout=240,
-        env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=8"),
+        env=worker_env(XLA_FLAGS="--xla_force_host_platform_device_count=8"),
         capture_output=True,
         text=True,
     )
@@ -240,43 +232,17 @@ def test_data_parallel_8_devices_matches_1_device(tmp_path, reference):
     assert "batch_size=12 does not divide by the 8 devices" in info["errors"]["fit"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.multiprocess
 def test_two_processes_match_single_process(tmp_path, reference):
     """2 processes x 2 CPU devices on loopback through jax.distributed (gloo collectives), each
     loading only its half of every batch: same result as one process to 1e-5, one checkpoint."""
-    port, procs, logs = _free_port(), [], []
-    try:
-        for pid in range(2):
-            log = open(tmp_path / f"p{pid}.log", "w+")
-            logs.append(log)
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, __file__, "mp", str(pid), "2", str(port), str(tmp_path)],
-                    cwd=ROOT,
-                    env=_env(),
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            )
-        for p in procs:
-            p.wait(timeout=180)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait(timeout=30)
-    text = []
-    for log in logs:
-        log.seek(0)
-        text.append(log.read())
-        log.close()
-    assert [p.returncode for p in procs] == [0, 0], "\n----\n".join(t[-3000:] for t in text)
+    port = free_port()
+    cmds = [
+        [sys.executable, __file__, "mp", str(pid), "2", str(port), str(tmp_path)]
+        for pid in range(2)
+    ]
+    codes, text = run_workers(cmds, tmp_path)
+    assert codes == [0, 0], "\n----\n".join(t[-3000:] for t in text)
     assert "process 0 wrote results" in text[0] and "wrote results" not in text[1]
     assert "rows slice(0, 16" in text[0] and "rows slice(16, 32" in text[1]
 
