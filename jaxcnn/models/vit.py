@@ -121,6 +121,30 @@ class EncoderBlock(nn.Module):
         return x + DropPath(rate)(y, deterministic=not train)
 
 
+def embed_tokens(mdl: nn.Module, x, cls_init, dropout: float, train: bool):
+    """Patch tokens ``(B, N, D)`` -> ``(B, 1 + N, D)``: the class token ``cls_token`` (drawn
+    from ``cls_init``) first, the position embeddings ``pos_embed`` added, then dropout. The
+    parameters are ``mdl``'s: call it inside ``mdl``'s ``nn.compact`` method."""
+    b, n, d = x.shape
+    cls = mdl.param("cls_token", cls_init, (1, 1, d), mdl.param_dtype)
+    x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (b, 1, d)), x], axis=1)
+    pos = mdl.param("pos_embed", nn.initializers.normal(0.02), (1, 1 + n, d), mdl.param_dtype)
+    return nn.Dropout(dropout)(x + pos.astype(x.dtype), deterministic=not train)
+
+
+def token_head(mdl: nn.Module, x, grid: tuple[int, int], features=()):
+    """The encoder's final LayerNorm ``norm``, then the logits of the zero-initialised Dense
+    ``head`` on the class token; with ``mdl.features_only``, ``[*features, the patch tokens as
+    a (B, gh, gw, D) map]`` instead. Call it inside ``mdl``'s ``nn.compact`` method."""
+    common = dict(dtype=mdl.dtype, param_dtype=mdl.param_dtype)
+    x = nn.LayerNorm(_EPS, use_fast_variance=False, name="norm", **common)(x)
+    if mdl.features_only:
+        return [*features, x[:, 1:].reshape(x.shape[0], *grid, x.shape[-1])]
+    return nn.Dense(mdl.num_classes, kernel_init=nn.initializers.zeros, name="head", **common)(
+        x[:, 0]
+    )
+
+
 class VisionTransformer(nn.Module):
     """ViT with a class token. See the module docstring for ``img_size`` and ``features_only``."""
 
@@ -178,12 +202,7 @@ class VisionTransformer(nn.Module):
         common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         d = self.hidden_dim
         x = conv2d(d, p, stride=p, padding=0, name="stem", **common)(x).reshape(b, gh * gw, d)
-        cls = self.param("cls_token", nn.initializers.zeros, (1, 1, d), self.param_dtype)
-        x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (b, 1, d)), x], axis=1)
-        pos = self.param(
-            "pos_embed", nn.initializers.normal(0.02), (1, 1 + gh * gw, d), self.param_dtype
-        )
-        x = nn.Dropout(self.dropout)(x + pos.astype(x.dtype), deterministic=not train)
+        x = embed_tokens(self, x, nn.initializers.zeros, self.dropout, train)
         (rates,) = drop_path_schedule(self.drop_path_rate, (self.depth,), endpoint=True)
         block = functools.partial(
             EncoderBlock, self.num_heads, self.mlp_dim, self.dropout, self.attention_dropout
@@ -201,12 +220,7 @@ class VisionTransformer(nn.Module):
         else:
             for i, dp in enumerate(rates):
                 x = block(dp, name=f"block{i}", **common)(x, train)
-        x = nn.LayerNorm(_EPS, use_fast_variance=False, name="norm", **common)(x)
-        if self.features_only:
-            return [x[:, 1:].reshape(b, gh, gw, d)]
-        return nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, name="head", **common)(
-            x[:, 0]
-        )
+        return token_head(self, x, (gh, gw))
 
 
 _PAPER = (

@@ -44,11 +44,10 @@ import jax.numpy as jnp
 
 from jaxcnn.layers import check_image, conv2d, max_pool, pair
 from jaxcnn.models import register_model
-from jaxcnn.models.vit import EncoderBlock
+from jaxcnn.models.vit import EncoderBlock, embed_tokens, token_head
 
 __all__ = ["HybridVisionTransformer", "ResNetV2Bottleneck", "StdConv"]
 
-_EPS = 1e-6
 _he = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
@@ -206,13 +205,9 @@ class HybridVisionTransformer(nn.Module):
         d = self.hidden_dim
         x = conv2d(d, 1, padding=0, name="patch_embed", **common)(x)
         gh, gw = x.shape[1:3]
-        x = x.reshape(b, gh * gw, d)
-        cls = self.param("cls_token", nn.initializers.normal(1e-6), (1, 1, d), self.param_dtype)
-        x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (b, 1, d)), x], axis=1)
-        pos = self.param(
-            "pos_embed", nn.initializers.normal(0.02), (1, 1 + gh * gw, d), self.param_dtype
+        x = embed_tokens(
+            self, x.reshape(b, gh * gw, d), nn.initializers.normal(1e-6), self.dropout, train
         )
-        x = nn.Dropout(self.dropout)(x + pos.astype(x.dtype), deterministic=not train)
         for i in range(self.depth):
             dp = self.drop_path_rate * i / max(self.depth - 1, 1)
             x = EncoderBlock(
@@ -224,12 +219,7 @@ class HybridVisionTransformer(nn.Module):
                 name=f"block{i}",
                 **common,
             )(x, train)
-        x = nn.LayerNorm(_EPS, use_fast_variance=False, name="norm", **common)(x)
-        if self.features_only:
-            return feats + [x[:, 1:].reshape(b, gh, gw, d)]
-        return nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, name="head", **common)(
-            x[:, 0]
-        )
+        return token_head(self, x, (gh, gw), feats)
 
 
 @register_model(
