@@ -213,14 +213,10 @@ class DepthwiseSeparableConv(nn.Module):
         return x
 
 
-class ConvTranspose2d(nn.Module):
-    """Transposed convolution with PyTorch's size rule.
-
-    ``out = (in - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1``.
-    The kernel is stored HWIO and applied without spatial flipping (``transpose_kernel=False``);
-    converting a PyTorch ``ConvTranspose2d`` weight ``(in, out, kh, kw)`` means
-    ``w.transpose(2, 3, 0, 1)[::-1, ::-1]``.
-    """
+class ConvTransposeFields(nn.Module):
+    """The fields of a transposed convolution with PyTorch's arguments, shared by
+    :class:`ConvTranspose2d` and its drop-in
+    :class:`jaxcnn.layers.subpixel.SubpixelConvTranspose2d`."""
 
     features: int
     kernel_size: IntOr2 = 2
@@ -232,6 +228,17 @@ class ConvTranspose2d(nn.Module):
     dtype: Dtype = None
     param_dtype: Dtype = jnp.float32
     kernel_init: Callable = nn.initializers.lecun_normal()
+
+
+class ConvTranspose2d(ConvTransposeFields):
+    """Transposed convolution with PyTorch's size rule.
+
+    ``out = (in - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1``.
+    The kernel is stored HWIO and applied without spatial flipping (``transpose_kernel=False``);
+    converting a PyTorch ``ConvTranspose2d`` weight ``(in, out, kh, kw)`` means
+    ``w.transpose(2, 3, 0, 1)[::-1, ::-1]``.
+    """
+
     conv_impl: str | None = None  # None: the enclosing model's (see the module docstring)
 
     @nn.compact
@@ -321,7 +328,8 @@ class ConvBNAct(nn.Module):
 
     Submodules are named ``conv`` and ``bn`` so weight converters, BatchNorm folding and transfer
     rules can address them. ``norm=False`` drops the BatchNorm (then ``use_bias`` is usually on);
-    ``act=None`` gives a linear block (MobileNet v2's projection).
+    ``act=None`` gives a linear block (MobileNet v2's projection). ``bn_scale_init`` draws the
+    BatchNorm scales (ones by default; DCGAN draws them from N(1, 0.02)).
     """
 
     features: int
@@ -338,6 +346,7 @@ class ConvBNAct(nn.Module):
     dtype: Dtype = None
     param_dtype: Dtype = jnp.float32
     kernel_init: Callable | None = None
+    bn_scale_init: Callable = nn.initializers.ones
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -359,6 +368,7 @@ class ConvBNAct(nn.Module):
                 train,
                 self.bn_momentum,
                 self.bn_eps,
+                scale_init=self.bn_scale_init,
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
                 name="bn",

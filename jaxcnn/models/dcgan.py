@@ -27,13 +27,14 @@ sigmoid cross-entropy on them). The generator returns images in ``[-1, 1]``, NHW
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxcnn.layers import ConvTranspose2d, batch_norm, check_image, conv2d
+from jaxcnn.layers import ConvBNAct, ConvTranspose2d, batch_norm, check_image, conv2d
 from jaxcnn.layers.subpixel import KernelBias, SubpixelConvTranspose2d
 from jaxcnn.models import register_model
 
@@ -227,49 +228,22 @@ class DCGANDiscriminator(nn.Module):
         widths = generator_widths(self.image_size, self.width)[::-1]
         feats = []
         for i, c in enumerate(widths):
-            x = _DownBlock(
-                c, norm=i > 0, negative_slope=self.negative_slope, name=f"block{i + 1}", **common
+            x = ConvBNAct(
+                c,
+                4,
+                2,
+                1,
+                norm=i > 0,
+                act=functools.partial(nn.leaky_relu, negative_slope=self.negative_slope),
+                bn_scale_init=_bn_scale_init,
+                name=f"block{i + 1}",
+                **common,
             )(x, train=train)
             feats.append(x)
         if self.features_only:
             return feats
         x = conv2d(self.num_classes, first, 1, 0, name="head", **common)(x)
         return x.reshape((x.shape[0], self.num_classes))
-
-
-class _DownBlock(nn.Module):
-    """4x4 stride-2 convolution -> (BatchNorm) -> LeakyReLU (``conv``, ``bn``)."""
-
-    features: int
-    norm: bool = True
-    negative_slope: float = 0.2
-    use_bias: bool = False
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
-    kernel_init: Any = dcgan_init
-
-    @nn.compact
-    def __call__(self, x, train: bool = False):
-        x = conv2d(
-            self.features,
-            4,
-            2,
-            1,
-            use_bias=self.use_bias,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            kernel_init=self.kernel_init,
-            name="conv",
-        )(x)
-        if self.norm:
-            x = batch_norm(
-                train,
-                scale_init=_bn_scale_init,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                name="bn",
-            )(x)
-        return nn.leaky_relu(x, self.negative_slope)
 
 
 _PAPER = (
