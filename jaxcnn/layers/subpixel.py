@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxcnn.layers.conv import IntOr2, pair
+from jaxcnn.layers.conv import ConvTransposeFields, IntOr2, pair
 
 __all__ = ["conv_transpose_subpixel", "SubpixelConvTranspose2d", "KernelBias"]
 
@@ -104,19 +104,8 @@ class KernelBias(nn.Module):
         return kernel, bias
 
 
-class SubpixelConvTranspose2d(nn.Module):
+class SubpixelConvTranspose2d(ConvTransposeFields):
     """Same fields, parameters and output as :class:`jaxcnn.layers.ConvTranspose2d`."""
-
-    features: int
-    kernel_size: IntOr2 = 2
-    stride: IntOr2 = 2
-    padding: IntOr2 = 0
-    output_padding: IntOr2 = 0
-    dilation: IntOr2 = 1
-    use_bias: bool = True
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
-    kernel_init: Callable = nn.initializers.lecun_normal()
 
     @nn.compact
     def __call__(self, x):
