@@ -173,6 +173,57 @@ def _collections(variables: Mapping) -> list[str]:
     return [c for c, v in variables.items() if isinstance(v, Mapping)]
 
 
+def _convert_groups(variables: Mapping, groups, convert) -> dict:
+    """``variables`` with the node at each group's scope, in every collection, replaced by
+    ``convert(where, first, count, node)`` (``where``: ``"collection/scope"`` for messages;
+    None leaves the node as it is). A scope absent from a collection is passed over."""
+    out = dict(variables)
+    for col in _collections(variables):
+        tree = out[col]
+        for scope, first, count in groups:
+            node = _node(tree, scope)
+            new = None if node is None else convert(f"{col}/{scope}", first, count, node)
+            if new is not None:
+                tree = _replace(tree, scope, new)
+        out[col] = tree
+    return out
+
+
+def _stack(where: str, first: int, count: int, node: Mapping) -> dict | None:
+    if STACKED in node:
+        raise ValueError(f"{where}: already stacked (it has {STACKED!r})")
+    names = [f"block{first + k}" for k in range(count)]
+    if not any(n in node for n in names):
+        return None
+    missing = [n for n in names if n not in node]
+    if missing:
+        raise ValueError(f"{where}: blocks {missing} are missing; cannot stack")
+    extra = [k for k in node if k.startswith("block") and k[5:].isdigit()]
+    extra = [k for k in extra if int(k[5:]) >= first + count]
+    if extra:
+        raise ValueError(
+            f"{where}: blocks {sorted(extra)} beyond the {first + count} the "
+            "model has; the variables belong to a deeper model"
+        )
+    new = {k: v for k, v in node.items() if k not in names}
+    new[STACKED] = jax.tree.map(lambda *a: jnp.stack(a), *[node[n] for n in names])
+    return new
+
+
+def _unstack(where: str, first: int, count: int, node: Mapping) -> dict | None:
+    if STACKED not in node:
+        return None
+    lengths = {a.shape[0] for a in jax.tree.leaves(node[STACKED])}
+    if lengths != {count}:
+        raise ValueError(
+            f"{where}/{STACKED}: stacked along {sorted(lengths)} blocks, the model scans {count}"
+        )
+    new = {k: v for k, v in node.items() if k != STACKED}
+    for k in range(count):
+        new[f"block{first + k}"] = jax.tree.map(lambda a, k=k: a[k], node[STACKED])
+    return new
+
+
 def stack_blocks(variables: Mapping, model, **create_kwargs) -> dict:
     """Unscanned variables -> the tree of the same model with ``scan_blocks=True``.
 
@@ -181,60 +232,14 @@ def stack_blocks(variables: Mapping, model, **create_kwargs) -> dict:
     ``model``: a registered name (built with ``create_kwargs``) or a module, scanned or not
     (only its depths matter). Raises ``ValueError`` naming a missing block.
     """
-    groups = scan_groups(model, **create_kwargs)
-    out = dict(variables)
-    for col in _collections(variables):
-        tree = out[col]
-        for scope, first, count in groups:
-            node = _node(tree, scope)
-            if node is not None and STACKED in node:
-                raise ValueError(f"{col}/{scope}: already stacked (it has {STACKED!r})")
-            if node is None or not any(f"block{first + k}" in node for k in range(count)):
-                continue
-            names = [f"block{first + k}" for k in range(count)]
-            missing = [n for n in names if n not in node]
-            if missing:
-                raise ValueError(f"{col}/{scope}: blocks {missing} are missing; cannot stack")
-            extra = [k for k in node if k.startswith("block") and k[5:].isdigit()]
-            extra = [k for k in extra if int(k[5:]) >= first + count]
-            if extra:
-                raise ValueError(
-                    f"{col}/{scope}: blocks {sorted(extra)} beyond the {first + count} the "
-                    "model has; the variables belong to a deeper model"
-                )
-            rows = [node[n] for n in names]
-            stacked = jax.tree.map(lambda *a: jnp.stack(a), *rows)
-            new = {k: v for k, v in node.items() if k not in names}
-            new[STACKED] = stacked
-            tree = _replace(tree, scope, new)
-        out[col] = tree
-    return out
+    return _convert_groups(variables, scan_groups(model, **create_kwargs), _stack)
 
 
 def unstack_blocks(variables: Mapping, model, **create_kwargs) -> dict:
     """Scanned variables -> the unscanned tree (``block0``, ``block1``, ... again); the inverse
     of :func:`stack_blocks`, same arguments. A group whose stacked axis is not the model's
     block count raises ``ValueError``."""
-    groups = scan_groups(model, **create_kwargs)
-    out = dict(variables)
-    for col in _collections(variables):
-        tree = out[col]
-        for scope, first, count in groups:
-            node = _node(tree, scope)
-            if node is None or STACKED not in node:
-                continue
-            lengths = {a.shape[0] for a in jax.tree.leaves(node[STACKED])}
-            if lengths != {count}:
-                raise ValueError(
-                    f"{col}/{scope}/{STACKED}: stacked along {sorted(lengths)} blocks, the "
-                    f"model scans {count}"
-                )
-            new = {k: v for k, v in node.items() if k != STACKED}
-            for k in range(count):
-                new[f"block{first + k}"] = jax.tree.map(lambda a, k=k: a[k], node[STACKED])
-            tree = _replace(tree, scope, new)
-        out[col] = tree
-    return out
+    return _convert_groups(variables, scan_groups(model, **create_kwargs), _unstack)
 
 
 def is_stacked(variables: Mapping, model, **create_kwargs) -> bool:
