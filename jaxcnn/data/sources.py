@@ -491,7 +491,7 @@ class Subset(_Base):
 REPEAT_ID_STRIDE = 1 << 40
 
 
-class Repeat(_Base):
+class Repeat(Subset):
     """``length`` examples of ``source``, drawn in passes of a seeded permutation: every
     example appears ``length // len(source)`` or one more times, and with ``length`` below
     ``len(source)`` the examples are a seeded random subset. A fixed budget of training steps
@@ -508,21 +508,13 @@ class Repeat(_Base):
             raise DataError(f"Repeat: {length} examples from a source of {n}")
         rng = np.random.default_rng([seed, 2])
         passes = -(-int(length) // n)
-        self.source = source
-        self.indices = np.concatenate([rng.permutation(n) for _ in range(passes)])[:length]
+        indices = np.concatenate([rng.permutation(n) for _ in range(passes)])[:length]
+        super().__init__(source, indices, name)
         self.copy = np.repeat(np.arange(passes, dtype=np.int64), n)[:length]
-        self.name = name if name else getattr(source, "name", "")
-
-    @property
-    def labels(self) -> np.ndarray:
-        return np.asarray(self.source.labels)[self.indices]
 
     @property
     def ids(self) -> np.ndarray:
-        return np.asarray(self.source.ids)[self.indices] + self.copy * REPEAT_ID_STRIDE
-
-    def __len__(self) -> int:
-        return len(self.indices)
+        return super().ids + self.copy * REPEAT_ID_STRIDE
 
     def __getitem__(self, i: int) -> dict:
         i = self._check(int(i))
