@@ -29,6 +29,7 @@ __all__ = [
     "num_eval_batches",
     "TrainIterator",
     "EvalIterator",
+    "EpochOrder",
 ]
 
 _FOREVER = 2**62
@@ -77,14 +78,14 @@ def _example_rng(seed: int, epoch: int, example_id: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, example_id])
 
 
-class _TrainBatches:
-    """``plan(k)``: this process's rows of global training batch ``k`` (picklable: what a grain
-    worker process receives)."""
+class EpochOrder:
+    """The training order of the module docstring: global batch ``k`` (of ``global_batch_size``)
+    is batch ``k % steps`` of epoch ``k // steps``, which visits the ``n`` examples in the
+    permutation ``default_rng([seed, epoch]).permutation(n)``, the last ``n % global_batch_size``
+    dropped. Keeps the latest epoch's permutation (not pickled)."""
 
-    def __init__(self, source, pre, global_batch_size, seed, row0, rows):
-        self.source, self.pre = source, pre
-        self.n, self.batch, self.seed = len(source), int(global_batch_size), int(seed)
-        self.row0, self.rows = row0, rows
+    def __init__(self, n: int, global_batch_size: int, seed: int):
+        self.n, self.batch, self.seed = int(n), int(global_batch_size), int(seed)
         self.steps = steps_per_epoch(self.n, self.batch)
         self._perm: tuple[int | None, np.ndarray | None] = (None, None)
 
@@ -93,15 +94,29 @@ class _TrainBatches:
         d["_perm"] = (None, None)
         return d
 
-    def indices(self, k: int) -> tuple[int, np.ndarray]:
-        """``(epoch, source indices)`` of this process's rows of global batch ``k``."""
+    def global_batch(self, k: int) -> tuple[int, np.ndarray]:
+        """``(epoch, example indices)`` of global batch ``k``."""
         epoch, b = divmod(int(k), self.steps)
         perm_epoch, perm = self._perm
         if perm is None or perm_epoch != epoch:
             perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
             self._perm = (epoch, perm)
-        start = b * self.batch + self.row0
-        return epoch, perm[start : start + self.rows]
+        return epoch, perm[b * self.batch : (b + 1) * self.batch]
+
+
+class _TrainBatches(EpochOrder):
+    """``plan(k)``: this process's rows of global training batch ``k`` (picklable: what a grain
+    worker process receives)."""
+
+    def __init__(self, source, pre, global_batch_size, seed, row0, rows):
+        super().__init__(len(source), global_batch_size, seed)
+        self.source, self.pre = source, pre
+        self.row0, self.rows = row0, rows
+
+    def indices(self, k: int) -> tuple[int, np.ndarray]:
+        """``(epoch, source indices)`` of this process's rows of global batch ``k``."""
+        epoch, idx = self.global_batch(k)
+        return epoch, idx[self.row0 : self.row0 + self.rows]
 
     def __call__(self, k: int) -> dict:
         epoch, idx = self.indices(k)

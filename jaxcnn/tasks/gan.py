@@ -53,6 +53,7 @@ import numpy as np
 
 from jaxcnn import models
 from jaxcnn.data import default_mnist_dir, load_idx_folder
+from jaxcnn.data.iterators import EpochOrder
 from jaxcnn.train import config as config_lib
 from jaxcnn.train.config import ConfigError, Field
 from jaxcnn.train.gan import (
@@ -200,10 +201,11 @@ def lr_scale(epoch: int, epochs: int, decay_start: int) -> float:
     return 1.0 - (epoch - decay_start + 1) / (epochs - decay_start + 1)
 
 
-class DigitBatches:
-    """Endless training batches ``{"image", "label", "id"}`` of in-memory images: epoch ``e``
-    visits ``default_rng([seed, e]).permutation(N)`` in global batches of ``global_batch_size``
-    (the last ``N % global_batch_size`` dropped); this process yields ``rows`` of each global
+class DigitBatches(EpochOrder):
+    """Endless training batches ``{"image", "label", "id"}`` of in-memory images, in the order
+    of the data iterators (:class:`jaxcnn.data.iterators.EpochOrder`): epoch ``e`` visits
+    ``default_rng([seed, e]).permutation(N)`` in global batches of ``global_batch_size`` (the
+    last ``N % global_batch_size`` dropped); this process yields ``rows`` of each global
     batch. ``get_state()``/``state=`` resume exactly (the state is the number of global batches
     drawn, and what it must match)."""
 
@@ -218,13 +220,12 @@ class DigitBatches:
         state: dict | None = None,
     ):
         self.images, self.labels = images, labels
-        self.n, self.batch, self.seed = len(images), int(global_batch_size), int(seed)
-        if self.batch > self.n:
-            raise ValueError(f"batch size {self.batch} is larger than the {self.n} examples")
-        self.steps = self.n // self.batch
+        n, batch = len(images), int(global_batch_size)
+        if batch > n:
+            raise ValueError(f"batch size {batch} is larger than the {n} examples")
+        super().__init__(n, batch, seed)
         self.rows = rows if rows is not None else slice(0, self.batch)
         self.next = 0
-        self._perm: tuple[int, np.ndarray] | None = None
         if state is not None:
             self.set_state(state)
 
@@ -232,10 +233,7 @@ class DigitBatches:
         return self
 
     def __next__(self) -> dict:
-        epoch, b = divmod(self.next, self.steps)
-        if self._perm is None or self._perm[0] != epoch:
-            self._perm = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n))
-        idx = self._perm[1][b * self.batch : (b + 1) * self.batch][self.rows]
+        idx = self.global_batch(self.next)[1][self.rows]
         self.next += 1
         return {"image": self.images[idx], "label": self.labels[idx], "id": idx.astype(np.int64)}
 
