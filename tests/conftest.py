@@ -29,10 +29,11 @@ if os.environ.get("JAXCNN_TEST_XLA_OPT", "0") != "1":
 # The persistent compilation cache (jaxcnn.utils.cache), one directory per xdist worker (two
 # processes never write one entry at once), under .cache/ of the clone: a second run of the
 # suite loads what the first compiled. The environment variable carries it to the experiments'
-# subprocesses, and keeps them out of the user's own cache. JAXCNN_COMPILATION_CACHE=0: off.
-if os.environ.get("JAXCNN_COMPILATION_CACHE", "").lower() not in ("0", "off", "false", "no"):
-    from jaxcnn.utils import enable_compilation_cache
+# subprocesses, and keeps them out of the user's own cache. JAXCNN_COMPILATION_CACHE=0 (or
+# another value that turns it off, jaxcnn.utils.cache): off.
+from jaxcnn.utils import default_cache_dir, enable_compilation_cache  # noqa: E402
 
+if default_cache_dir() is not None:
     _worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
     os.environ["JAXCNN_COMPILATION_CACHE"] = str(ROOT / ".cache" / "jax-tests" / _worker)
     enable_compilation_cache(os.environ["JAXCNN_COMPILATION_CACHE"], min_compile_time_secs=0.5)
