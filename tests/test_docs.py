@@ -268,11 +268,14 @@ def _script(argv: list[str]) -> tuple[str, pathlib.Path, list[str]]:
 
 def _defined_flags(path: pathlib.Path) -> set[str]:
     """The ``--flags`` a script defines: argparse ``add_argument`` and absl ``DEFINE_*`` calls
-    in its source (absl booleans also as ``--noNAME``), and those of ``experiments/cli.py``
-    when it uses it."""
+    in its source (absl booleans also as ``--noNAME``), those of ``experiments/cli.py`` when
+    it uses it, and those of ``experiments/bench_common.py`` (``--torch-python``) when it calls
+    ``add_torch_python_args``."""
     sources = [path.read_text()]
     if re.search(r"\bfrom experiments import cli\b|\bexperiments\.cli\b", sources[0]):
         sources.append((ROOT / "experiments" / "cli.py").read_text())
+    if re.search(r"\badd_torch_python_args\(", sources[0]):
+        sources.append((ROOT / "experiments" / "bench_common.py").read_text())
     flags = {"--help"}
     for source in sources:
         for node in ast.walk(ast.parse(source)):
