@@ -7,6 +7,9 @@ Two interpreters (jaxcnn's venv has no torch, and jaxcnn never imports it)::
 
 The JAX run prints one Markdown table: JAX ms, torch ms, JAX/torch. ``--impl xla|fast|both``
 chooses jaxcnn's conv implementation (``jaxcnn.layers.fast_conv``); ``both`` adds a column.
+``--impl cond`` times XLA's convolutions as they are (column ``xla``) and inside a
+``lax.cond`` whose branch is picked at run time (column ``cond``): what a train step that picks
+its phase on device (``lax.switch``) runs.
 ``--e2e`` also times a whole ResNet-18 (CIFAR stem, 32x32x1, batch 128) SGD train step,
 ``--only-e2e`` only that. ``--quick`` shrinks batches and repeats for a smoke test.
 
@@ -151,6 +154,20 @@ def run_torch(args, configs):
 
 
 # ------------------------------------------------------------------------------------------- jax
+def in_cond(fn, impl):
+    """``fn`` itself, or (impl "cond") ``fn`` as one branch of a ``lax.cond`` on its first
+    argument's data (never constant: XLA keeps the conditional)."""
+    if impl != "cond":
+        return fn
+    import jax
+    import jax.numpy as jnp
+
+    def other(*a):
+        return fn(*(2 * v for v in a))
+
+    return lambda *a: jax.lax.cond(jnp.isfinite(a[0].ravel()[0]), fn, other, *a)
+
+
 def jax_ops(cfg, impl):
     import jax
     import jax.numpy as jnp
@@ -161,7 +178,7 @@ def jax_ops(cfg, impl):
     name, kind, n, h, w, cin, cout, k, s, p, g = cfg
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((n, h, w, cin), np.float32))
-    conv = fast_conv.get_conv_fn(impl)
+    conv = fast_conv.get_conv_fn("xla" if impl == "cond" else impl)
     if kind == "conv":
         wt = jnp.asarray(rng.standard_normal((k, k, cin // g, cout), np.float32) * 0.1)
 
@@ -177,9 +194,9 @@ def jax_ops(cfg, impl):
 
     y = jax.eval_shape(f, x, wt)
     gy = jnp.asarray(rng.standard_normal(y.shape, np.float32))
-    fwd = jax.jit(f)
-    dx = jax.jit(lambda x, wt, gy: jax.vjp(lambda x_: f(x_, wt), x)[1](gy)[0])
-    dw = jax.jit(lambda x, wt, gy: jax.vjp(lambda w_: f(x, w_), wt)[1](gy)[0])
+    fwd = jax.jit(in_cond(f, impl))
+    dx = jax.jit(in_cond(lambda x, wt, gy: jax.vjp(lambda x_: f(x_, wt), x)[1](gy)[0], impl))
+    dw = jax.jit(in_cond(lambda x, wt, gy: jax.vjp(lambda w_: f(x, w_), wt)[1](gy)[0], impl))
     return {
         "fwd": lambda: fwd(x, wt).block_until_ready(),
         "dx": lambda: dx(x, wt, gy).block_until_ready(),
@@ -197,7 +214,8 @@ def jax_resnet_step(batch, impl):
     from jaxcnn.train.state import create_train_state
     from jaxcnn.train.steps import make_train_step
 
-    model = create_model("resnet18_cifar", num_classes=10, in_channels=1, conv_impl=impl)
+    conv_impl = "xla" if impl == "cond" else impl
+    model = create_model("resnet18_cifar", num_classes=10, in_channels=1, conv_impl=conv_impl)
     state = create_train_state(model, optax.sgd(0.1, momentum=0.9), (batch, 32, 32, 1))
     rng = np.random.default_rng(0)
     data = {
@@ -205,6 +223,17 @@ def jax_resnet_step(batch, impl):
         "label": jnp.asarray(rng.integers(0, 10, batch), jnp.int32),
     }
     train_step = make_train_step(donate=False)
+    if impl == "cond":  # the whole step as one branch of a conditional picked at run time
+        plain = train_step
+        train_step = jax.jit(
+            lambda s, d: jax.lax.cond(
+                jnp.isfinite(d["image"][0, 0, 0, 0]),
+                plain,
+                lambda s, d: plain(s, {**d, "image": -d["image"]}),
+                s,
+                d,
+            )
+        )
     holder = {"state": state}
 
     def step():
@@ -271,7 +300,7 @@ def main(argv=None):
     ap.add_argument("--torch", action="store_true", help="time PyTorch (run under tvenv)")
     ap.add_argument("--json", help="write the results of this run to this JSON file")
     ap.add_argument("--torch-json", help="torch results (from a --torch run) for the table")
-    ap.add_argument("--impl", default="xla", choices=["xla", "fast", "both"])
+    ap.add_argument("--impl", default="xla", choices=["xla", "fast", "both", "cond"])
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--e2e", action="store_true", help="also time a ResNet-18 train step")
@@ -290,7 +319,7 @@ def main(argv=None):
         res = run_torch(args, configs)
         impls = None
     else:
-        impls = ["xla", "fast"] if args.impl == "both" else [args.impl]
+        impls = {"both": ["xla", "fast"], "cond": ["xla", "cond"]}.get(args.impl, [args.impl])
         res = run_jax(args, configs, impls)
     print("load after: ", uptime(), file=sys.stderr)
     if args.json:

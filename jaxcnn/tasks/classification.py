@@ -487,10 +487,15 @@ class Classification(Task):
         )
 
     # -- training ----------------------------------------------------------------------------
-    def step_fn(self, state, batch):
-        """The train step; with Mixup/CutMix the batch is mixed first (keyed by the step) and
-        the loss takes the soft targets (label smoothing folded in); the EMA follows the
-        updated weights."""
+    @property
+    def phase_starts(self) -> tuple[int, ...]:
+        """The transfer plan's phase starts (the engine compiles one step per phase)."""
+        return (0,) if self.transfer is None else tuple(self.transfer.starts)
+
+    def step_fn(self, state, batch, phase: int | None = None):
+        """The train step (of transfer phase ``phase``); with Mixup/CutMix the batch is mixed
+        first (keyed by the step) and the loss takes the soft targets (label smoothing folded
+        in); the EMA follows the updated weights."""
         cfg = self.ctx.cfg
         losses: dict[str, Any] = {}
         if self.mix.enabled:
@@ -516,7 +521,7 @@ class Classification(Task):
         if self.transfer is None:
             new, sums = step(state, batch)
         else:
-            new, sums = self.transfer.step(step)(state, batch)
+            new, sums = self.transfer.step(step, phase=phase)(state, batch)
         if self.ema is not None:
             ema = ema_update(new.ema, new.params, new.batch_stats, new.step, **self.ema)
             new = new.replace(ema=ema)

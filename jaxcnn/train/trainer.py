@@ -33,10 +33,12 @@ metric sums)``. The trainer owns the rest:
 
 from __future__ import annotations
 
+import bisect
 import collections
 import contextlib
 import dataclasses
 import datetime
+import functools
 import json
 import logging
 import math
@@ -172,8 +174,16 @@ class Task:
         raise NotImplementedError
 
     def step_fn(self, state, batch) -> tuple[Any, dict]:
-        """One training step, pure: ``(state, batch) -> (new state, metric sums)``."""
+        """One training step, pure: ``(state, batch) -> (new state, metric sums)``. A task
+        with several :attr:`phase_starts` takes a third argument, ``phase=k``."""
         raise NotImplementedError
+
+    #: The steps at which the train step changes (a transfer plan's unfreezing phases): with
+    #: more than one, the :class:`Trainer` compiles one step per phase, when the phase first
+    #: comes into force, and calls ``step_fn(state, batch, phase=k)`` in phase ``k``. Picking
+    #: the phase on the host keeps the step free of a device-side conditional, inside which
+    #: XLA:CPU runs convolution gradients far off its fast path.
+    phase_starts: tuple[int, ...] = (0,)
 
     def train_batches(self, data_state: dict | None) -> Iterator[dict]:
         """This process's rows of every training batch, forever, as numpy dicts; the iterator
@@ -469,12 +479,26 @@ class _Run:
         # step of this process (its compilation is not training) and at every evaluation
         self.rate_mark: tuple[int, float, float] | None = None  # step, train_s, wait_s
         self.signal: int | None = None  # what interrupted the run
-        self.step_fn = jax.jit(
-            guarded(self.task.step_fn),
-            in_shardings=(dp.replicated, dp.data, dp.replicated),
-            out_shardings=(dp.replicated, dp.replicated, dp.replicated),
-            donate_argnums=(0, 2),
-        )
+        self.step_fns: dict[int, Callable] = {}  # phase -> its compiled step
+
+    def step_fn(self, step: int) -> Callable:
+        """The compiled train step of the phase in force at ``step`` (jitted on first use;
+        the task's ``phase_starts`` are known once its state exists)."""
+        starts = tuple(self.task.phase_starts)
+        k = bisect.bisect_right(starts, step) - 1
+        if k not in self.step_fns:
+            if self.step_fns:  # a new phase: its first step compiles, so images/s restarts
+                self.rate_mark = None
+            fn = self.task.step_fn
+            if len(starts) > 1:
+                fn = functools.partial(fn, phase=k)
+            self.step_fns[k] = jax.jit(
+                guarded(fn),
+                in_shardings=(self.dp.replicated, self.dp.data, self.dp.replicated),
+                out_shardings=(self.dp.replicated, self.dp.replicated, self.dp.replicated),
+                donate_argnums=(0, 2),
+            )
+        return self.step_fns[k]
 
     # -- state in and out of checkpoints --------------------------------------------------------
     def start(self, state, resume: bool) -> None:
@@ -533,7 +557,7 @@ class _Run:
             while self.step < self.total and not self.stopped_early:
                 t0 = time.perf_counter()
                 batch, self.data_pos, waited = next(feed)
-                self.state, m, self.guard = self.step_fn(self.state, batch, self.guard)
+                self.state, m, self.guard = self.step_fn(self.step)(self.state, batch, self.guard)
                 self.epoch_sums = tree_add(self.epoch_sums, m)
                 self.step += 1
                 bar.update(1)
@@ -705,7 +729,9 @@ class _Run:
             "train_time_s": self.elapsed["train_s"],
             "data_wait_fraction": self.elapsed["wait_s"] / max(self.elapsed["train_s"], 1e-9),
             # a private counter of jax.jit's functions, absent from jax's JitWrapped type
-            "compilations": {"train_step": self.step_fn._cache_size()},  # type: ignore[attr-defined]
+            "compilations": {
+                "train_step": sum(f._cache_size() for f in self.step_fns.values())  # type: ignore[attr-defined]
+            },
         }
         if "test" in task.splits():
             final.update(_with_prefix("test", task.evaluate(self.state, "test")))

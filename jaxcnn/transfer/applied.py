@@ -6,6 +6,7 @@ statistics fixed where the plan says, LoRA merged) and trainable partition, the 
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
@@ -246,11 +247,23 @@ class Applied:
         return frozen_bn_modules(labels, batch_stats)
 
     # -- use ----------------------------------------------------------------------------------
-    def step(self, step_fn: Callable | None = None) -> Callable:
+    def phase_at(self, step: int) -> int:
+        """The phase in force at ``step`` (host side: which phase's step to call)."""
+        return bisect.bisect_right(self.starts, int(step)) - 1
+
+    def step(self, step_fn: Callable | None = None, phase: int | None = None) -> Callable:
         """``(state, batch) -> (state, sums)``: ``step_fn(state, batch, trainable=...)``
-        (default :func:`jaxcnn.train.steps.train_step_fn`) under the phase in force at
-        ``state.step`` (``lax.switch`` on device: one compiled step for all phases), with the
-        phase's optimizer, ``apply_fn`` and trainable partition."""
+        (default :func:`jaxcnn.train.steps.train_step_fn`) with a phase's optimizer,
+        ``apply_fn`` and trainable partition.
+
+        ``phase=k``: phase ``k``'s step, for a loop that compiles one step per phase and picks
+        it on the host (``phase_at(step)``): what the engine does. ``phase=None``: every phase
+        in one function, the one in force at ``state.step`` picked on device by ``lax.switch``
+        (one compilation). Every phase has the same state layout, so both give the same
+        updates; but XLA:CPU (jax 0.10) runs convolution gradients inside a conditional far
+        off its fast path (kernel gradients ~150x, input gradients ~4x slower:
+        ``experiments/benchmark_conditional.py``), so on CPU the per-phase steps are the fast
+        choice for a convolutional network."""
         if step_fn is None:
             from jaxcnn.train.steps import train_step_fn
 
@@ -264,6 +277,8 @@ class Applied:
 
             return run
 
+        if phase is not None:
+            return branch(self.phases[range(len(self.phases))[phase]])
         if len(self.phases) == 1:
             return branch(self.phases[0])
         starts = jnp.asarray(self.starts, jnp.int32)
