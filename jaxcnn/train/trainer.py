@@ -178,12 +178,14 @@ class Task:
         with several :attr:`phase_starts` takes a third argument, ``phase=k``."""
         raise NotImplementedError
 
-    #: The steps at which the train step changes (a transfer plan's unfreezing phases): with
-    #: more than one, the :class:`Trainer` compiles one step per phase, when the phase first
-    #: comes into force, and calls ``step_fn(state, batch, phase=k)`` in phase ``k``. Picking
-    #: the phase on the host keeps the step free of a device-side conditional, inside which
-    #: XLA:CPU runs convolution gradients far off its fast path.
-    phase_starts: tuple[int, ...] = (0,)
+    @property
+    def phase_starts(self) -> tuple[int, ...]:
+        """The steps at which the train step changes (a transfer plan's unfreezing phases):
+        with more than one, the :class:`Trainer` compiles one step per phase, when the phase
+        first comes into force, and calls ``step_fn(state, batch, phase=k)`` in phase ``k``.
+        Picking the phase on the host keeps the step free of a device-side conditional, inside
+        which XLA:CPU runs convolution gradients far off its fast path. Default: one phase."""
+        return (0,)
 
     def train_batches(self, data_state: dict | None) -> Iterator[dict]:
         """This process's rows of every training batch, forever, as numpy dicts; the iterator
@@ -489,7 +491,7 @@ class _Run:
         if k not in self.step_fns:
             if self.step_fns:  # a new phase: its first step compiles, so images/s restarts
                 self.rate_mark = None
-            fn = self.task.step_fn
+            fn: Callable[..., Any] = self.task.step_fn  # takes phase= with several phases
             if len(starts) > 1:
                 fn = functools.partial(fn, phase=k)
             self.step_fns[k] = jax.jit(
