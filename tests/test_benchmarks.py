@@ -1,4 +1,5 @@
-"""Smoke tests of experiments/benchmark_train.py and experiments/benchmark_gpu.py (--quick).
+"""Smoke tests of experiments/benchmark_train.py and experiments/benchmark_gpu.py (--quick), and
+benchmark_conv.py's conditional wrapper (--impl cond).
 
 jaxcnn's venv has no PyTorch, so the paired runs take the jaxcnn-only path here; a fake PyTorch
 side (the interface of ``TorchTrain``) checks the pairing, the table and the parameter-count
@@ -199,3 +200,22 @@ def test_benchmark_recipes_plain_variant_and_bad_names():
     assert {k for k in recipe if recipe[k] != plain[k]} <= set(br.plain_overrides())
     with pytest.raises(SystemExit):
         br.main(["--configs", "resnet51_imagenet"])
+
+
+def test_conv_in_cond_puts_the_op_in_a_conditional_with_the_same_values():
+    """benchmark_conv --impl cond: the op runs as one branch of a lax.cond picked at run time
+    (kept by XLA), giving the plain op's values; other impls leave the op as it is."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from experiments import benchmark_conv
+
+    def f(x, w):
+        return jnp.tanh(x) * w
+
+    x, w = jnp.arange(6.0).reshape(2, 3), jnp.full((3,), 0.5)
+    wrapped = benchmark_conv.in_cond(f, "cond")
+    assert "cond[" in str(jax.make_jaxpr(wrapped)(x, w))
+    np.testing.assert_allclose(jax.jit(wrapped)(x, w), f(x, w), rtol=1e-6)
+    assert benchmark_conv.in_cond(f, "xla") is f

@@ -482,11 +482,11 @@ class _Run:
         self.rate_mark: tuple[int, float, float] | None = None  # step, train_s, wait_s
         self.signal: int | None = None  # what interrupted the run
         self.step_fns: dict[int, Callable] = {}  # phase -> its compiled step
+        self.phase_starts: tuple[int, ...] = (0,)  # the task's, read in start()
 
     def step_fn(self, step: int) -> Callable:
-        """The compiled train step of the phase in force at ``step`` (jitted on first use;
-        the task's ``phase_starts`` are known once its state exists)."""
-        starts = tuple(self.task.phase_starts)
+        """The compiled train step of the phase in force at ``step`` (jitted on first use)."""
+        starts = self.phase_starts
         k = bisect.bisect_right(starts, step) - 1
         if k not in self.step_fns:
             if self.step_fns:  # a new phase: its first step compiles, so images/s restarts
@@ -520,6 +520,8 @@ class _Run:
             if self.main:
                 print(f"Resumed from step {r.step} in {self.ckpt.directory}", flush=True)
         self.state, self.guard = state, jax.device_put(guard, self.dp.replicated)
+        # known once the task made its state (a transfer plan is applied in init_state)
+        self.phase_starts = tuple(self.task.phase_starts)
         self.step = int(jax.device_get(state.step))
         self.best, self.since_best = _selection_record(self.history, self.sel)
 
