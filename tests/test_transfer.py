@@ -767,7 +767,7 @@ def test_layerwise_rates_on_engine_scale_the_first_update(tmp_path):
 
 def test_gradual_unfreezing_on_engine_one_compilation_per_phase_fresh_groups(tmp_path):
     """The engine compiles one step per phase and picks it on the host: no device-side
-    conditional around the convolutions' gradients (XLA:CPU runs them ~150x slower there)."""
+    conditional around the convolutions' gradients (XLA:CPU runs them 2-300x slower there)."""
     model, v = _lenet()
     plan = transfer.Plan(
         backbone="frozen",

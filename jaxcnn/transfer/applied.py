@@ -261,8 +261,8 @@ class Applied:
         in one function, the one in force at ``state.step`` picked on device by ``lax.switch``
         (one compilation). Every phase has the same state layout, so both give the same
         updates; but XLA:CPU (jax 0.10) runs convolution gradients inside a conditional far
-        off its fast path (kernel gradients ~150x, input gradients ~4x slower:
-        ``experiments/benchmark_conditional.py``), so on CPU the per-phase steps are the fast
+        off its fast path (kernel gradients 30-300x, input gradients 2-20x slower:
+        ``experiments/benchmark_conv.py --impl cond``), so on CPU the per-phase steps are the fast
         choice for a convolutional network."""
         if step_fn is None:
             from jaxcnn.train.steps import train_step_fn
