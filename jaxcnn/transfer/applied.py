@@ -261,7 +261,7 @@ class Applied:
         in one function, the one in force at ``state.step`` picked on device by ``lax.switch``
         (one compilation). Every phase has the same state layout, so both give the same
         updates; but XLA:CPU (jax 0.10) runs convolution gradients inside a conditional far
-        off its fast path (kernel gradients 30-300x, input gradients 2-20x slower:
+        off its fast path (kernel gradients 50-300x, input gradients 2-20x slower:
         ``experiments/benchmark_conv.py --impl cond``), so on CPU the per-phase steps are the fast
         choice for a convolutional network."""
         if step_fn is None:
